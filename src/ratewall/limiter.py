@@ -1,0 +1,200 @@
+"""The two facades. They only do I/O; every decision is made by :mod:`ratewall.core`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from ._clock import Clock, micros_from
+from .core import CHECK, PEEK, RESET, Core, Plan
+from .decision import Decision
+from .errors import StoreError
+from .keys import DEFAULT_PREFIX
+from .policy import Policy
+from .stores.memory import MemoryStore
+from .stores.redis import AsyncRedisStore, RedisStore, parse_store_url
+
+__all__ = ["AsyncRateLimiter", "RateLimiter"]
+
+DEFAULT_TIMEOUT = 0.05
+
+
+class _Limiter:
+    """What both facades share: construction, configuration, introspection. No I/O."""
+
+    _store: Any
+
+    def __init__(
+        self,
+        policies: Mapping[str, Policy],
+        store: str = "memory://",
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        local_cache_size: int = 10_000,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Clock | None = None,
+    ) -> None:
+        kind, _ = parse_store_url(store)
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+            raise ValueError(f"timeout must be seconds in (0, 60], got {timeout!r}")
+        local_now = micros_from(clock)
+        if kind == "memory":
+            # Everything is local already: a deny cache would only duplicate the store.
+            local_cache_size = 0
+        self._core = Core(
+            policies,
+            key_prefix=key_prefix,
+            local_cache_size=local_cache_size,
+            local_clock=local_now,
+        )
+        self.store_url = store
+        self._store = self._make_store(
+            kind, store, timeout, local_now if (clock or kind == "memory") else None
+        )
+
+    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str], store: str | None = None, *, clock: Clock | None = None
+    ) -> Self:
+        """A limiter for the policies and settings of a JSON, YAML or TOML file.
+
+        ``store`` overrides the file's store URL; with neither, the memory store is used.
+        """
+        from .config import load_config
+
+        config = load_config(path)
+        return cls(
+            config.policies,
+            store or config.store or "memory://",
+            key_prefix=config.key_prefix,
+            local_cache_size=config.local_cache_size,
+            timeout=config.timeout,
+            clock=clock,
+        )
+
+    @property
+    def policies(self) -> Mapping[str, Policy]:
+        return self._core.policies
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={self.store_url!r})"
+        )
+
+
+def _reset_failed(plan: Plan, error: Exception) -> StoreError:
+    return StoreError(f"reset of {plan.call.key!r} failed: {type(error).__name__}: {error}")
+
+
+class RateLimiter(_Limiter):
+    """Checks requests against named policies, synchronously. Thread-safe.
+
+    >>> limiter = RateLimiter({"login": Policy(limit=5, window=60)})
+    >>> limiter.check("user_123", "login").allowed
+    True
+    """
+
+    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+        if kind == "memory":
+            return MemoryStore(clock)
+        return RedisStore(url, timeout=timeout, clock=clock)
+
+    def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        """Decide a request of ``cost`` units; consumes them only if allowed."""
+        return self._decide(self._core.plan(identity, policy, CHECK, cost))
+
+    def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        """The decision :meth:`check` would give now, consuming nothing."""
+        return self._decide(self._core.plan(identity, policy, PEEK, cost))
+
+    def reset(self, identity: str, policy: str) -> None:
+        """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
+
+        Raises :class:`StoreError` if the store fails, whatever the failure mode.
+        """
+        plan = self._core.plan(identity, policy, RESET)
+        try:
+            self._store.run((plan.call,))
+        except Exception as error:
+            raise _reset_failed(plan, error) from error
+
+    def _decide(self, plan: Plan) -> Decision:
+        if plan.decision is not None:
+            return plan.decision
+        try:
+            reply = self._store.run((plan.call,))[0]
+        except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
+            return self._core.failure(plan, error)
+        return self._core.decide(plan, reply)
+
+    def close(self) -> None:
+        """Release the store's connections. The limiter must not be used afterwards."""
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncRateLimiter(_Limiter):
+    """The asyncio twin of :class:`RateLimiter`: the same names, awaitable."""
+
+    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+        if kind == "memory":
+            return MemoryStore(clock)
+        return AsyncRedisStore(url, timeout=timeout, clock=clock)
+
+    async def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        """Decide a request of ``cost`` units; consumes them only if allowed."""
+        return await self._decide(self._core.plan(identity, policy, CHECK, cost))
+
+    async def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        """The decision :meth:`check` would give now, consuming nothing."""
+        return await self._decide(self._core.plan(identity, policy, PEEK, cost))
+
+    async def reset(self, identity: str, policy: str) -> None:
+        """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
+
+        Raises :class:`StoreError` if the store fails, whatever the failure mode.
+        """
+        plan = self._core.plan(identity, policy, RESET)
+        try:
+            await self._store.arun((plan.call,))
+        except Exception as error:
+            raise _reset_failed(plan, error) from error
+
+    async def _decide(self, plan: Plan) -> Decision:
+        if plan.decision is not None:
+            return plan.decision
+        try:
+            reply = (await self._store.arun((plan.call,)))[0]
+        except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
+            return self._core.failure(plan, error)
+        return self._core.decide(plan, reply)
+
+    async def aclose(self) -> None:
+        """Release the store's connections. The limiter must not be used afterwards."""
+        await self._store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

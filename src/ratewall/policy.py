@@ -1,0 +1,197 @@
+"""A policy: how many units an identity may spend over what time, and by which algorithm."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
+
+from .errors import ConfigError
+
+__all__ = ["ALGORITHMS", "FAILURE_MODES", "Algorithm", "FailureMode", "Policy", "parse_duration"]
+
+Algorithm = Literal["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
+FailureMode = Literal["raise", "open", "closed"]
+ALGORITHMS: Final[tuple[str, ...]] = get_args(Algorithm)
+FAILURE_MODES: Final[tuple[str, ...]] = get_args(FailureMode)
+
+# Every algorithm's arithmetic runs on integers both in Python and in Redis' Lua, whose numbers
+# are doubles: products must stay below 2**53 to be exact. These bounds keep a safety factor.
+_EXACT: Final = 2**53
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SOURCE: Final = "<policy>"
+
+
+def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window") -> float:
+    """Seconds from a number of seconds or a string such as ``"500ms"``, ``"10s"``, ``"1m"``."""
+    if isinstance(value, bool):
+        raise ConfigError(
+            f"expected seconds or a duration like '1m', got {value!r}", source=source, field=field
+        )
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ConfigError(
+                f"{value!r} is not a duration; write seconds or a number with one of the units "
+                "ms, s, m, h, d (for example '500ms', '10s', '1m')",
+                source=source,
+                field=field,
+            )
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    else:
+        raise ConfigError(
+            f"expected seconds or a duration like '1m', got {type(value).__name__}",
+            source=source,
+            field=field,
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"must be a positive duration, got {value!r}", source=source, field=field)
+    micros = seconds * 1_000_000
+    if micros < 1000 or abs(micros / 1000 - round(micros / 1000)) > 1e-6:
+        raise ConfigError(
+            f"must be a whole number of milliseconds (at least 1ms), got {value!r}",
+            source=source,
+            field=field,
+        )
+    return seconds
+
+
+def _positive_int(value: object, *, source: str, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"must be a positive integer, got {value!r}", source=source, field=field)
+    if value < 1:
+        raise ConfigError(f"must be a positive integer, got {value!r}", source=source, field=field)
+    if value >= _EXACT // 4:
+        raise ConfigError(
+            f"is too large ({value}); at most {_EXACT // 4 - 1}", source=source, field=field
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """``limit`` units per ``window`` (seconds, or a duration string such as ``"1m"``).
+
+    ``algorithm`` is one of :data:`ALGORITHMS`. ``burst`` is the bucket capacity of
+    ``token_bucket`` and ``gcra`` (default: ``limit``); the other algorithms reject it.
+    ``failure_mode`` says what a decision does when the store fails: ``"raise"`` raises
+    :class:`~ratewall.StoreError`, ``"open"`` allows, ``"closed"`` refuses. Both of the latter
+    mark the decision ``degraded``.
+    """
+
+    limit: int
+    window: float | str  # normalised to float seconds on construction
+    algorithm: Algorithm = "fixed_window"
+    burst: int | None = None
+    failure_mode: FailureMode = "raise"
+    # Derived once, used on every decision.
+    window_us: int = field(init=False, repr=False, compare=False)
+    capacity: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._validate(_SOURCE, "")
+
+    def _validate(self, source: str, prefix: str) -> None:
+        def at(name: str) -> str:
+            return f"{prefix}{name}"
+
+        limit = _positive_int(self.limit, source=source, field=at("limit"))
+        window = parse_duration(self.window, source=source, field=at("window"))
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(
+                f"unknown algorithm {self.algorithm!r}; expected one of {', '.join(ALGORITHMS)}",
+                source=source,
+                field=at("algorithm"),
+            )
+        if self.failure_mode not in FAILURE_MODES:
+            raise ConfigError(
+                f"unknown failure mode {self.failure_mode!r}; "
+                f"expected one of {', '.join(FAILURE_MODES)}",
+                source=source,
+                field=at("failure_mode"),
+            )
+        if self.burst is not None and self.algorithm not in ("token_bucket", "gcra"):
+            raise ConfigError(
+                f"burst applies only to token_bucket and gcra, not {self.algorithm}",
+                source=source,
+                field=at("burst"),
+            )
+        capacity = (
+            limit
+            if self.burst is None
+            else _positive_int(self.burst, source=source, field=at("burst"))
+        )
+        window_us = round(window * 1_000_000)
+        if self.algorithm == "sliding_window" and 4 * limit * (window_us // 1000) >= _EXACT:
+            raise ConfigError(
+                "limit × window is too large for exact sliding-window arithmetic; "
+                "use a shorter window or fixed_window",
+                source=source,
+                field=at("limit"),
+            )
+        if self.algorithm in ("token_bucket", "gcra"):
+            _, interval_units = bucket_ratio(limit, window_us)
+            if 4 * capacity * interval_units >= _EXACT:
+                raise ConfigError(
+                    "burst is too large for this limit and window to be computed exactly",
+                    source=source,
+                    field=at("burst" if self.burst is not None else "limit"),
+                )
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "window_us", window_us)
+        object.__setattr__(self, "capacity", capacity)
+
+    @classmethod
+    def from_mapping(cls, data: object, *, source: str, field: str) -> Policy:
+        """Build a policy from config data, naming ``source`` and ``field`` in any error."""
+        if not isinstance(data, dict):
+            raise ConfigError(
+                "must be a mapping with at least 'limit' and 'window'", source=source, field=field
+            )
+        allowed = ("limit", "window", "algorithm", "burst", "failure_mode")
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(
+                    f"unknown field {key!r}; expected one of {', '.join(allowed)}",
+                    source=source,
+                    field=f"{field}.{key}",
+                )
+        for required in ("limit", "window"):
+            if required not in data:
+                raise ConfigError("is required", source=source, field=f"{field}.{required}")
+        policy = object.__new__(cls)
+        for name in allowed:
+            default = {"algorithm": "fixed_window", "burst": None, "failure_mode": "raise"}
+            object.__setattr__(policy, name, data.get(name, default.get(name)))
+        policy._validate(source, f"{field}.")
+        return policy
+
+    def describe(self) -> str:
+        """A one-line human summary, e.g. ``5 per 1m (fixed_window)``."""
+        text = f"{self.limit} per {format_duration(self.window_us / 1_000_000)} ({self.algorithm}"
+        if self.burst is not None:
+            text += f", burst {self.burst}"
+        if self.failure_mode != "raise":
+            text += f", fails {self.failure_mode}"
+        return text + ")"
+
+
+def bucket_ratio(limit: int, window_us: int) -> tuple[int, int]:
+    """The refill rate as a reduced fraction: ``limit / window_us = rate_units / interval_units``.
+
+    Bucket algorithms count tokens in units of ``1 / interval_units`` of a token, so refilling
+    ``elapsed`` microseconds adds exactly ``elapsed * rate_units`` units: no rounding, ever.
+    """
+    divisor = math.gcd(limit, window_us)
+    return limit // divisor, window_us // divisor
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"

@@ -1,0 +1,218 @@
+"""The Redis/Valkey store: one atomic Lua call decides every key of a :class:`Call` list.
+
+The script is ``lua/_prelude.lua``, the five ``lua/<algorithm>.lua`` files and
+``lua/_main.lua`` concatenated, loaded once per server through redis-py's ``Script`` (EVALSHA,
+with ``SCRIPT LOAD`` and a retry when the server answers NOSCRIPT: after ``SCRIPT FLUSH``, a
+restart or a failover).
+
+Clients are built for a rate limiter, not for a cache: connect and read timeouts default to
+50 ms and nothing is retried (redis-py's defaults wait seconds and retry with backoff; a
+limiter must answer or fail fast and let the policy's failure mode decide).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import redis
+
+from ..algorithms import ALGORITHM_CODES, Rule
+from ..core import Call, Reply
+from ..errors import ConfigError
+
+__all__ = ["SCRIPT", "AsyncRedisStore", "RedisStore", "parse_store_url"]
+
+_SCRIPT_PARTS: Final = ("_prelude", *ALGORITHM_CODES, "_main")
+
+
+def _load_script() -> str:
+    folder = importlib.resources.files("ratewall").joinpath("lua")
+    return "\n".join(folder.joinpath(f"{part}.lua").read_text("utf-8") for part in _SCRIPT_PARTS)
+
+
+SCRIPT: Final = _load_script()
+
+STORE_SCHEMES: Final = (
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "valkey",
+    "valkeys",
+    "redis+cluster",
+    "redis+sentinel",
+)
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """``(kind, url)``: kind is ``memory``, ``redis``, ``cluster`` or ``sentinel``; the URL is
+    normalised for redis-py (``valkey://`` is ``redis://``, ``valkeys://`` is ``rediss://``)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in STORE_SCHEMES:
+        raise ConfigError(
+            f"unsupported store URL {url!r}; expected one of "
+            + ", ".join(f"{s}://" for s in STORE_SCHEMES),
+            field="store",
+        )
+    if scheme == "memory":
+        return "memory", url
+    if scheme in ("valkey", "valkeys"):
+        return "redis", ("redis" if scheme == "valkey" else "rediss") + "://" + rest
+    if scheme == "redis+cluster":
+        return "cluster", "redis://" + rest
+    if scheme == "redis+sentinel":
+        return "sentinel", url
+    return "redis", url
+
+
+def _client_options(timeout: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "client_name": "ratewall",
+    }
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
+    parts = urlsplit(url.replace("redis+sentinel://", "sentinel://", 1))
+    netloc = parts.netloc.rpartition("@")[2]
+    nodes = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        nodes.append((host or item, int(port) if port else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigError(f"sentinel URL {url!r} needs a service name: .../mymaster", field="store")
+    extra: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
+    if parts.password:
+        extra["password"] = unquote(parts.password)
+    query = parse_qs(parts.query)
+    if "sentinel_password" in query:
+        extra["sentinel_password"] = query["sentinel_password"][0]
+    return nodes, path[0], extra
+
+
+def _sentinel_master(sentinel_class: Any, url: str, options: dict[str, Any]) -> Any:
+    """The master client of a Sentinel-monitored service (sync or asyncio Sentinel class)."""
+    nodes, service, extra = _sentinel_parts(url)
+    sentinel_password = extra.pop("sentinel_password", None)
+    sentinel = sentinel_class(
+        nodes, sentinel_kwargs={**options, "password": sentinel_password}, **options
+    )
+    return sentinel.master_for(service, **extra)
+
+
+def make_client(url: str, timeout: float) -> Any:
+    kind, normalised = parse_store_url(url)
+    options = _client_options(timeout)
+    if kind == "cluster":
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(normalised, **options)
+    if kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        return _sentinel_master(Sentinel, normalised, options)
+    if kind != "redis":
+        raise ConfigError(f"{url!r} is not a Redis store URL", field="store")
+    return redis.Redis.from_url(normalised, **options)
+
+
+def make_async_client(url: str, timeout: float) -> Any:
+    kind, normalised = parse_store_url(url)
+    options = _client_options(timeout)
+    if kind == "cluster":
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(normalised, **options)
+    if kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        return _sentinel_master(Sentinel, normalised, options)
+    if kind != "redis":
+        raise ConfigError(f"{url!r} is not a Redis store URL", field="store")
+    return redis.asyncio.Redis.from_url(normalised, **options)
+
+
+class _Arguments:
+    """Builds the script's KEYS and ARGV; each rule's arguments are encoded once."""
+
+    __slots__ = ("_clock", "_rules")
+
+    def __init__(self, clock: Callable[[], int] | None) -> None:
+        self._clock = clock
+        self._rules: dict[Rule, tuple[int, ...]] = {}
+
+    def build(self, calls: Sequence[Call]) -> tuple[list[str], list[int | str]]:
+        args: list[int | str] = [self._clock() if self._clock is not None else ""]
+        keys = []
+        for call in calls:
+            encoded = self._rules.get(call.rule)
+            if encoded is None:
+                rule = call.rule
+                encoded = (
+                    rule.algorithm,
+                    rule.limit,
+                    rule.window,
+                    rule.capacity,
+                    rule.rate,
+                    rule.interval,
+                )
+                self._rules[call.rule] = encoded
+            keys.append(call.key)
+            args.append(call.op)
+            args.append(call.cost)
+            args.extend(encoded)
+        return keys, args
+
+
+class RedisStore:
+    """Synchronous store on Redis/Valkey. ``clock`` (µs) replaces the server's ``TIME``:
+    only tests should pass one."""
+
+    def __init__(
+        self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
+    ) -> None:
+        self.url = url
+        self.client = make_client(url, timeout)
+        self._script = self.client.register_script(SCRIPT)
+        self._arguments = _Arguments(clock)
+
+    def run(self, calls: Sequence[Call]) -> list[Reply]:
+        keys, args = self._arguments.build(calls)
+        replies: list[Reply] = self._script(keys=keys, args=args)
+        return replies
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncRedisStore:
+    """The asyncio twin of :class:`RedisStore` (same script, same arguments)."""
+
+    def __init__(
+        self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
+    ) -> None:
+        self.url = url
+        self.client = make_async_client(url, timeout)
+        self._script = self.client.register_script(SCRIPT)
+        self._arguments = _Arguments(clock)
+
+    async def arun(self, calls: Sequence[Call]) -> list[Reply]:
+        keys, args = self._arguments.build(calls)
+        replies: list[Reply] = await self._script(keys=keys, args=args)
+        return replies
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
