@@ -10,6 +10,9 @@ Both facades (:class:`~ratewall.RateLimiter`, :class:`~ratewall.AsyncRateLimiter
 so the two differ by one ``await``. The core resolves policies, builds keys, consults the
 local deny cache, turns store replies into :class:`~ratewall.Decision` objects, applies
 the policy's failure mode, and keeps the circuit breaker.
+
+A request checked against several policies at once (:meth:`Core.plan_many`) becomes one
+*group* of calls that the store decides all or nothing: if any is refused, none is consumed.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from .algorithms import Rule, rule_for
+from .algorithms import Outcome, Rule, rule_for
 from .decision import Decision
 from .errors import StoreError
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
 from .policy import Policy
 
-__all__ = ["CHECK", "PEEK", "RESET", "Call", "Core", "Plan", "Reply"]
+__all__ = ["CHECK", "PEEK", "RESET", "Call", "Core", "Plan", "PlanMany", "Reply", "group_bounds"]
 
 CHECK: Final = 0
 PEEK: Final = 1
@@ -37,12 +40,25 @@ Reply = Sequence[int]
 
 
 class Call(NamedTuple):
-    """One operation for the store: the unit stores execute (and later batch)."""
+    """One operation for the store. Consecutive calls with the same ``group`` are decided
+    all or nothing (one request, several policies)."""
 
     key: str
     op: int
+    group: int
     cost: int
     rule: Rule
+
+
+def group_bounds(calls: Sequence[Call]) -> list[tuple[int, int]]:
+    """``[(first, end), ...]`` slices of consecutive calls sharing a group number."""
+    bounds = []
+    first = 0
+    for index in range(1, len(calls) + 1):
+        if index == len(calls) or calls[index].group != calls[first].group:
+            bounds.append((first, index))
+            first = index
+    return bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,12 @@ class Plan(NamedTuple):
     compiled: _Compiled
     call: Call
     decision: Decision | None  # set when the core could answer without the store
+
+
+class PlanMany(NamedTuple):
+    compiled: tuple[_Compiled, ...]
+    calls: tuple[Call, ...]
+    decisions: list[Decision] | None  # set when the core could answer without the store
 
 
 class _Breaker:
@@ -83,7 +105,12 @@ class _Breaker:
 
 
 class BreakerOpenError(Exception):
-    """Raised inside the core when the breaker is open (never escapes a facade)."""
+    """Stands for the store while the breaker is open (chained into StoreError)."""
+
+
+_BREAKER_OPEN: Final = BreakerOpenError(
+    "the store failed repeatedly; not retrying until the circuit breaker's cooldown ends"
+)
 
 
 class Core:
@@ -118,7 +145,7 @@ class Core:
 
     # -- planning -------------------------------------------------------------------------
 
-    def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
+    def _call(self, identity: str, policy: str, op: int, cost: int) -> tuple[_Compiled, Call]:
         compiled = self._compiled.get(policy)
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
@@ -131,51 +158,83 @@ class Core:
                 f"cost must be an integer from 1 to {rule.capacity} for policy {policy!r} "
                 f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
             )
-        key = self._keys.key(identity, policy)
-        call = Call(key, op, cost, rule)
+        return compiled, Call(self._keys.key(identity, policy), op, 0, cost, rule)
+
+    def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
+        compiled, call = self._call(identity, policy, op, cost)
         if op == RESET:
-            self.deny_cache.forget(key)
+            self.deny_cache.forget(call.key)
             return Plan(compiled, call, None)
-        refusal = self.deny_cache.refusal(key, rule, cost, self._now())
-        if refusal is not None:
-            return Plan(
-                compiled,
-                call,
-                _decision(
-                    compiled, refusal.allowed, refusal.remaining, refusal.reset, refusal.retry
-                ),
-            )
+        known = self.deny_cache.lookup(call.key, call.rule, cost, self._now())
+        if known is not None:
+            if not known.allowed:
+                return Plan(compiled, call, _decision(compiled, known))
+            self.deny_cache.forget(call.key)
         if self._breaker.is_open(self._now()):
-            return Plan(
-                compiled,
-                call,
-                self._failure_mode(
-                    compiled,
-                    BreakerOpenError(
-                        "the store failed repeatedly; not retrying until the circuit breaker's "
-                        "cooldown ends"
-                    ),
-                ),
-            )
+            return Plan(compiled, call, self._failure_mode(compiled, _BREAKER_OPEN))
         return Plan(compiled, call, None)
+
+    def plan_many(
+        self, items: Sequence[tuple[str, str] | tuple[str, str, int]], op: int
+    ) -> PlanMany:
+        """One request against several (identity, policy[, cost]) items, all or nothing."""
+        if not items:
+            raise ValueError("check_many needs at least one (identity, policy) item")
+        pairs = [
+            self._call(item[0], item[1], op, item[2] if len(item) > 2 else 1) for item in items
+        ]
+        compiled = tuple(pair[0] for pair in pairs)
+        calls = tuple(pair[1] for pair in pairs)
+        now = self._now()
+        known = [self.deny_cache.lookup(c.key, c.rule, c.cost, now) for c in calls]
+        if all(k is not None for k in known) and any(
+            k is not None and not k.allowed for k in known
+        ):
+            # Every member's snapshot is here and one refuses: the store would refuse too.
+            return PlanMany(
+                compiled,
+                calls,
+                [_decision(c, k) for c, k in zip(compiled, known, strict=True) if k is not None],
+            )
+        if self._breaker.is_open(now):
+            return PlanMany(
+                compiled, calls, [self._failure_mode(c, _BREAKER_OPEN) for c in compiled]
+            )
+        return PlanMany(compiled, calls, None)
 
     # -- deciding -------------------------------------------------------------------------
 
     def decide(self, plan: Plan, reply: Reply) -> Decision:
         self._breaker.succeeded()
         call = plan.call
-        allowed = reply[0] == 1
         if call.op != RESET:
-            if allowed:
-                self.deny_cache.forget(call.key)
-            elif self.deny_cache.maxsize:
-                self.deny_cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
-        return _decision(plan.compiled, allowed, reply[1], reply[2], reply[3])
+            self._learn((call,), (reply,))
+        return _decision(plan.compiled, reply)
+
+    def decide_many(self, plan: PlanMany, replies: Sequence[Reply]) -> list[Decision]:
+        self._breaker.succeeded()
+        self._learn(plan.calls, replies)
+        return [_decision(c, r) for c, r in zip(plan.compiled, replies, strict=True)]
+
+    def _learn(self, calls: Sequence[Call], replies: Sequence[Reply]) -> None:
+        """Keep refused groups' snapshots in the deny cache; forget keys that passed."""
+        cache = self.deny_cache
+        if all(reply[0] == 1 for reply in replies):
+            for call in calls:
+                cache.forget(call.key)
+        elif cache.maxsize:
+            now = self._now()
+            for call, reply in zip(calls, replies, strict=True):
+                cache.remember(call.key, tuple(reply[5:]), reply[4], now)
 
     def failure(self, plan: Plan, error: BaseException) -> Decision:
         """The store failed on ``plan``: count it, then raise or answer per the failure mode."""
         self._breaker.failed(self._now())
         return self._failure_mode(plan.compiled, error)
+
+    def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
+        self._breaker.failed(self._now())
+        return [self._failure_mode(compiled, error) for compiled in plan.compiled]
 
     def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:
         mode = compiled.policy.failure_mode
@@ -191,14 +250,14 @@ class Core:
         return Decision(False, compiled.name, capacity, 0, cooldown, cooldown, degraded=True)
 
 
-def _decision(
-    compiled: _Compiled, allowed: bool, remaining: int, reset: int, retry: int
-) -> Decision:
+def _decision(compiled: _Compiled, reply: Reply | Outcome) -> Decision:
+    """A Decision from a store reply or a local Outcome (same first four fields)."""
+    allowed = bool(reply[0])
     return Decision(
         allowed,
         compiled.name,
         compiled.rule.capacity,
-        max(0, remaining),
-        reset / 1_000_000,
-        None if allowed else retry / 1_000_000,
+        max(0, reply[1]),
+        reply[2] / 1_000_000,
+        None if allowed else reply[3] / 1_000_000,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -87,6 +87,16 @@ class _Limiter:
         )
 
 
+Item = tuple[str, str] | tuple[str, str, int]
+
+_CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cost])`` items at once.
+
+        All or nothing: the request may proceed only if every returned decision is allowed;
+        if any is refused, nothing is consumed, and the allowed decisions describe what
+        *would* have been consumed. One store round trip (on a Redis Cluster, the items must
+        share a hash slot, i.e. one identity; otherwise use separate calls)."""
+
+
 def _reset_failed(plan: Plan, error: Exception) -> StoreError:
     return StoreError(f"reset of {plan.call.key!r} failed: {type(error).__name__}: {error}")
 
@@ -122,6 +132,18 @@ class RateLimiter(_Limiter):
             self._store.run((plan.call,))
         except Exception as error:
             raise _reset_failed(plan, error) from error
+
+    def check_many(self, items: Sequence[Item]) -> list[Decision]:
+        plan = self._core.plan_many(items, CHECK)
+        if plan.decisions is not None:
+            return plan.decisions
+        try:
+            replies = self._store.run(plan.calls)
+        except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
+            return self._core.failure_many(plan, error)
+        return self._core.decide_many(plan, replies)
+
+    check_many.__doc__ = _CHECK_MANY_DOC
 
     def _decide(self, plan: Plan) -> Decision:
         if plan.decision is not None:
@@ -174,6 +196,18 @@ class AsyncRateLimiter(_Limiter):
             await self._store.arun((plan.call,))
         except Exception as error:
             raise _reset_failed(plan, error) from error
+
+    async def check_many(self, items: Sequence[Item]) -> list[Decision]:
+        plan = self._core.plan_many(items, CHECK)
+        if plan.decisions is not None:
+            return plan.decisions
+        try:
+            replies = await self._store.arun(plan.calls)
+        except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
+            return self._core.failure_many(plan, error)
+        return self._core.decide_many(plan, replies)
+
+    check_many.__doc__ = _CHECK_MANY_DOC
 
     async def _decide(self, plan: Plan) -> Decision:
         if plan.decision is not None:

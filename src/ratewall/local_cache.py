@@ -44,19 +44,18 @@ class DenyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def refusal(self, key: str, rule: Rule, cost: int, local_now: int) -> Outcome | None:
-        """The refusal the store would give, if this node can already tell; else ``None``."""
+    def lookup(self, key: str, rule: Rule, cost: int, local_now: int) -> Outcome | None:
+        """What the snapshot of ``key`` says now (``None`` without one). Only a refusal may be
+        trusted: an allowed outcome means "ask the store" (the caller then forgets the key)."""
         snapshot = self._entries.get(key)
         if snapshot is None:
             return None
         store_now = snapshot.store_now + max(0, local_now - snapshot.local_at)
         outcome = FUNCTIONS[rule.algorithm](snapshot.state, store_now, cost, rule)
-        if outcome.allowed:
-            self.forget(key)
-            return None
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
+        if not outcome.allowed:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
         return outcome
 
     def remember(self, key: str, state: tuple[int, ...], store_now: int, local_now: int) -> None:

@@ -6,21 +6,24 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..algorithms import FUNCTIONS
-from ..core import CHECK, RESET, Call, Reply
+from ..core import CHECK, RESET, Call, Reply, group_bounds
 
 __all__ = ["MemoryStore"]
+
+_Entry = tuple[tuple[int, ...], int]  # state, expiry (µs)
 
 
 class MemoryStore:
     """Keeps each key's state with its expiry; thread-safe; expired entries are swept as the
-    dict grows, so memory stays proportional to the live keys.
+    dict grows, so memory stays proportional to the live keys. Executes calls exactly as
+    ``lua/_main.lua`` does, groups (all-or-nothing) included.
 
     ``clock`` gives integer microseconds (monotonic by default, injectable for tests).
     """
 
     def __init__(self, clock: Callable[[], int]) -> None:
         self._clock = clock
-        self._data: dict[str, tuple[tuple[int, ...], int]] = {}
+        self._data: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._sweep_at = 1024
 
@@ -30,27 +33,49 @@ class MemoryStore:
     def run(self, calls: Sequence[Call]) -> list[Reply]:
         with self._lock:
             now = self._clock()
-            return [self._run_one(call, now) for call in calls]
+            replies: list[Reply] = []
+            for first, last in group_bounds(calls):
+                replies += self._run_group(calls[first:last], now)
+            return replies
 
     async def arun(self, calls: Sequence[Call]) -> list[Reply]:
         return self.run(calls)
 
-    def _run_one(self, call: Call, now: int) -> Reply:
+    def _stored(self, key: str, now: int) -> tuple[int, ...]:
+        entry = self._data.get(key)
+        return entry[0] if entry is not None and now < entry[1] else ()
+
+    def _run_group(self, calls: Sequence[Call], now: int) -> list[Reply]:
         data = self._data
-        if call.op == RESET:
-            data.pop(call.key, None)
-            return (1, 0, 0, -1, now)
-        entry = data.get(call.key)
-        state = entry[0] if entry is not None and now < entry[1] else ()
-        rule = call.rule
-        outcome = FUNCTIONS[rule.algorithm](state, now, call.cost, rule)
-        if outcome.allowed:
-            if call.op == CHECK and outcome.state is not None:
-                data[call.key] = (outcome.state, now + outcome.ttl)
-                if len(data) >= self._sweep_at:
-                    self._sweep(now)
-            return (1, outcome.remaining, outcome.reset, -1, now)
-        return (0, outcome.remaining, outcome.reset, outcome.retry, now, *state)
+        pending: dict[str, _Entry] = {}
+        replies: list[Reply] = []
+        before: list[tuple[int, ...]] = []
+        all_allowed = True
+        for call in calls:
+            if call.op == RESET:
+                data.pop(call.key, None)
+                pending.pop(call.key, None)
+                replies.append((1, 0, 0, -1, now))
+                before.append(())
+                continue
+            stored = self._stored(call.key, now)
+            state = pending[call.key][0] if call.key in pending else stored
+            rule = call.rule
+            outcome = FUNCTIONS[rule.algorithm](state, now, call.cost, rule)
+            before.append(stored)
+            replies.append(
+                (int(outcome.allowed), outcome.remaining, outcome.reset, outcome.retry, now)
+            )
+            if not outcome.allowed:
+                all_allowed = False
+            elif call.op == CHECK and outcome.state is not None:
+                pending[call.key] = (outcome.state, now + outcome.ttl)
+        if all_allowed:
+            data.update(pending)
+            if len(data) >= self._sweep_at:
+                self._sweep(now)
+            return replies
+        return [(*reply, *state) for reply, state in zip(replies, before, strict=True)]
 
     def _sweep(self, now: int) -> None:
         live = {key: entry for key, entry in self._data.items() if now < entry[1]}

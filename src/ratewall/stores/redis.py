@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-import redis
 
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply
@@ -172,6 +171,7 @@ class _Arguments:
                 self._rules[call.rule] = encoded
             keys.append(call.key)
             args.append(call.op)
+            args.append(call.group)
             args.append(call.cost)
             args.extend(encoded)
         return keys, args
