@@ -20,7 +20,8 @@ def test_other_identities_get_a_digest_that_cannot_look_raw() -> None:
         encoded = encode_identity(identity)
         assert encoded.startswith("~")
         assert len(encoded) == 65
-        assert "{" not in encoded and "}" not in encoded
+        assert "{" not in encoded
+        assert "}" not in encoded
 
 
 @given(SAFE)
