@@ -37,8 +37,8 @@ class _Limiter:
         clock: Clock | None = None,
     ) -> None:
         kind, _ = parse_store_url(store)
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
-            raise ValueError(f"timeout must be seconds in (0, 60], got {timeout!r}")
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+            raise ValueError(f"timeout must be seconds in (0, 3600], got {timeout!r}")
         local_now = micros_from(clock)
         if kind == "memory":
             # Everything is local already: a deny cache would only duplicate the store.

@@ -22,6 +22,7 @@ _EXACT: Final = 2**53
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SOURCE: Final = "<policy>"
+_MAX_WINDOW_SECONDS: Final = 10 * 366 * 86400.0
 
 
 def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window") -> float:
@@ -31,7 +32,9 @@ def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window
             f"expected seconds or a duration like '1m', got {value!r}", source=source, field=field
         )
     if isinstance(value, int | float):
-        seconds = float(value)
+        # A huge int would overflow float(); any value past the maximum is reported below.
+        too_big = isinstance(value, int) and value > _MAX_WINDOW_SECONDS
+        seconds = float("inf") if too_big else float(value)
     elif isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
@@ -48,8 +51,14 @@ def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window
             source=source,
             field=field,
         )
-    if not math.isfinite(seconds) or seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise ConfigError(f"must be a positive duration, got {value!r}", source=source, field=field)
+    if seconds > _MAX_WINDOW_SECONDS:
+        raise ConfigError(
+            f"is too large; at most {_MAX_WINDOW_SECONDS:.0f} seconds (10 years)",
+            source=source,
+            field=field,
+        )
     micros = seconds * 1_000_000
     if micros < 1000 or abs(micros / 1000 - round(micros / 1000)) > 1e-6:
         raise ConfigError(
@@ -85,9 +94,9 @@ class Policy:
 
     limit: int
     window: float | str  # normalised to float seconds on construction
-    algorithm: Algorithm = "fixed_window"
+    algorithm: Algorithm | str = "fixed_window"  # validated: one of ALGORITHMS
     burst: int | None = None
-    failure_mode: FailureMode = "raise"
+    failure_mode: FailureMode | str = "raise"  # validated: one of FAILURE_MODES
     # Derived once, used on every decision.
     window_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)

@@ -19,7 +19,11 @@ def test_check_many_matches_the_memory_store(redis_url: str) -> None:
     clock = FakeClock()
     store = RateLimiter(POLICIES, store=redis_url, clock=clock)
     memory = RateLimiter(POLICIES, clock=clock)
-    items = [("alice", "user"), ("10.0.0.1", "ip", 1), ("alice", "log", 2)]
+    items: list[tuple[str, str] | tuple[str, str, int]] = [
+        ("alice", "user"),
+        ("10.0.0.1", "ip", 1),
+        ("alice", "log", 2),
+    ]
     for step in [0, 1, 1, 5, 0, 20, 40, 1]:
         clock.advance(step)
         assert store.check_many(items) == memory.check_many(items)
