@@ -28,7 +28,7 @@ from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
 from .policy import Policy
 
-__all__ = ["CHECK", "PEEK", "RESET", "Call", "Core", "Plan", "PlanMany", "Reply", "group_bounds"]
+__all__ = ["CHECK", "PEEK", "RESET", "Call", "Core", "Plan", "PlanMany", "Reply", "Request"]
 
 CHECK: Final = 0
 PEEK: Final = 1
@@ -40,25 +40,16 @@ Reply = Sequence[int]
 
 
 class Call(NamedTuple):
-    """One operation for the store. Consecutive calls with the same ``group`` are decided
-    all or nothing (one request, several policies)."""
+    """One operation on one key. Stores execute *requests*: sequences of calls decided all
+    or nothing (one HTTP request checked against several policies is one request)."""
 
     key: str
     op: int
-    group: int
     cost: int
     rule: Rule
 
 
-def group_bounds(calls: Sequence[Call]) -> list[tuple[int, int]]:
-    """``[(first, end), ...]`` slices of consecutive calls sharing a group number."""
-    bounds = []
-    first = 0
-    for index in range(1, len(calls) + 1):
-        if index == len(calls) or calls[index].group != calls[first].group:
-            bounds.append((first, index))
-            first = index
-    return bounds
+Request = Sequence[Call]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +149,7 @@ class Core:
                 f"cost must be an integer from 1 to {rule.capacity} for policy {policy!r} "
                 f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
             )
-        return compiled, Call(self._keys.key(identity, policy), op, 0, cost, rule)
+        return compiled, Call(self._keys.key(identity, policy), op, cost, rule)
 
     def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
         compiled, call = self._call(identity, policy, op, cost)

@@ -129,7 +129,7 @@ class RateLimiter(_Limiter):
         """
         plan = self._core.plan(identity, policy, RESET)
         try:
-            self._store.run((plan.call,))
+            self._store.run(((plan.call,),))
         except Exception as error:
             raise _reset_failed(plan, error) from error
 
@@ -138,7 +138,7 @@ class RateLimiter(_Limiter):
         if plan.decisions is not None:
             return plan.decisions
         try:
-            replies = self._store.run(plan.calls)
+            replies = self._store.run((plan.calls,))[0]
         except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
             return self._core.failure_many(plan, error)
         return self._core.decide_many(plan, replies)
@@ -149,7 +149,7 @@ class RateLimiter(_Limiter):
         if plan.decision is not None:
             return plan.decision
         try:
-            reply = self._store.run((plan.call,))[0]
+            reply = self._store.run(((plan.call,),))[0][0]
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)
@@ -193,7 +193,7 @@ class AsyncRateLimiter(_Limiter):
         """
         plan = self._core.plan(identity, policy, RESET)
         try:
-            await self._store.arun((plan.call,))
+            await self._store.arun(((plan.call,),))
         except Exception as error:
             raise _reset_failed(plan, error) from error
 
@@ -202,7 +202,7 @@ class AsyncRateLimiter(_Limiter):
         if plan.decisions is not None:
             return plan.decisions
         try:
-            replies = await self._store.arun(plan.calls)
+            replies = (await self._store.arun((plan.calls,)))[0]
         except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
             return self._core.failure_many(plan, error)
         return self._core.decide_many(plan, replies)
@@ -213,7 +213,7 @@ class AsyncRateLimiter(_Limiter):
         if plan.decision is not None:
             return plan.decision
         try:
-            reply = (await self._store.arun((plan.call,)))[0]
+            reply = (await self._store.arun(((plan.call,),)))[0][0]
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)

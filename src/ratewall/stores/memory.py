@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..algorithms import FUNCTIONS
-from ..core import CHECK, RESET, Call, Reply, group_bounds
+from ..core import CHECK, RESET, Reply, Request
 
 __all__ = ["MemoryStore"]
 
@@ -30,22 +30,20 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._data)
 
-    def run(self, calls: Sequence[Call]) -> list[Reply]:
+    def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        """Decide each request (all or nothing) in order; one reply per call."""
         with self._lock:
             now = self._clock()
-            replies: list[Reply] = []
-            for first, last in group_bounds(calls):
-                replies += self._run_group(calls[first:last], now)
-            return replies
+            return [self._run_request(request, now) for request in requests]
 
-    async def arun(self, calls: Sequence[Call]) -> list[Reply]:
-        return self.run(calls)
+    async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        return self.run(requests)
 
     def _stored(self, key: str, now: int) -> tuple[int, ...]:
         entry = self._data.get(key)
         return entry[0] if entry is not None and now < entry[1] else ()
 
-    def _run_group(self, calls: Sequence[Call], now: int) -> list[Reply]:
+    def _run_request(self, calls: Request, now: int) -> list[Reply]:
         data = self._data
         pending: dict[str, _Entry] = {}
         replies: list[Reply] = []

@@ -12,6 +12,7 @@ limiter must answer or fail fast and let the policy's failure mode decide).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -23,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..algorithms import ALGORITHM_CODES, Rule
-from ..core import Call, Reply
+from ..core import Reply, Request
 from ..errors import ConfigError
 
 __all__ = ["SCRIPT", "AsyncRedisStore", "RedisStore", "parse_store_url"]
@@ -145,7 +146,8 @@ def make_async_client(url: str, timeout: float) -> Any:
 
 
 class _Arguments:
-    """Builds the script's KEYS and ARGV; each rule's arguments are encoded once."""
+    """Builds the script's KEYS and ARGV for a list of requests (group = request index);
+    each rule's arguments are encoded once."""
 
     __slots__ = ("_clock", "_rules")
 
@@ -153,33 +155,43 @@ class _Arguments:
         self._clock = clock
         self._rules: dict[Rule, tuple[int, ...]] = {}
 
-    def build(self, calls: Sequence[Call]) -> tuple[list[str], list[int | str]]:
+    def build(self, requests: Sequence[Request]) -> tuple[list[str], list[int | str]]:
         args: list[int | str] = [self._clock() if self._clock is not None else ""]
         keys = []
-        for call in calls:
-            encoded = self._rules.get(call.rule)
-            if encoded is None:
-                rule = call.rule
-                encoded = (
-                    rule.algorithm,
-                    rule.limit,
-                    rule.window,
-                    rule.capacity,
-                    rule.rate,
-                    rule.interval,
-                )
-                self._rules[call.rule] = encoded
-            keys.append(call.key)
-            args.append(call.op)
-            args.append(call.group)
-            args.append(call.cost)
-            args.extend(encoded)
+        rules = self._rules
+        for group, request in enumerate(requests):
+            for call in request:
+                encoded = rules.get(call.rule)
+                if encoded is None:
+                    rule = call.rule
+                    encoded = (
+                        rule.algorithm,
+                        rule.limit,
+                        rule.window,
+                        rule.capacity,
+                        rule.rate,
+                        rule.interval,
+                    )
+                    rules[call.rule] = encoded
+                keys.append(call.key)
+                args += (call.op, group, call.cost, *encoded)
         return keys, args
 
 
+def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list[Reply]]:
+    grouped = []
+    index = 0
+    for request in requests:
+        grouped.append(list(replies[index : index + len(request)]))
+        index += len(request)
+    return grouped
+
+
 class RedisStore:
-    """Synchronous store on Redis/Valkey. ``clock`` (µs) replaces the server's ``TIME``:
-    only tests should pass one."""
+    """Synchronous store on Redis/Valkey: one script call per :meth:`run`.
+
+    ``clock`` (µs) replaces the server's ``TIME``: only tests should pass one.
+    """
 
     def __init__(
         self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
@@ -189,30 +201,107 @@ class RedisStore:
         self._script = self.client.register_script(SCRIPT)
         self._arguments = _Arguments(clock)
 
-    def run(self, calls: Sequence[Call]) -> list[Reply]:
-        keys, args = self._arguments.build(calls)
+    def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        """Decide each request (all or nothing) in order, in one atomic script call."""
+        keys, args = self._arguments.build(requests)
         replies: list[Reply] = self._script(keys=keys, args=args)
-        return replies
+        return _regroup(requests, replies)
 
     def close(self) -> None:
         self.client.close()
 
 
 class AsyncRedisStore:
-    """The asyncio twin of :class:`RedisStore` (same script, same arguments)."""
+    """The asyncio twin of :class:`RedisStore`, with automatic batching.
+
+    Concurrent callers share round trips: a call made while fewer than ``max_in_flight``
+    script calls are in flight is sent at once (so latency at low load is one round trip);
+    otherwise it waits, and when an in-flight call returns, every waiting request (up to
+    ``max_batch`` calls) goes out in one script call. The script decides the requests in
+    order, each all or nothing, atomically: batching changes nothing about exactness. A
+    queued caller may wait for one in-flight call before its own, so its worst case is
+    two timeouts.
+    """
 
     def __init__(
-        self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
+        self,
+        url: str,
+        *,
+        timeout: float = 0.05,
+        clock: Callable[[], int] | None = None,
+        max_in_flight: int = 2,
+        max_batch: int = 512,
     ) -> None:
         self.url = url
         self.client = make_async_client(url, timeout)
         self._script = self.client.register_script(SCRIPT)
         self._arguments = _Arguments(clock)
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._in_flight = 0
+        self._waiting: list[tuple[Sequence[Request], asyncio.Future[list[list[Reply]]]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def arun(self, calls: Sequence[Call]) -> list[Reply]:
-        keys, args = self._arguments.build(calls)
+    async def _send(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        keys, args = self._arguments.build(requests)
         replies: list[Reply] = await self._script(keys=keys, args=args)
-        return replies
+        return _regroup(requests, replies)
+
+    async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        """Decide each request (all or nothing) in order, sharing a round trip with
+        concurrent callers when one is already in flight."""
+        if self._in_flight < self._max_in_flight and not self._waiting:
+            self._in_flight += 1
+            try:
+                return await self._send(requests)
+            finally:
+                self._in_flight -= 1
+                self._flush()
+        future: asyncio.Future[list[list[Reply]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((requests, future))
+        return await future
+
+    def _flush(self) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            count = size = 0
+            for requests, _ in self._waiting:
+                if count and size + len(requests) > self._max_batch:
+                    break
+                size += len(requests)
+                count += 1
+            batch, self._waiting = self._waiting[:count], self._waiting[count:]
+            self._in_flight += 1
+            task = asyncio.ensure_future(self._send_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_batch(
+        self, batch: list[tuple[Sequence[Request], asyncio.Future[list[list[Reply]]]]]
+    ) -> None:
+        try:
+            requests = [request for entry in batch for request in entry[0]]
+            replies = await self._send(requests)
+        except BaseException as error:
+            for _, future in batch:
+                if not future.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            index = 0
+            for entry, future in batch:
+                count = len(entry)
+                if not future.done():
+                    future.set_result(replies[index : index + count])
+                index += count
+        finally:
+            self._in_flight -= 1
+            self._flush()
 
     async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.client.aclose()
