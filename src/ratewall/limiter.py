@@ -132,6 +132,8 @@ class RateLimiter(_Limiter):
             self._store.run(((plan.call,),))
         except Exception as error:
             raise _reset_failed(plan, error) from error
+        # A refusal in flight during the reset may have re-filled the deny cache.
+        self._core.deny_cache.forget(plan.call.key)
 
     def check_many(self, items: Sequence[Item]) -> list[Decision]:
         plan = self._core.plan_many(items, CHECK)
@@ -196,6 +198,8 @@ class AsyncRateLimiter(_Limiter):
             await self._store.arun(((plan.call,),))
         except Exception as error:
             raise _reset_failed(plan, error) from error
+        # A refusal in flight during the reset may have re-filled the deny cache.
+        self._core.deny_cache.forget(plan.call.key)
 
     async def check_many(self, items: Sequence[Item]) -> list[Decision]:
         plan = self._core.plan_many(items, CHECK)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -26,6 +26,7 @@ from redis.retry import Retry
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Reply, Request
 from ..errors import ConfigError
+from ._resp import AsyncConnection, ConnectionPool, Endpoint, Script
 
 __all__ = ["SCRIPT", "AsyncRedisStore", "RedisStore", "parse_store_url"]
 
@@ -190,25 +191,35 @@ def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list
 class RedisStore:
     """Synchronous store on Redis/Valkey: one script call per :meth:`run`.
 
-    ``clock`` (µs) replaces the server's ``TIME``: only tests should pass one.
+    Standalone servers (``redis://``, ``rediss://``, ``unix://``, ``valkey://``) are reached
+    through ratewall's lean connection (:mod:`._resp`); Cluster and Sentinel through
+    redis-py. ``clock`` (µs) replaces the server's ``TIME``: only tests should pass one.
     """
 
     def __init__(
         self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
     ) -> None:
         self.url = url
-        self.client = make_client(url, timeout)
-        self._script = self.client.register_script(SCRIPT)
+        kind, normalised = parse_store_url(url)
         self._arguments = _Arguments(clock)
+        self._close: Callable[[], None]
+        self._execute: Callable[[list[str], list[int | str]], list[Reply]]
+        if kind == "redis":
+            pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
+            self._execute, self._close = pool.run_script, pool.close
+        else:
+            client = make_client(url, timeout)
+            script = client.register_script(SCRIPT)
+            self._execute = lambda keys, args: script(keys=keys, args=args)
+            self._close = client.close
 
     def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, in one atomic script call."""
         keys, args = self._arguments.build(requests)
-        replies: list[Reply] = self._script(keys=keys, args=args)
-        return _regroup(requests, replies)
+        return _regroup(requests, self._execute(keys, args))
 
     def close(self) -> None:
-        self.client.close()
+        self._close()
 
 
 class AsyncRedisStore:
@@ -233,9 +244,18 @@ class AsyncRedisStore:
         max_batch: int = 512,
     ) -> None:
         self.url = url
-        self.client = make_async_client(url, timeout)
-        self._script = self.client.register_script(SCRIPT)
+        kind, normalised = parse_store_url(url)
         self._arguments = _Arguments(clock)
+        self._execute: Callable[[list[str], list[int | str]], Awaitable[list[Reply]]]
+        self._aclose: Callable[[], Awaitable[None]]
+        if kind == "redis":
+            connection = AsyncConnection(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
+            self._execute, self._aclose = connection.run_script, connection.aclose
+        else:
+            client = make_async_client(url, timeout)
+            script = client.register_script(SCRIPT)
+            self._execute = lambda keys, args: script(keys=keys, args=args)
+            self._aclose = client.aclose
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._in_flight = 0
@@ -244,8 +264,7 @@ class AsyncRedisStore:
 
     async def _send(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
-        replies: list[Reply] = await self._script(keys=keys, args=args)
-        return _regroup(requests, replies)
+        return _regroup(requests, await self._execute(keys, args))
 
     async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, sharing a round trip with
@@ -304,4 +323,4 @@ class AsyncRedisStore:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self.client.aclose()
+        await self._aclose()

@@ -1,0 +1,220 @@
+"""The memory store and the Redis store give identical decisions (SPEC §3).
+
+Hypothesis draws a policy of each algorithm and a random sequence of operations (time steps,
+identities from a small pool of odd ones, check/peek/reset, costs); the sequence runs through
+a memory-store limiter and a Redis-store limiter that share one FakeClock, and every
+``Decision`` must be equal, field by field. The Redis limiter runs with its local deny cache
+(on one node it must never change an answer) and without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NamedTuple
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratewall import ALGORITHMS, AsyncRateLimiter, Decision, Policy, RateLimiter
+from ratewall.testing import FakeClock
+
+pytestmark = pytest.mark.slow
+
+POLICY = "p"
+IDENTITIES = ("user_123", "", "a b", "{x}", "é", "x" * 10_000)
+START_US = 1_700_000_000_000_000  # a realistic epoch: large integers inside Lua
+BUCKETS = ("token_bucket", "gcra")
+# Redis key TTLs run on real time while the injected clock stands still. A write whose state
+# is back to full (its logical TTL) in less than this could expire in real time while it is
+# still alive on the fake clock, so the run then jumps to that moment (see _next_now).
+MIN_REAL_TTL_US = 3_000_000
+
+# Store timeout: these tests are about decisions, not latency (the default is 50 ms).
+TIMEOUT = 5.0
+
+SYNC_EXAMPLES = 150
+ASYNC_EXAMPLES = 50
+
+Kind = Literal["check", "peek", "reset"]
+
+
+class Op(NamedTuple):
+    step_us: int
+    identity: str
+    kind: Kind
+    cost: int
+
+
+class Scenario(NamedTuple):
+    policy: Policy
+    ops: list[Op]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, algorithm: str) -> Scenario:
+    window_ms = draw(
+        st.one_of(
+            st.sampled_from([10_000, 60_000, 3_600_000, 86_400_000]),
+            st.integers(10_000, 120_000),
+            st.integers(10_000, 86_400_000),
+        )
+    )
+    window_us = window_ms * 1000
+    # Small limits give many refusals (and deny-cache answers). Limits near or above the
+    # window in ms make each millisecond of a sliding window's weighting, and each unit of a
+    # bucket, change `remaining`, so an off-by-one anywhere shows in the decisions.
+    limit = draw(st.integers(1, 30) | st.integers(31, 10_000) | st.integers(10_001, 2_000_000))
+    burst = None
+    if algorithm in BUCKETS:
+        # Policy admits a bucket only while 4 * capacity * window_us stays below 2**53.
+        most = (2**53 - 1) // (4 * window_us)
+        limit = min(limit, most)
+        burst = draw(st.none() | st.integers(1, min(2 * limit + 30, most)))
+    policy = Policy(limit, window_ms / 1000, algorithm, burst)
+    # Hypothesis favours small integers, so steps are built from parts it draws well: a
+    # fraction of the window (in 1/1000ths, up to 3 windows: roll-overs and expiries), or a
+    # number of refill periods, each plus a few µs of jitter, or µs alone.
+    per_unit = max(1, window_us // limit)
+    jitter = st.integers(0, 1000)
+    steps = st.one_of(
+        st.just(0),
+        jitter,
+        st.builds(lambda k, j: k * window_us // 1000 + j, st.integers(0, 3000), jitter),
+        st.builds(lambda k, j: k * per_unit + j, st.integers(0, 20), jitter),
+    )
+    kinds: st.SearchStrategy[Kind] = st.sampled_from(
+        ["check", "check", "check", "check", "peek", "peek", "reset"]
+    )
+    ops = draw(
+        st.lists(
+            st.builds(
+                Op,
+                steps,
+                st.sampled_from(IDENTITIES),
+                kinds,
+                st.integers(1, policy.capacity),
+            ),
+            min_size=3,
+            max_size=40,
+        )
+    )
+    return Scenario(policy, ops)
+
+
+def _set_clock(clock: FakeClock, now_us: int) -> None:
+    clock.set(now_us / 1_000_000)
+    # The limiters round the clock to whole µs: they must see exactly now_us.
+    assert round(clock() * 1_000_000) == now_us
+
+
+def _next_now(now_us: int, op: Op, decision: Decision) -> int:
+    """The time after ``op``: an allowed check wrote the key with a TTL of ``reset_after``;
+    if that is too short to outlive this example in real time, go to when it runs out."""
+    if op.kind == "check" and decision.allowed:
+        ttl_us = round(decision.reset_after * 1_000_000)
+        if ttl_us < MIN_REAL_TTL_US:
+            return now_us + ttl_us
+    return now_us
+
+
+def _describe(index: int, op: Op) -> str:
+    identity = op.identity if len(op.identity) <= 20 else f"<{len(op.identity)} chars>"
+    return f"op {index}: {op.kind} {identity!r} cost={op.cost}"
+
+
+def _run(scenario: Scenario, memory: RateLimiter, store: RateLimiter, clock: FakeClock) -> None:
+    now_us = START_US
+    for index, op in enumerate(scenario.ops):
+        now_us += op.step_us
+        _set_clock(clock, now_us)
+        if op.kind == "reset":
+            memory.reset(op.identity, POLICY)
+            store.reset(op.identity, POLICY)
+            continue
+        expected = getattr(memory, op.kind)(op.identity, POLICY, op.cost)
+        actual = getattr(store, op.kind)(op.identity, POLICY, op.cost)
+        assert actual == expected, _describe(index, op)
+        now_us = _next_now(now_us, op, expected)
+
+
+async def _run_async(
+    scenario: Scenario, memory: RateLimiter, store: AsyncRateLimiter, clock: FakeClock
+) -> None:
+    now_us = START_US
+    for index, op in enumerate(scenario.ops):
+        now_us += op.step_us
+        _set_clock(clock, now_us)
+        if op.kind == "reset":
+            memory.reset(op.identity, POLICY)
+            await store.reset(op.identity, POLICY)
+            continue
+        expected = getattr(memory, op.kind)(op.identity, POLICY, op.cost)
+        method: Callable[[str, str, int], Awaitable[Decision]] = getattr(store, op.kind)
+        actual = await method(op.identity, POLICY, op.cost)
+        assert actual == expected, _describe(index, op)
+        now_us = _next_now(now_us, op, expected)
+
+
+def _cache_options(local_cache_size: int | None) -> dict[str, Any]:
+    return {} if local_cache_size is None else {"local_cache_size": local_cache_size}
+
+
+@pytest.mark.parametrize("local_cache_size", [None, 0], ids=["deny-cache", "no-cache"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@settings(
+    max_examples=SYNC_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_memory_and_redis_decide_alike(
+    redis_url: str,
+    redis_client: redis.Redis,
+    algorithm: str,
+    local_cache_size: int | None,
+    data: st.DataObject,
+) -> None:
+    scenario = data.draw(scenarios(algorithm), label="scenario")
+    redis_client.flushdb()
+    clock = FakeClock()
+    policies = {POLICY: scenario.policy}
+    with (
+        RateLimiter(policies, clock=clock) as memory,
+        RateLimiter(
+            policies,
+            store=redis_url,
+            timeout=TIMEOUT,
+            clock=clock,
+            **_cache_options(local_cache_size),
+        ) as store,
+    ):
+        _run(scenario, memory, store, clock)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@settings(
+    max_examples=ASYNC_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_async_redis_and_memory_decide_alike(
+    redis_url: str, redis_client: redis.Redis, algorithm: str, data: st.DataObject
+) -> None:
+    scenario = data.draw(scenarios(algorithm), label="scenario")
+    redis_client.flushdb()
+    clock = FakeClock()
+    policies = {POLICY: scenario.policy}
+
+    async def run() -> None:
+        async with AsyncRateLimiter(
+            policies, store=redis_url, timeout=TIMEOUT, clock=clock
+        ) as store:
+            with RateLimiter(policies, clock=clock) as memory:
+                await _run_async(scenario, memory, store, clock)
+
+    # One event loop per example: the async client's connections live and die inside it.
+    asyncio.run(run())

@@ -1,0 +1,322 @@
+"""Store failures on real server processes: a stopped server, a frozen one (SIGSTOP), lost
+scripts, a restart. Every failure is answered within a bound (the 50 ms default timeout, with
+generous margins for a loaded machine), as the policy's failure mode says, with the original
+error chained; the circuit breaker fails fast; recovery needs no help from the caller.
+
+The breaker runs on the limiter's clock, so tests that cross its cooldown inject a FakeClock
+(which then also drives the script's time) instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from ratewall import ALGORITHMS, AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
+from ratewall._server import LocalServer
+from ratewall.core import BreakerOpenError
+from ratewall.stores.redis import SCRIPT
+from ratewall.testing import FakeClock
+
+POLICY = "login"
+LIMIT = 5
+POLICIES = {POLICY: Policy(LIMIT, 60)}
+BREAKER_THRESHOLD = 3  # consecutive failures that open the breaker
+BREAKER_COOLDOWN = 1.0  # seconds on the limiter's clock
+# The default store timeout is 50 ms; these bounds leave a loaded two-core machine room.
+FAILURE_BOUND = 1.0
+FAST_CALLS = 100
+FAST_CALLS_BOUND = 0.05
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+
+def _policies(failure_mode: str) -> dict[str, Policy]:
+    return {POLICY: Policy(LIMIT, 60, failure_mode=failure_mode)}
+
+
+def _raises_in_time(limiter: RateLimiter, cause: type[BaseException]) -> StoreError:
+    """``check`` raises StoreError, chained from ``cause``, within FAILURE_BOUND."""
+    started = time.perf_counter()
+    with pytest.raises(StoreError) as caught:
+        limiter.check("user_123", POLICY)
+    elapsed = time.perf_counter() - started
+    assert elapsed < FAILURE_BOUND, f"StoreError took {elapsed:.3f} s"
+    assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)
+    assert POLICY in str(caught.value)
+    return caught.value
+
+
+async def _araises_in_time(limiter: AsyncRateLimiter, cause: type[BaseException]) -> StoreError:
+    started = time.perf_counter()
+    with pytest.raises(StoreError) as caught:
+        await limiter.check("user_123", POLICY)
+    elapsed = time.perf_counter() - started
+    assert elapsed < FAILURE_BOUND, f"StoreError took {elapsed:.3f} s"
+    assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)
+    return caught.value
+
+
+# -- (a) a stopped server -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connected", [True, False], ids=["pooled", "never-connected"])
+def test_a_stopped_server_raises_store_error_quickly(
+    fresh_server: LocalServer, connected: bool
+) -> None:
+    with RateLimiter(POLICIES, store=fresh_server.url) as limiter:
+        if connected:
+            assert limiter.check("user_123", POLICY).allowed
+        fresh_server.stop()
+        _raises_in_time(limiter, ConnectionError)
+
+
+async def test_async_a_stopped_server_raises_store_error_quickly(
+    fresh_server: LocalServer,
+) -> None:
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url) as limiter:
+        assert (await limiter.check("user_123", POLICY)).allowed
+        fresh_server.stop()
+        await _araises_in_time(limiter, ConnectionError)
+
+
+# -- (b) a frozen server ------------------------------------------------------------------
+
+
+def test_a_frozen_server_raises_store_error_quickly_then_recovers(
+    fresh_server: LocalServer,
+) -> None:
+    # redis-py's own defaults would wait about a minute here.
+    with RateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+        assert limiter.check("user_123", POLICY).allowed
+        fresh_server.pause()
+        try:
+            _raises_in_time(limiter, TimeoutError)
+        finally:
+            fresh_server.resume()
+        # One failure does not open the breaker: the very next call reaches the server.
+        # (The timed-out call may still have been counted once the server woke up.)
+        decision = limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+
+
+def test_after_a_freeze_the_open_breaker_waits_for_its_cooldown(
+    fresh_server: LocalServer,
+) -> None:
+    clock = FakeClock()
+    with RateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+        assert limiter.check("user_123", POLICY).allowed
+        fresh_server.pause()
+        try:
+            for _ in range(BREAKER_THRESHOLD):
+                _raises_in_time(limiter, TimeoutError)
+        finally:
+            fresh_server.resume()
+        # The server is back, but the breaker is open until its cooldown ends: fail fast.
+        _raises_in_time(limiter, BreakerOpenError)
+        clock.advance(BREAKER_COOLDOWN + 0.001)
+        decision = limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+        assert limiter.check("user_123", POLICY).allowed  # closed again
+
+
+async def test_async_a_frozen_server_raises_store_error_quickly_then_recovers(
+    fresh_server: LocalServer,
+) -> None:
+    clock = FakeClock()
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+        assert (await limiter.check("user_123", POLICY)).allowed
+        fresh_server.pause()
+        try:
+            for _ in range(BREAKER_THRESHOLD):
+                await _araises_in_time(limiter, TimeoutError)
+        finally:
+            fresh_server.resume()
+        await _araises_in_time(limiter, BreakerOpenError)
+        clock.advance(BREAKER_COOLDOWN + 0.001)
+        decision = await limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+
+
+# -- (c) failure modes --------------------------------------------------------------------
+
+
+def _stop(server: LocalServer) -> None:
+    server.stop()
+
+
+def _pause(server: LocalServer) -> None:
+    server.pause()
+
+
+FAULTS = pytest.mark.parametrize("fault", [_stop, _pause], ids=["stopped", "frozen"])
+
+
+@FAULTS
+def test_failure_mode_open_allows_degraded(
+    fresh_server: LocalServer, fault: Callable[[LocalServer], None]
+) -> None:
+    clock = FakeClock()
+    with RateLimiter(_policies("open"), store=fresh_server.url, clock=clock) as limiter:
+        assert limiter.check("user_123", POLICY) == Decision(
+            True, POLICY, LIMIT, LIMIT - 1, 60.0, None
+        )
+        fault(fresh_server)
+        # Network failures first, then the open breaker: neither raises.
+        for _ in range(BREAKER_THRESHOLD + 2):
+            started = time.perf_counter()
+            decision = limiter.check("user_123", POLICY)
+            assert time.perf_counter() - started < FAILURE_BOUND
+            assert decision.allowed
+            assert decision.degraded
+            assert decision.retry_after is None
+        assert limiter.peek("user_123", POLICY).degraded
+        assert all(d.allowed and d.degraded for d in limiter.check_many([("user_123", POLICY)]))
+        fresh_server.resume()
+
+
+@FAULTS
+def test_failure_mode_closed_refuses_degraded(
+    fresh_server: LocalServer, fault: Callable[[LocalServer], None]
+) -> None:
+    clock = FakeClock()
+    with RateLimiter(_policies("closed"), store=fresh_server.url, clock=clock) as limiter:
+        assert limiter.check("user_123", POLICY).allowed
+        fault(fresh_server)
+        for _ in range(BREAKER_THRESHOLD + 2):
+            started = time.perf_counter()
+            decision = limiter.check("user_123", POLICY)
+            assert time.perf_counter() - started < FAILURE_BOUND
+            assert not decision.allowed
+            assert decision.degraded
+            assert decision.retry_after is not None
+            assert decision.retry_after > 0
+        assert limiter.peek("user_123", POLICY).degraded
+        assert all(not d.allowed and d.degraded for d in limiter.check_many([("user_123", POLICY)]))
+        fresh_server.resume()
+
+
+# -- (d) the circuit breaker --------------------------------------------------------------
+
+
+def test_the_open_breaker_fails_fast_without_touching_the_network(
+    fresh_server: LocalServer,
+) -> None:
+    clock = FakeClock()  # the breaker's cooldown cannot end while the test measures
+    with RateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+        assert limiter.check("user_123", POLICY).allowed
+        fresh_server.pause()
+        try:
+            for _ in range(BREAKER_THRESHOLD):
+                _raises_in_time(limiter, TimeoutError)
+            causes = []
+            started = time.perf_counter()
+            for _ in range(FAST_CALLS):
+                try:
+                    limiter.check("user_123", POLICY)
+                except StoreError as error:
+                    causes.append(error.__cause__)
+            elapsed = time.perf_counter() - started
+            # A single call to the frozen server takes the 50 ms timeout: 100 calls in less
+            # than that never waited on the network.
+            assert elapsed < FAST_CALLS_BOUND, f"{FAST_CALLS} calls took {elapsed:.3f} s"
+            assert len(causes) == FAST_CALLS
+            assert all(isinstance(cause, BreakerOpenError) for cause in causes)
+            # After the cooldown one call probes the (still frozen) server, fails, and
+            # opens the breaker again.
+            clock.advance(BREAKER_COOLDOWN + 0.001)
+            _raises_in_time(limiter, TimeoutError)
+            _raises_in_time(limiter, BreakerOpenError)
+        finally:
+            fresh_server.resume()
+        clock.advance(BREAKER_COOLDOWN + 0.001)
+        assert limiter.check("user_123", POLICY).allowed
+
+
+# -- (e) scripts flushed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_script_flush_between_two_checks_is_recovered(
+    redis_url: str, redis_client: redis.Redis, algorithm: str
+) -> None:
+    policies = {POLICY: Policy(LIMIT, 60, algorithm)}
+    with RateLimiter(policies, store=redis_url, clock=FakeClock()) as limiter:
+        assert limiter.check("user_123", POLICY).remaining == LIMIT - 1
+        assert redis_client.script_exists(SCRIPT_SHA) == [True]
+        redis_client.script_flush()
+        assert redis_client.script_exists(SCRIPT_SHA) == [False]
+        decision = limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+        assert decision.remaining == LIMIT - 2  # the count continued
+        assert redis_client.script_exists(SCRIPT_SHA) == [True]
+
+
+async def test_async_script_flush_between_two_checks_is_recovered(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with AsyncRateLimiter(POLICIES, store=redis_url, clock=FakeClock()) as limiter:
+        assert (await limiter.check("user_123", POLICY)).remaining == LIMIT - 1
+        redis_client.script_flush()
+        assert redis_client.script_exists(SCRIPT_SHA) == [False]
+        decision = await limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert decision.remaining == LIMIT - 2
+        assert redis_client.script_exists(SCRIPT_SHA) == [True]
+
+
+# -- (f) a restart ------------------------------------------------------------------------
+
+
+def test_a_restart_is_invisible_to_the_caller(fresh_server: LocalServer) -> None:
+    with RateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+        assert limiter.check("user_123", POLICY).remaining == LIMIT - 1
+        fresh_server.restart()  # data and scripts lost, pooled connection dead
+        # Zero errors: the dead pooled connection is replaced and the script reloaded.
+        decision = limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+        assert decision.remaining == LIMIT - 1  # a new window: the count was lost
+
+
+async def test_async_a_restart_is_invisible_to_the_caller(fresh_server: LocalServer) -> None:
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+        assert (await limiter.check("user_123", POLICY)).remaining == LIMIT - 1
+        fresh_server.restart()
+        decision = await limiter.check("user_123", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+        assert decision.remaining == LIMIT - 1
+
+
+# -- (g) reset on a dead store ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure_mode", ["raise", "open", "closed"])
+def test_reset_on_a_dead_store_raises_whatever_the_failure_mode(
+    fresh_server: LocalServer, failure_mode: str
+) -> None:
+    with RateLimiter(_policies(failure_mode), store=fresh_server.url) as limiter:
+        assert limiter.check("user_123", POLICY).allowed
+        fresh_server.stop()
+        started = time.perf_counter()
+        with pytest.raises(StoreError) as caught:
+            limiter.reset("user_123", POLICY)
+        assert time.perf_counter() - started < FAILURE_BOUND
+        assert isinstance(caught.value.__cause__, ConnectionError)
+
+
+async def test_async_reset_on_a_dead_store_raises(fresh_server: LocalServer) -> None:
+    async with AsyncRateLimiter(_policies("open"), store=fresh_server.url) as limiter:
+        assert (await limiter.check("user_123", POLICY)).allowed
+        fresh_server.stop()
+        with pytest.raises(StoreError) as caught:
+            await limiter.reset("user_123", POLICY)
+        assert isinstance(caught.value.__cause__, ConnectionError)
