@@ -117,6 +117,9 @@ def describe_config(config: Config) -> list[str]:
             f"timeout = {config.timeout * 1000:g}ms",
         ]
     )
+    for route in config.routes or ():
+        names = [p if isinstance(p, str) else p.get("policy") for p in route.get("policies", ())]
+        lines.append(f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}")
     return lines
 
 

@@ -52,10 +52,10 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import yaml
 
@@ -75,7 +75,16 @@ __all__ = [
     "validate_store_url",
 ]
 
-SETTINGS: Final = ("store", "key_prefix", "local_cache_size", "timeout", "failure_mode")
+SETTINGS: Final = (
+    "store",
+    "key_prefix",
+    "local_cache_size",
+    "timeout",
+    "failure_mode",
+    "routes",
+    "client_ip",
+)
+_CLIENT_IP_FIELDS: Final = ("trusted_proxies", "header", "ipv6_prefix", "ipv4_prefix")
 STORE_SCHEMES: Final = (
     "memory",
     "redis",
@@ -110,6 +119,10 @@ class Config:
     local_cache_size: int = DEFAULT_LOCAL_CACHE_SIZE
     timeout: float = DEFAULT_TIMEOUT
     source: str = "<config>"
+    #: The raw ``routes`` section (validated at load; :mod:`ratewall.http` compiles it).
+    routes: tuple[Any, ...] | None = field(default=None, hash=False)
+    #: How the HTTP layer finds the client address (``client_ip`` section), if configured.
+    client_ip: Any = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         # Copy, so that a caller keeping the dict it passed cannot change this config.
@@ -197,7 +210,7 @@ def _parse(data: object, source: str) -> Config:
         if "failure_mode" in settings
         else None
     )
-    return Config(
+    config = Config(
         _policies(
             data["policies"], source=source, short_form=False, default_failure_mode=failure_mode
         ),
@@ -211,6 +224,50 @@ def _parse(data: object, source: str) -> Config:
         timeout=_timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
         source=source,
     )
+    if "routes" not in settings and "client_ip" not in settings:
+        return config
+    return _with_http(config, settings, source)
+
+
+def _with_http(config: Config, settings: Mapping[str, Any], source: str) -> Config:
+    """Validate the HTTP sections now, so a bad route fails at load (and in check-config)."""
+    from .http.identity import ClientIP
+    from .http.routes import parse_routes
+
+    client_ip = None
+    if "client_ip" in settings:
+        section = settings["client_ip"]
+        if not isinstance(section, Mapping):
+            raise ConfigError(
+                "must be a mapping such as {trusted_proxies: ['10.0.0.0/8'], "
+                "header: x-forwarded-for}",
+                source=source,
+                field="client_ip",
+            )
+        for key in section:
+            if key not in _CLIENT_IP_FIELDS:
+                raise ConfigError(
+                    f"unknown field {key!r}; expected one of {', '.join(_CLIENT_IP_FIELDS)}",
+                    source=source,
+                    field=f"client_ip.{key}",
+                )
+        proxies = section.get("trusted_proxies", ())
+        if isinstance(proxies, str) or not isinstance(proxies, list | tuple):
+            raise ConfigError(
+                "must be a list of addresses or CIDR blocks (or 'unix')",
+                source=source,
+                field="client_ip.trusted_proxies",
+            )
+        try:
+            client_ip = ClientIP(**{**dict(section), "trusted_proxies": tuple(proxies)})
+        except (ValueError, TypeError) as error:
+            raise ConfigError(str(error), source=source, field="client_ip") from None
+    routes = None
+    if "routes" in settings:
+        raw = settings["routes"]
+        parse_routes(raw, source=source, policies=config.policies, client_ip=client_ip)
+        routes = tuple(raw)
+    return replace(config, routes=routes, client_ip=client_ip)
 
 
 def validate_store_url(value: object, *, source: str, field: str) -> str:

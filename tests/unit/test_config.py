@@ -31,6 +31,11 @@ SEED = {"login": Policy(limit=5, window=60)}
 # file in tests/configs/bad -> (field path or None for a whole-file error, part of the reason)
 BAD_FILES: dict[str, tuple[str | None, str]] = {
     "unknown_setting.json": ("stroe", "unknown setting 'stroe'; expected one of"),
+    "route_unknown_policy.yaml": ("routes[0].policies[0]", "unknown policy 'logon'"),
+    "route_bad_identity.json": ("routes[0].identity", "unknown identity source 'cookie:session'"),
+    "route_not_a_list.toml": ("routes", "must be a list of routes"),
+    "client_ip_unknown_field.yaml": ("client_ip.trusted", "unknown field 'trusted'"),
+    "client_ip_bad_cidr.json": ("client_ip", "10.0.0.0/33"),
     "unknown_policy_field.yaml": ("policies.login.windwo", "unknown field 'windwo'"),
     "limit_zero.json": ("policies.login.limit", "must be a positive integer, got 0"),
     "limit_string.toml": ("policies.login.limit", "must be a positive integer, got '5'"),
@@ -347,7 +352,7 @@ def test_unknown_setting_lists_the_settings() -> None:
     assert caught.value.field == "redis"
     assert caught.value.reason == (
         "unknown setting 'redis'; expected one of policies, store, key_prefix, "
-        "local_cache_size, timeout, failure_mode"
+        "local_cache_size, timeout, failure_mode, routes, client_ip"
     )
 
 

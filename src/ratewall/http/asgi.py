@@ -1,0 +1,188 @@
+"""ASGI middleware: a plain ``(scope, receive, send)`` callable over the sans-IO engine.
+
+::
+
+    from ratewall import AsyncRateLimiter, Policy
+    from ratewall.http import ClientIP, Header, RateLimitMiddleware, Route, RouteLimit
+
+    limiter = AsyncRateLimiter({"login": Policy(5, 60), "login_ip": Policy(20, 60)},
+                               store="redis://127.0.0.1:6379/0")
+    app = RateLimitMiddleware(app, limiter, [
+        Route("/login", [RouteLimit("login", Header("X-User-ID")),
+                         RouteLimit("login_ip", ClientIP())], method="POST"),
+    ])
+
+Works under any ASGI framework (Starlette/FastAPI: ``app.add_middleware(RateLimitMiddleware,
+limiter=..., routes=...)``). Only ``http`` scopes are limited; ``lifespan`` and
+``websocket`` scopes pass straight through, untouched. Allowed responses get the RateLimit
+fields added to their ``http.response.start`` message; refusals (429, 503, 400) are answered
+by the middleware without calling the application. Place it *inside* an authentication
+middleware if a limit uses :class:`~ratewall.http.User`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, ClassVar, Self
+
+from ..limiter import AsyncRateLimiter
+from .engine import (
+    NO_HEADERS,
+    PLAIN_REFUSAL,
+    AsyncLimiter,
+    Check,
+    HttpLimiter,
+    Outcome,
+    Pass,
+    Respond,
+    encode_headers,
+    fallback_response,
+    routes_from_config,
+)
+from .identity import ClientIP, Request
+from .routes import Route, RouteTable
+
+__all__ = ["ASGIApp", "RateLimitMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RateLimitMiddleware:
+    """Rate-limits an ASGI application's HTTP requests by ``routes``.
+
+    ``limiter`` is an :class:`~ratewall.AsyncRateLimiter` (anything with its ``policies`` and
+    awaitable ``check_many``). ``routes`` is a :class:`~ratewall.http.RouteTable` or a
+    sequence of :class:`~ratewall.http.Route`; requests no route matches pass unchecked.
+    Options as :class:`~ratewall.http.HttpLimiter`: ``legacy_headers``,
+    ``headers_on_allowed``, ``client_ip`` (the client address for identity fallbacks).
+
+    No failure of the limiter or of this middleware becomes an error response of the
+    application: see :mod:`ratewall.http.engine` for what happens instead. Exceptions of the
+    application itself propagate unchanged.
+
+    Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpLimiter` subclass
+    to change how responses are built.
+    """
+
+    engine_class: ClassVar[type[HttpLimiter]] = HttpLimiter
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: AsyncLimiter,
+        routes: RouteTable | Iterable[Route],
+        *,
+        legacy_headers: bool = False,
+        headers_on_allowed: bool = True,
+        client_ip: ClientIP | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.engine = self.engine_class(
+            routes,
+            limiter.policies,
+            legacy_headers=legacy_headers,
+            headers_on_allowed=headers_on_allowed,
+            client_ip=client_ip,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        app: ASGIApp,
+        path: str | os.PathLike[str],
+        *,
+        store: str | None = None,
+        routes: RouteTable | Iterable[Route] | None = None,
+        legacy_headers: bool = False,
+        headers_on_allowed: bool = True,
+        client_ip: ClientIP | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Self:
+        """The middleware for a config file: its policies and settings build an
+        :class:`~ratewall.AsyncRateLimiter` (``store`` overrides the file's), its ``routes``
+        section the routes (or pass ``routes=`` in code). The limiter is
+        ``middleware.limiter``; close it with ``await middleware.limiter.aclose()``.
+        """
+        from ..config import load_config
+
+        config = load_config(path)
+        table = routes_from_config(config, routes, client_ip)
+        limiter = AsyncRateLimiter.from_config(path, store, clock=clock)
+        return cls(
+            app,
+            limiter,
+            table,
+            legacy_headers=legacy_headers,
+            headers_on_allowed=headers_on_allowed,
+            client_ip=client_ip if client_ip is not None else config.client_ip,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        outcome: object = await self._outcome(scope)
+        if not isinstance(outcome, Pass | Respond):
+            outcome = self.engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
+        if isinstance(outcome, Respond):
+            await self._respond(send, outcome)
+            return
+        extra: list[tuple[bytes, bytes]] = []
+        if outcome.headers:
+            try:
+                extra = encode_headers(outcome.headers)
+            except Exception as error:  # noqa: BLE001 - the response goes out without them
+                self.engine.internal_error("encode headers", error, NO_HEADERS)
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if not started and message.get("type") == "http.response.start":
+                started = True
+                try:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                except Exception as error:  # noqa: BLE001 - send the app's message as it is
+                    self.engine.internal_error("add headers", error, NO_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _outcome(self, scope: Scope) -> Outcome:
+        engine = self.engine
+        try:
+            step = engine.start(Request.from_asgi_scope(scope))
+        except Exception as error:  # noqa: BLE001 - never a 500 of the application
+            return engine.internal_error("request", error)
+        if not isinstance(step, Check):
+            return step
+        try:
+            decisions = await self.limiter.check_many(step.items)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            try:
+                return engine.failed(step, error)
+            except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
+                return engine.internal_error("failed", inner)
+        try:
+            return engine.finish(step, decisions)
+        except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
+            return engine.internal_error("finish", error)
+
+    async def _respond(self, send: Send, outcome: Respond) -> None:
+        try:
+            headers = encode_headers(outcome.headers)
+        except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
+            self.engine.internal_error("encode response", error, PLAIN_REFUSAL)
+            outcome = fallback_response(outcome)
+            headers = encode_headers(outcome.headers)
+        await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
+        await send({"type": "http.response.body", "body": outcome.body})

@@ -1,0 +1,637 @@
+"""The HTTP layer's sans-IO core, shared by the ASGI and WSGI middleware.
+
+It never does I/O: the adapters feed it a :class:`~ratewall.http.Request`, run the one limiter
+call it asks for, and carry out the outcome it returns::
+
+    step = engine.start(request)                  # no I/O: route, identities -> Check
+    if isinstance(step, Check):
+        try:
+            decisions = limiter.check_many(step.items)   # the only I/O (awaited under ASGI)
+        except Exception as error:
+            step = engine.failed(step, error)
+        else:
+            step = engine.finish(step, decisions)
+    # step is now Pass(headers to add to the app's response) or Respond(status, headers, body)
+
+**Failure isolation.** The rate limiter must never turn into a 500 of the application. Every
+method here catches what goes wrong inside it (a broken identity source, a header that cannot
+be built, a limiter that returns nonsense), logs it on the ``ratewall.http`` logger (at most
+once a minute per kind of failure, with a count of the ones suppressed) and lets the request
+through, except where a policy says to fail closed:
+
+- a decision refused because the store is down and the policy's ``failure_mode`` is
+  ``"closed"`` (``degraded``) answers ``503 Service Unavailable`` with ``Retry-After``;
+- a decision that fails open passes (and the degraded decision is logged);
+- an exception from the limiter, including the :class:`~ratewall.StoreError` of policies
+  whose failure mode is ``"raise"``, is logged and passes, unless some policy of the route
+  fails closed, which then answers 503. ``"raise"`` is for code that calls the limiter
+  itself; in front of an application the only choice is between passing and refusing;
+- an identity source that raises disables its own limit for that request (logged); the
+  route's other limits still apply.
+
+Genuine refusals (the client is over a limit) answer 429 even when some other policy of the
+route is degraded. A refused request consumes none of the route's policies (the limiter's
+``check_many`` is all or nothing), so the RateLimit field of a 429 reports the quota left
+*before* the request for the policies that would have allowed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import MappingProxyType
+from typing import Final, Protocol
+
+from ..decision import Decision
+from ..errors import ConfigError, StoreError
+from ..policy import Policy
+from .headers import (
+    PROBLEM_CONTENT_TYPE,
+    QUOTA_EXCEEDED,
+    TEMPORARY_REDUCED_CAPACITY,
+    problem_body,
+    rate_limit_headers,
+    retry_after,
+)
+from .identity import ClientIP, Request
+from .routes import Route, RouteLimit, RouteTable, parse_routes
+
+__all__ = [
+    "NO_HEADERS",
+    "PASS",
+    "PLAIN_REFUSAL",
+    "AsyncLimiter",
+    "Check",
+    "HttpLimiter",
+    "Item",
+    "LogThrottle",
+    "Outcome",
+    "Pass",
+    "Respond",
+    "Step",
+    "SyncLimiter",
+    "encode_headers",
+    "fallback_response",
+    "routes_from_config",
+]
+
+logger = logging.getLogger("ratewall.http")
+
+Headers = tuple[tuple[str, str], ...]
+Item = tuple[str, str, int]
+"""One ``check_many`` item: (identity, policy name, cost)."""
+
+
+class SyncLimiter(Protocol):
+    """What the WSGI middleware needs from a limiter (a :class:`~ratewall.RateLimiter`)."""
+
+    @property
+    def policies(self) -> Mapping[str, Policy]: ...
+
+    def check_many(self, items: Sequence[Item], /) -> list[Decision]: ...
+
+
+class AsyncLimiter(Protocol):
+    """What the ASGI middleware needs from a limiter (an :class:`~ratewall.AsyncRateLimiter`)."""
+
+    @property
+    def policies(self) -> Mapping[str, Policy]: ...
+
+    def check_many(self, items: Sequence[Item], /) -> Awaitable[list[Decision]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Let the request through; add ``headers`` to the application's response."""
+
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer the request without calling the application."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def reason(self) -> str:
+        """The status line's reason phrase, e.g. ``Too Many Requests``."""
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Ask the limiter: ``limiter.check_many(check.items)``, then call
+    :meth:`HttpLimiter.finish` (or :meth:`HttpLimiter.failed` if it raised).
+
+    ``limits`` are the route's limits that apply to this request, in the order of ``items``
+    (a limit whose identity is missing and that is skipped is in neither).
+    """
+
+    request: Request
+    route: Route
+    limits: tuple[RouteLimit, ...]
+    items: tuple[Item, ...]
+
+
+Outcome = Pass | Respond
+Step = Check | Pass | Respond
+
+PASS: Final = Pass()
+
+NO_HEADERS: Final = "the response goes out without rate-limit headers"
+PLAIN_REFUSAL: Final = "a plain refusal is sent"
+
+
+class LogThrottle:
+    """Logs each kind of message at most once per ``interval`` seconds; the next message of
+    that kind says how many were suppressed meanwhile. Thread-safe; never raises."""
+
+    _MAX_KINDS: Final = 1024
+
+    def __init__(
+        self,
+        log: logging.Logger = logger,
+        interval: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = log
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[Hashable, tuple[float, int]] = {}
+
+    def log(
+        self,
+        level: int,
+        kind: Hashable,
+        message: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> bool:
+        """Log ``message % args`` unless a message of ``kind`` was logged within the
+        interval; returns whether it was logged."""
+        try:
+            now = self._clock()
+            with self._lock:
+                last = self._seen.get(kind)
+                if last is not None and now - last[0] < self.interval:
+                    self._seen[kind] = (last[0], last[1] + 1)
+                    return False
+                if len(self._seen) >= self._MAX_KINDS:
+                    self._seen.clear()
+                self._seen[kind] = (now, 0)
+            suppressed = last[1] if last is not None else 0
+            if suppressed:
+                message += " (%d similar messages suppressed in the last %.0f s)"
+                args = (*args, suppressed, self.interval)
+            self.logger.log(level, message, *args, exc_info=exc_info)
+        except Exception:  # noqa: BLE001 - logging must never be what breaks a request
+            return False
+        return True
+
+
+class _Reject:
+    """Marks a limit whose identity is missing and whose route says to answer 400."""
+
+
+_REJECT: Final = _Reject()
+
+
+def _describe(limit: RouteLimit) -> str:
+    describe = getattr(limit.identity, "describe", None)
+    if callable(describe):
+        try:
+            text = describe()
+        except Exception:  # noqa: BLE001 - only a message depends on it
+            return "a client identity"
+        if isinstance(text, str):
+            return text
+    return "a client identity"
+
+
+class HttpLimiter:
+    """Maps HTTP requests to limiter checks and decisions to HTTP outcomes. No I/O.
+
+    ``routes`` (a :class:`~ratewall.http.RouteTable` or routes in order) must only name
+    ``policies`` (the limiter's); costs must fit the policies' capacities. Options:
+
+    ``legacy_headers``
+        Also send ``X-RateLimit-Limit``/``-Remaining``/``-Reset`` (default off).
+    ``headers_on_allowed``
+        Add ``RateLimit-Policy``/``RateLimit`` to allowed responses too (default on; 429s
+        always carry them).
+    ``client_ip``
+        The :class:`~ratewall.http.ClientIP` used when a limit's identity is missing and its
+        route falls back to the client address (default: trusting no proxy).
+
+    Subclasses may override :meth:`response_headers`, :meth:`too_many_requests`,
+    :meth:`unavailable` and :meth:`missing_identity` to shape responses; whatever they
+    raise is contained like any other failure.
+    """
+
+    def __init__(
+        self,
+        routes: RouteTable | Iterable[Route],
+        policies: Mapping[str, Policy],
+        *,
+        legacy_headers: bool = False,
+        headers_on_allowed: bool = True,
+        client_ip: ClientIP | None = None,
+        log: LogThrottle | None = None,
+    ) -> None:
+        self.routes = routes if isinstance(routes, RouteTable) else RouteTable(routes)
+        self.policies: Mapping[str, Policy] = MappingProxyType(dict(policies))
+        self.legacy_headers = legacy_headers
+        self.headers_on_allowed = headers_on_allowed
+        self.client_ip = client_ip if client_ip is not None else ClientIP()
+        self.log = log if log is not None else LogThrottle()
+        self._validate()
+
+    def _validate(self) -> None:
+        """Unknown policies and impossible costs fail at startup, not on every request."""
+        for index, route in enumerate(self.routes.routes):
+            for position, limit in enumerate(route.limits):
+                at = f"routes[{index}].limits[{position}]"
+                policy = self.policies.get(limit.policy)
+                if policy is None:
+                    known = ", ".join(self.policies) or "(none)"
+                    raise ConfigError(
+                        f"route {route.method} {route.path} names unknown policy "
+                        f"{limit.policy!r}; the limiter knows: {known}",
+                        source="<routes>",
+                        field=f"{at}.policy",
+                    )
+                if limit.cost > policy.capacity:
+                    raise ConfigError(
+                        f"cost {limit.cost} exceeds the capacity {policy.capacity} of policy "
+                        f"{limit.policy!r}, so the request could never pass",
+                        source="<routes>",
+                        field=f"{at}.cost",
+                    )
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def start(self, request: Request) -> Step:
+        """The check to run for ``request``, or an outcome when there is nothing to check
+        (no route, an exempt route, skipped identities: :data:`PASS`) or it must be
+        answered now (a missing identity the route rejects: 400)."""
+        try:
+            found = self.routes.match(request.method, request.path)
+            if found is None or not found.route.limits:
+                return PASS
+            route, params = found
+            if params:
+                request = dataclasses.replace(request, path_params=params)
+            limits: list[RouteLimit] = []
+            items: list[Item] = []
+            for limit in route.limits:
+                identity = self._identity(limit, request)
+                if isinstance(identity, _Reject):
+                    return self._contained(
+                        functools.partial(self.missing_identity, limit),
+                        "missing_identity",
+                        fallback=_plain(400, "Bad Request"),
+                    )
+                if identity is not None:
+                    limits.append(limit)
+                    items.append((identity, limit.policy, limit.cost))
+            if not items:
+                return PASS
+            return Check(request, route, tuple(limits), tuple(items))
+        except Exception as error:  # noqa: BLE001 - never a 500 of the application
+            return self.internal_error("start", error)
+
+    def finish(self, check: Check, decisions: Sequence[Decision]) -> Outcome:
+        """The outcome of the limiter's ``decisions`` for ``check`` (one per item)."""
+        try:
+            decisions = list(decisions)
+            if len(decisions) != len(check.items) or not all(
+                isinstance(decision, Decision) for decision in decisions
+            ):
+                raise TypeError(
+                    f"the limiter returned {decisions!r:.200} for {len(check.items)} items"
+                )
+            refused = [decision for decision in decisions if not decision.allowed]
+            degraded = [decision.policy for decision in decisions if decision.degraded]
+        except Exception as error:  # noqa: BLE001 - nonsense from the limiter: fail open
+            return self.internal_error("decisions", error)
+        if degraded:
+            self.log.log(
+                logging.WARNING,
+                ("degraded", tuple(degraded)),
+                "rate-limit store unavailable; policies %s answered by their failure mode "
+                "(route %s %s)",
+                ", ".join(degraded),
+                check.route.method,
+                check.route.path,
+            )
+        if not refused:
+            if not self.headers_on_allowed:
+                return PASS
+            try:
+                return Pass(tuple(self.response_headers(check, decisions)))
+            except Exception as error:  # noqa: BLE001 - the response goes out without them
+                return self.internal_error("headers", error, NO_HEADERS)
+        if any(not decision.degraded for decision in refused):
+            return self._contained(
+                lambda: self.too_many_requests(check, decisions),
+                "too_many_requests",
+                fallback=_plain(429, "Too Many Requests", _safe_retry_after(refused)),
+            )
+        return self._contained(
+            lambda: self.unavailable([d.policy for d in refused], retry_after(refused)),
+            "unavailable",
+            fallback=_plain(503, "Service Unavailable", _safe_retry_after(refused)),
+        )
+
+    def failed(self, check: Check, error: Exception) -> Outcome:
+        """The outcome when the limiter raised ``error`` for ``check``: 503 if a policy of
+        the request fails closed, else pass. Logged either way."""
+        try:
+            closed = [
+                limit.policy
+                for limit in check.limits
+                if self.policies[limit.policy].failure_mode == "closed"
+            ]
+            store = isinstance(error, StoreError)
+            self.log.log(
+                logging.WARNING if store else logging.ERROR,
+                ("limiter", type(error).__name__),
+                "rate limiter %s on route %s %s; %s",
+                "store failed" if store else f"raised {type(error).__name__}",
+                check.route.method,
+                check.route.path,
+                f"failing closed for {', '.join(closed)}" if closed else "letting requests pass",
+                exc_info=error,
+            )
+        except Exception as inner:  # noqa: BLE001 - never a 500 of the application
+            return self.internal_error("failed", inner)
+        if not closed:
+            return PASS
+        return self._contained(
+            lambda: self.unavailable(closed, 1),
+            "unavailable",
+            fallback=_plain(503, "Service Unavailable"),
+        )
+
+    def internal_error(
+        self,
+        where: str,
+        error: BaseException,
+        consequence: str = "the request passes unchecked",
+    ) -> Pass:
+        """Log a failure of the rate-limit layer itself (saying what happens instead) and
+        return :data:`PASS`."""
+        self.log.log(
+            logging.ERROR,
+            ("internal", where, type(error).__name__),
+            "ratewall HTTP layer failed in %s (%s); %s",
+            where,
+            type(error).__name__,
+            consequence,
+            exc_info=error,
+        )
+        return PASS
+
+    # -- responses (overridable) ----------------------------------------------------------
+
+    def response_headers(
+        self, check: Check, decisions: Sequence[Decision]
+    ) -> list[tuple[str, str]]:
+        """The RateLimit fields for ``decisions`` (degraded ones are left out: their numbers
+        are not the store's). On a refused request nothing was consumed, so the policies
+        that would have allowed it report their quota before the request."""
+        refused = any(not decision.allowed for decision in decisions)
+        shown: list[Decision] = []
+        for decision, (_, _, cost) in zip(decisions, check.items, strict=True):
+            if decision.degraded:
+                continue
+            if refused and decision.allowed:
+                unconsumed = min(decision.limit, decision.remaining + cost)
+                shown.append(dataclasses.replace(decision, remaining=unconsumed))
+            else:
+                shown.append(decision)
+        return rate_limit_headers(shown, self.policies, legacy=self.legacy_headers)
+
+    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+        """429 with ``Retry-After``, the RateLimit fields and a ``quota-exceeded`` problem."""
+        refused = [decision for decision in decisions if not decision.allowed]
+        wait = retry_after(refused)
+        names = list(dict.fromkeys(d.policy for d in refused if not d.degraded))
+        body = problem_body(
+            status=429,
+            title="Too Many Requests",
+            detail=f"Too many requests for {_policies_text(names)}; retry in {_seconds(wait)}.",
+            problem_type=QUOTA_EXCEEDED,
+            violated_policies=names,
+        )
+        headers = [
+            *_problem_headers(body),
+            ("Retry-After", str(wait)),
+            *self.response_headers(check, decisions),
+        ]
+        return Respond(429, tuple(headers), body)
+
+    def unavailable(self, policies: Sequence[str], wait: int) -> Respond:
+        """503 with ``Retry-After`` and a ``temporary-reduced-capacity`` problem: the store
+        is down and ``policies`` fail closed. It says nothing about the store's error."""
+        wait = max(1, wait)
+        names = list(dict.fromkeys(policies))
+        body = problem_body(
+            status=503,
+            title="Service Unavailable",
+            detail=f"Rate limiting is temporarily unavailable; retry in {_seconds(wait)}.",
+            problem_type=TEMPORARY_REDUCED_CAPACITY,
+            violated_policies=names,
+        )
+        return Respond(503, (*_problem_headers(body), ("Retry-After", str(wait))), body)
+
+    def missing_identity(self, limit: RouteLimit) -> Respond:
+        """400 for a request without the identity a ``reject`` limit requires."""
+        body = problem_body(
+            status=400,
+            title="Bad Request",
+            detail=f"This endpoint requires {_describe(limit)}.",
+        )
+        return Respond(400, _problem_headers(body), body)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _identity(self, limit: RouteLimit, request: Request) -> str | _Reject | None:
+        try:
+            value = limit.identity(request)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"identity source returned {type(value).__name__}, not str or None")
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("identity", limit.policy, type(error).__name__),
+                "identity source %r of policy %r failed (%s); the limit is skipped",
+                limit.identity,
+                limit.policy,
+                type(error).__name__,
+                exc_info=error,
+            )
+            return None
+        if value:
+            return value
+        if limit.on_missing_identity == "skip":
+            return None
+        if limit.on_missing_identity == "reject":
+            return _REJECT
+        try:
+            fallback = self.client_ip(request)
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("fallback", type(error).__name__),
+                "client address lookup failed (%s); policy %r is skipped",
+                type(error).__name__,
+                limit.policy,
+                exc_info=error,
+            )
+            return None
+        if not fallback:
+            self.log.log(
+                logging.WARNING,
+                ("no-identity", limit.policy),
+                "request to %s %s has neither %s nor a client address; policy %r is skipped",
+                request.method,
+                request.path[:200],
+                _describe(limit),
+                limit.policy,
+            )
+            return None
+        return fallback
+
+    def _contained(self, build: Callable[[], Respond], where: str, *, fallback: Respond) -> Respond:
+        """``build()``, or ``fallback`` (logged) if building the response failed: a refusal
+        stays a refusal even when its decorations break."""
+        try:
+            response = build()
+            if not isinstance(response, Respond):
+                raise TypeError(f"{where} returned {type(response).__name__}, not Respond")
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("respond", where, type(error).__name__),
+                "building the %s response failed (%s); sending a plain one",
+                where,
+                type(error).__name__,
+                exc_info=error,
+            )
+            return fallback
+        return response
+
+
+def _policies_text(names: Sequence[str]) -> str:
+    quoted = ", ".join(repr(name) for name in names)
+    return f"policy {quoted}" if len(names) == 1 else f"policies {quoted}"
+
+
+def _seconds(count: int) -> str:
+    return "1 second" if count == 1 else f"{count} seconds"
+
+
+def _problem_headers(body: bytes) -> Headers:
+    return (
+        ("Content-Type", PROBLEM_CONTENT_TYPE),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    )
+
+
+def _plain(status: int, title: str, wait: int = 1) -> Respond:
+    """A minimal response that cannot fail to build: the last resort for a refusal."""
+    body = f"{status} {title}\n".encode("ascii")
+    headers: list[tuple[str, str]] = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    ]
+    if status in (429, 503):
+        headers.append(("Retry-After", str(max(1, wait))))
+    return Respond(status, tuple(headers), body)
+
+
+def _safe_retry_after(refused: Sequence[Decision]) -> int:
+    try:
+        return retry_after(refused)
+    except Exception:  # noqa: BLE001 - a bogus decision must not prevent the refusal
+        return 1
+
+
+def fallback_response(outcome: Respond) -> Respond:
+    """The plain response adapters send when ``outcome``'s headers cannot be encoded: the
+    same status, and its ``Retry-After`` if that is a valid number of seconds."""
+    try:
+        status, title = outcome.status, HTTPStatus(outcome.status).phrase
+    except ValueError:
+        status, title = 429, "Too Many Requests"
+    wait = 1
+    try:
+        for name, value in outcome.headers:
+            if name.lower() == "retry-after" and value.isascii() and value.isdigit():
+                wait = int(value[:15])
+    except Exception:  # noqa: BLE001 - no usable Retry-After: the plain one says 1 second
+        wait = 1
+    return _plain(status, title, wait)
+
+
+def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header pairs as lowercase Latin-1 bytes; :class:`ValueError` for anything that could
+    not go on the wire safely (non-Latin-1 text, CR, LF or NUL, an empty name)."""
+    encoded: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        raw_name = name.lower().encode("latin-1")
+        raw_value = value.encode("latin-1")
+        if (
+            not raw_name
+            or any(char in raw_name for char in b"\r\n\0 :")
+            or any(char in raw_value for char in b"\r\n\0")
+        ):
+            raise ValueError(f"header {name!r} cannot be sent as is")
+        encoded.append((raw_name, raw_value))
+    return encoded
+
+
+def routes_from_config(
+    config: object,
+    routes: RouteTable | Iterable[Route] | None,
+    client_ip: ClientIP | None,
+) -> RouteTable:
+    """The route table for a :class:`~ratewall.config.Config`: ``routes`` given in code, or
+    the file's ``routes`` section (exposed by the config as ``config.routes``)."""
+    source = str(getattr(config, "source", "<config>"))
+    raw = getattr(config, "routes", None)
+    if routes is not None:
+        if raw is not None:
+            raise ConfigError(
+                "defines routes, and routes= was given too; keep one of them",
+                source=source,
+                field="routes",
+            )
+        return routes if isinstance(routes, RouteTable) else RouteTable(routes)
+    if raw is None:
+        raise ConfigError(
+            "has no routes; add a 'routes' section or pass routes= in code",
+            source=source,
+            field="routes",
+        )
+    policies: Mapping[str, Policy] = getattr(config, "policies", {})
+    if client_ip is None:
+        client_ip = getattr(config, "client_ip", None)
+    return parse_routes(raw, source=source, policies=policies, client_ip=client_ip)
