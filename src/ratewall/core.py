@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, NoReturn
 
 from .algorithms import Outcome, Rule, rule_for
-from .decision import Decision
+from .decision import Decision, make_decision
 from .errors import StoreError
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
@@ -138,30 +138,40 @@ class Core:
 
     def _call(self, identity: str, policy: str, op: int, cost: int) -> tuple[_Compiled, Call]:
         compiled = self._compiled.get(policy)
+        if (
+            compiled is None
+            or type(identity) is not str
+            or type(cost) is not int
+            or not 1 <= cost <= compiled.rule.capacity
+        ):
+            self._reject(identity, policy, cost)
+        return compiled, Call(self._keys.key(identity, policy), op, cost, compiled.rule)
+
+    def _reject(self, identity: object, policy: str, cost: object) -> NoReturn:
+        compiled = self._compiled.get(policy)
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
             raise KeyError(f"unknown policy {policy!r}; this limiter knows: {known}")
         if type(identity) is not str:
             raise TypeError(f"identity must be a str, got {type(identity).__name__}")
-        rule = compiled.rule
-        if type(cost) is not int or not 1 <= cost <= rule.capacity:
-            raise ValueError(
-                f"cost must be an integer from 1 to {rule.capacity} for policy {policy!r} "
-                f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
-            )
-        return compiled, Call(self._keys.key(identity, policy), op, cost, rule)
+        raise ValueError(
+            f"cost must be an integer from 1 to {compiled.rule.capacity} for policy {policy!r} "
+            f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
+        )
 
     def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
         compiled, call = self._call(identity, policy, op, cost)
         if op == RESET:
             self.deny_cache.forget(call.key)
             return Plan(compiled, call, None)
-        known = self.deny_cache.lookup(call.key, call.rule, cost, self._now())
-        if known is not None:
-            if not known.allowed:
-                return Plan(compiled, call, _decision(compiled, known))
-            self.deny_cache.forget(call.key)
-        if self._breaker.is_open(self._now()):
+        cache = self.deny_cache
+        if cache.entries:
+            known = cache.lookup(call.key, call.rule, cost, self._now())
+            if known is not None:
+                if not known.allowed:
+                    return Plan(compiled, call, _decision(compiled, known))
+                cache.forget(call.key)
+        if self._breaker.failures and self._breaker.is_open(self._now()):
             return Plan(compiled, call, self._failure_mode(compiled, _BREAKER_OPEN))
         return Plan(compiled, call, None)
 
@@ -196,10 +206,15 @@ class Core:
     # -- deciding -------------------------------------------------------------------------
 
     def decide(self, plan: Plan, reply: Reply) -> Decision:
-        self._breaker.succeeded()
+        if self._breaker.failures:
+            self._breaker.succeeded()
         call = plan.call
-        if call.op != RESET:
-            self._learn((call,), (reply,))
+        cache = self.deny_cache
+        if reply[0] == 1:
+            if call.key in cache.entries:
+                cache.forget(call.key)
+        elif call.op != RESET and cache.maxsize:
+            cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
         return _decision(plan.compiled, reply)
 
     def decide_many(self, plan: PlanMany, replies: Sequence[Reply]) -> list[Decision]:
@@ -243,8 +258,8 @@ class Core:
 
 def _decision(compiled: _Compiled, reply: Reply | Outcome) -> Decision:
     """A Decision from a store reply or a local Outcome (same first four fields)."""
-    allowed = bool(reply[0])
-    return Decision(
+    allowed = reply[0] == 1 or reply[0] is True
+    return make_decision(
         allowed,
         compiled.name,
         compiled.rule.capacity,

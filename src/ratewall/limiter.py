@@ -129,7 +129,7 @@ class RateLimiter(_Limiter):
         """
         plan = self._core.plan(identity, policy, RESET)
         try:
-            self._store.run(((plan.call,),))
+            self._store.run_one(plan.call)
         except Exception as error:
             raise _reset_failed(plan, error) from error
         # A refusal in flight during the reset may have re-filled the deny cache.
@@ -151,7 +151,7 @@ class RateLimiter(_Limiter):
         if plan.decision is not None:
             return plan.decision
         try:
-            reply = self._store.run(((plan.call,),))[0][0]
+            reply = self._store.run_one(plan.call)
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)
@@ -195,7 +195,7 @@ class AsyncRateLimiter(_Limiter):
         """
         plan = self._core.plan(identity, policy, RESET)
         try:
-            await self._store.arun(((plan.call,),))
+            await self._store.arun_one(plan.call)
         except Exception as error:
             raise _reset_failed(plan, error) from error
         # A refusal in flight during the reset may have re-filled the deny cache.
@@ -217,7 +217,7 @@ class AsyncRateLimiter(_Limiter):
         if plan.decision is not None:
             return plan.decision
         try:
-            reply = (await self._store.arun(((plan.call,),)))[0][0]
+            reply = await self._store.arun_one(plan.call)
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)

@@ -34,43 +34,45 @@ class _Snapshot(NamedTuple):
 class DenyCache:
     """A bounded LRU of refused keys' state snapshots. Thread-safe; does no I/O."""
 
-    __slots__ = ("_entries", "_lock", "maxsize")
+    __slots__ = ("_lock", "entries", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._entries: OrderedDict[str, _Snapshot] = OrderedDict()
+        #: key -> snapshot; read-only for callers (``key in cache.entries`` is the cheap test
+        #: the hot path makes before anything else).
+        self.entries: OrderedDict[str, _Snapshot] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def lookup(self, key: str, rule: Rule, cost: int, local_now: int) -> Outcome | None:
         """What the snapshot of ``key`` says now (``None`` without one). Only a refusal may be
         trusted: an allowed outcome means "ask the store" (the caller then forgets the key)."""
-        snapshot = self._entries.get(key)
+        snapshot = self.entries.get(key)
         if snapshot is None:
             return None
         store_now = snapshot.store_now + max(0, local_now - snapshot.local_at)
         outcome = FUNCTIONS[rule.algorithm](snapshot.state, store_now, cost, rule)
         if not outcome.allowed:
             with self._lock:
-                if key in self._entries:
-                    self._entries.move_to_end(key)
+                if key in self.entries:
+                    self.entries.move_to_end(key)
         return outcome
 
     def remember(self, key: str, state: tuple[int, ...], store_now: int, local_now: int) -> None:
         if self.maxsize <= 0:
             return
         with self._lock:
-            self._entries[key] = _Snapshot(state, store_now, local_now)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+            self.entries[key] = _Snapshot(state, store_now, local_now)
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.maxsize:
+                self.entries.popitem(last=False)
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self.entries.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            self.entries.clear()

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..algorithms import FUNCTIONS
-from ..core import CHECK, RESET, Reply, Request
+from ..core import CHECK, RESET, Call, Reply, Request
 
 __all__ = ["MemoryStore"]
 
@@ -39,11 +39,36 @@ class MemoryStore:
     async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
         return self.run(requests)
 
+    def run_one(self, call: Call) -> Reply:
+        """One call on its own: the hot path of ``check``."""
+        with self._lock:
+            return self._one(call, self._clock())
+
+    async def arun_one(self, call: Call) -> Reply:
+        return self.run_one(call)
+
+    def _one(self, call: Call, now: int) -> Reply:
+        if call.op == RESET:
+            self._data.pop(call.key, None)
+            return (1, 0, 0, -1, now)
+        state = self._stored(call.key, now)
+        rule = call.rule
+        outcome = FUNCTIONS[rule.algorithm](state, now, call.cost, rule)
+        if not outcome.allowed:
+            return (0, outcome.remaining, outcome.reset, outcome.retry, now, *state)
+        if call.op == CHECK and outcome.state is not None:
+            self._data[call.key] = (outcome.state, now + outcome.ttl)
+            if len(self._data) >= self._sweep_at:
+                self._sweep(now)
+        return (1, outcome.remaining, outcome.reset, -1, now)
+
     def _stored(self, key: str, now: int) -> tuple[int, ...]:
         entry = self._data.get(key)
         return entry[0] if entry is not None and now < entry[1] else ()
 
     def _run_request(self, calls: Request, now: int) -> list[Reply]:
+        if len(calls) == 1:
+            return [self._one(calls[0], now)]
         data = self._data
         pending: dict[str, _Entry] = {}
         replies: list[Reply] = []

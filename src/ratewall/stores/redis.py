@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..algorithms import ALGORITHM_CODES, Rule
-from ..core import Reply, Request
+from ..core import Call, Reply, Request
 from ..errors import ConfigError
 from ._resp import AsyncConnection, ConnectionPool, Endpoint, Script
 
@@ -218,6 +218,9 @@ class RedisStore:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, self._execute(keys, args))
 
+    def run_one(self, call: Call) -> Reply:
+        return self.run(((call,),))[0][0]
+
     def close(self) -> None:
         self._close()
 
@@ -319,6 +322,9 @@ class AsyncRedisStore:
         finally:
             self._in_flight -= 1
             self._flush()
+
+    async def arun_one(self, call: Call) -> Reply:
+        return (await self.arun(((call,),)))[0][0]
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
