@@ -1,23 +1,26 @@
 -- ratewall decision script (this file is concatenated last, after the algorithms).
 --
--- KEYS: one key per decision, e.g. ratelimit:{user_123}:login (all in one hash slot on a
---       cluster: callers group decisions by slot).
+-- KEYS: one key per call, e.g. ratelimit:{user_123}:login (all in one hash slot on a
+--       cluster: callers group calls by slot).
 -- ARGV[1]: now in µs, or "" to read the server's clock (TIME). Tests inject a time.
--- ARGV[2 + 9*(i-1) ...] for KEYS[i]: op (0 check, 1 peek, 2 reset), group, cost,
+-- ARGV[2]: R, the number of distinct rules in this call; then R rules of 6 values each:
 --       algorithm code (0 fixed_window, 1 sliding_window, 2 sliding_log, 3 token_bucket,
---       4 gcra), limit, window_us, capacity, rate, interval (see ratewall.algorithms.Rule).
+--       4 gcra), limit, window_us, capacity, rate, interval (ratewall.algorithms.Rule).
+-- Then 4 values per KEYS[i]: op (0 check, 1 peek, 2 reset), group, cost, rule index (1..R).
 -- Groups: consecutive keys with the same group number are one request checked against
---       several policies, all or nothing: their new states are written only if every one
---       of them is allowed. A key may appear twice in a group; the second sees the first.
+--       several policies, all or nothing: their new states are kept only if every one of
+--       them is allowed. Groups are decided in order; each sees the ones before it.
 -- Reply: one array per key, in order: {allowed 0/1, remaining, reset_us, retry_us (-1 if
 --       allowed), now_us, state...}. When a group is refused, every member's reply is
---       followed by its stored state (integers, for the caller's local deny cache), and
---       members marked allowed were not consumed. A reset replies {1, 0, 0, -1, now_us}.
--- Units: µs everywhere; TTLs are set in ms (rounded up, at least 1) with every write, in
--- this same atomic call, so no key ever lives without a TTL.
+--       followed by its state before the group (integers, for the caller's local deny
+--       cache), and members marked allowed were not consumed. A reset replies
+--       {1, 0, 0, -1, now_us}.
+-- Writes: each key changed by the call is written once, at the end, with its final state
+--       and a TTL (ms, rounded up, at least 1) in the same SET: no key ever lives without a
+--       TTL, and a hot key decided 64 times in one call costs one GET and one SET.
+-- Units: µs everywhere except the TTL.
 
 local ALGORITHMS = {[0] = fixed_window, sliding_window, sliding_log, token_bucket, gcra}
-local STRIDE = 9
 
 local now
 if ARGV[1] == "" then
@@ -27,13 +30,33 @@ else
   now = tonumber(ARGV[1])
 end
 
-local function load_state(key)
-  local raw = redis.call("GET", key)
-  local state = {}
-  if raw then
-    for part in string.gmatch(raw, "[^:]+") do
-      state[#state + 1] = tonumber(part)
+local rules = {}
+local rule_count = tonumber(ARGV[2])
+for r = 1, rule_count do
+  local base = 3 + (r - 1) * 6
+  local algorithm = ALGORITHMS[tonumber(ARGV[base])]
+  if algorithm == nil then
+    error("ratewall: unknown algorithm code " .. tostring(ARGV[base]))
+  end
+  rules[r] = {algorithm, tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+              tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])}
+end
+local CALLS = 3 + rule_count * 6
+
+-- The state of every key touched, as of the groups decided so far.
+local states, ttls, dirty = {}, {}, {}
+
+local function current(key)
+  local state = states[key]
+  if state == nil then
+    state = {}
+    local raw = redis.call("GET", key)
+    if raw then
+      for part in string.gmatch(raw, "[^:]+") do
+        state[#state + 1] = tonumber(part)
+      end
     end
+    states[key] = state
   end
   return state
 end
@@ -46,43 +69,39 @@ local function encode(values)
   return table.concat(parts, ":")
 end
 
--- Decides KEYS[first..last], one group; returns nothing, fills `replies`.
+-- Decides KEYS[first..last], one group, filling `replies`.
 local function run_group(first, last, replies)
-  local pending, order, ttls, loaded, before = {}, {}, {}, {}, {}
+  local pending, pending_ttl, order, before = {}, {}, {}, {}
   local all_allowed = true
   for i = first, last do
-    local base = 2 + (i - 1) * STRIDE
+    local base = CALLS + (i - 1) * 4
     local op = tonumber(ARGV[base])
     local key = KEYS[i]
     if op == 2 then
       redis.call("DEL", key)
-      pending[key] = nil
+      states[key], ttls[key], pending[key] = {}, nil, nil
       replies[i] = {1, 0, 0, -1, now}
     else
-      local algorithm = ALGORITHMS[tonumber(ARGV[base + 3])]
-      if algorithm == nil then
-        error("ratewall: unknown algorithm code " .. tostring(ARGV[base + 3]))
-      end
-      if loaded[key] == nil then loaded[key] = load_state(key) end
-      local state = pending[key] or loaded[key]
-      local allowed, remaining, reset, retry, new_state, ttl = algorithm(
-        state, now, tonumber(ARGV[base + 2]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]),
-        tonumber(ARGV[base + 6]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
-      before[i] = loaded[key]
+      local rule = rules[tonumber(ARGV[base + 3])]
+      local stored = current(key)
+      local allowed, remaining, reset, retry, new_state, ttl = rule[1](
+        pending[key] or stored, now, tonumber(ARGV[base + 2]),
+        rule[2], rule[3], rule[4], rule[5], rule[6])
+      before[i] = stored
       replies[i] = {allowed, remaining, reset, retry, now}
       if allowed == 0 then
         all_allowed = false
       elseif op == 0 and new_state ~= nil then
         if pending[key] == nil then order[#order + 1] = key end
-        pending[key] = new_state
-        ttls[key] = ttl
+        pending[key], pending_ttl[key] = new_state, ttl
       end
     end
   end
   if all_allowed then
     for _, key in ipairs(order) do
       if pending[key] ~= nil then
-        redis.call("SET", key, encode(pending[key]), "PX", math.max(1, ceil_div(ttls[key], 1000)))
+        if ttls[key] == nil then dirty[#dirty + 1] = key end
+        states[key], ttls[key] = pending[key], pending_ttl[key]
       end
     end
   else
@@ -100,12 +119,18 @@ end
 local replies = {}
 local first = 1
 while first <= #KEYS do
-  local group = ARGV[2 + (first - 1) * STRIDE + 1]
+  local group = ARGV[CALLS + (first - 1) * 4 + 1]
   local last = first
-  while last < #KEYS and ARGV[2 + last * STRIDE + 1] == group do
+  while last < #KEYS and ARGV[CALLS + last * 4 + 1] == group do
     last = last + 1
   end
   run_group(first, last, replies)
   first = last + 1
+end
+
+for _, key in ipairs(dirty) do
+  if ttls[key] ~= nil then
+    redis.call("SET", key, encode(states[key]), "PX", math.max(1, ceil_div(ttls[key], 1000)))
+  end
 end
 return replies

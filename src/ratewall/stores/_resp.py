@@ -273,8 +273,12 @@ class AsyncConnection:
             _check(await self._call(_pack(command)))
 
     async def _ensure(self) -> None:
-        if self._transport is not None:
-            return
+        transport = self._transport
+        if transport is not None:
+            if not transport.is_closing():
+                return
+            # The server closed it (EOF seen, connection_lost not yet delivered).
+            self._fail(StoreConnectionError("the store closed the connection"))
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connected)

@@ -147,8 +147,8 @@ def make_async_client(url: str, timeout: float) -> Any:
 
 
 class _Arguments:
-    """Builds the script's KEYS and ARGV for a list of requests (group = request index);
-    each rule's arguments are encoded once."""
+    """Builds the script's KEYS and ARGV for a list of requests (group = request index):
+    each distinct rule once, then four values per call. Rules are encoded once."""
 
     __slots__ = ("_clock", "_rules")
 
@@ -156,26 +156,35 @@ class _Arguments:
         self._clock = clock
         self._rules: dict[Rule, tuple[int, ...]] = {}
 
+    def _encoded(self, rule: Rule) -> tuple[int, ...]:
+        encoded = self._rules.get(rule)
+        if encoded is None:
+            encoded = (
+                rule.algorithm,
+                rule.limit,
+                rule.window,
+                rule.capacity,
+                rule.rate,
+                rule.interval,
+            )
+            self._rules[rule] = encoded
+        return encoded
+
     def build(self, requests: Sequence[Request]) -> tuple[list[str], list[int | str]]:
-        args: list[int | str] = [self._clock() if self._clock is not None else ""]
-        keys = []
-        rules = self._rules
+        index: dict[Rule, int] = {}
+        keys: list[str] = []
+        calls: list[int | str] = []
         for group, request in enumerate(requests):
             for call in request:
-                encoded = rules.get(call.rule)
-                if encoded is None:
-                    rule = call.rule
-                    encoded = (
-                        rule.algorithm,
-                        rule.limit,
-                        rule.window,
-                        rule.capacity,
-                        rule.rate,
-                        rule.interval,
-                    )
-                    rules[call.rule] = encoded
+                position = index.get(call.rule)
+                if position is None:
+                    position = index[call.rule] = len(index) + 1
                 keys.append(call.key)
-                args += (call.op, group, call.cost, *encoded)
+                calls += (call.op, group, call.cost, position)
+        args: list[int | str] = [self._clock() if self._clock is not None else "", len(index)]
+        for rule in index:
+            args += self._encoded(rule)
+        args += calls
         return keys, args
 
 
@@ -228,13 +237,13 @@ class RedisStore:
 class AsyncRedisStore:
     """The asyncio twin of :class:`RedisStore`, with automatic batching.
 
-    Concurrent callers share round trips: a call made while fewer than ``max_in_flight``
-    script calls are in flight is sent at once (so latency at low load is one round trip);
-    otherwise it waits, and when an in-flight call returns, every waiting request (up to
-    ``max_batch`` calls) goes out in one script call. The script decides the requests in
-    order, each all or nothing, atomically: batching changes nothing about exactness. A
-    queued caller may wait for one in-flight call before its own, so its worst case is
-    two timeouts.
+    Concurrent callers share round trips: calls made in the same event-loop turn leave
+    together at the end of it (so latency at low load is one round trip plus one loop turn);
+    while ``max_in_flight`` script calls are in flight, new calls wait, and when one returns,
+    every waiting request (up to ``max_batch`` calls) goes out in one script call. The
+    script decides the requests in order, each all or nothing, atomically: batching changes
+    nothing about exactness. A queued caller may wait for one in-flight call before its
+    own, so its worst case is two timeouts.
     """
 
     def __init__(
@@ -264,24 +273,27 @@ class AsyncRedisStore:
         self._in_flight = 0
         self._waiting: list[tuple[Sequence[Request], asyncio.Future[list[list[Reply]]]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
 
     async def _send(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, await self._execute(keys, args))
 
     async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
-        """Decide each request (all or nothing) in order, sharing a round trip with
-        concurrent callers when one is already in flight."""
-        if self._in_flight < self._max_in_flight and not self._waiting:
-            self._in_flight += 1
-            try:
-                return await self._send(requests)
-            finally:
-                self._in_flight -= 1
-                self._flush()
-        future: asyncio.Future[list[list[Reply]]] = asyncio.get_running_loop().create_future()
+        """Decide each request (all or nothing) in order, sharing a round trip with the
+        callers that arrive in the same event-loop turn or while a call is in flight."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[list[Reply]]] = loop.create_future()
         self._waiting.append((requests, future))
+        if not self._flush_scheduled:
+            # Flush at the end of this loop turn: callers woken together leave together.
+            self._flush_scheduled = True
+            loop.call_soon(self._scheduled_flush)
         return await future
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _flush(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
