@@ -59,6 +59,7 @@ from typing import Any, Final
 
 import yaml
 
+from ._urls import STORE_SCHEMES
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from .policy import FAILURE_MODES, Policy, parse_duration
@@ -85,16 +86,6 @@ SETTINGS: Final = (
     "client_ip",
 )
 _CLIENT_IP_FIELDS: Final = ("trusted_proxies", "header", "ipv6_prefix", "ipv4_prefix")
-STORE_SCHEMES: Final = (
-    "memory",
-    "redis",
-    "rediss",
-    "unix",
-    "valkey",
-    "valkeys",
-    "redis+sentinel",
-    "redis+cluster",
-)
 EXTENSIONS: Final = (".json", ".yaml", ".yml", ".toml")
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
 DEFAULT_TIMEOUT: Final = 0.05

@@ -175,13 +175,18 @@ def _serve(store: str, workers: int, host: str, port: int, config: str | None) -
     try:
         return process.wait()
     except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         return 0
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop uvicorn as Ctrl-C would (its workers shut down cleanly); kill it after 10 s."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _free_port() -> int:
@@ -271,9 +276,4 @@ def _walkthrough(store: str, workers: int, config: str | None) -> int:
         )
         return 0
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)

@@ -23,6 +23,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .._urls import STORE_SCHEMES
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply, Request
 from ..errors import ConfigError
@@ -39,17 +40,6 @@ def _load_script() -> str:
 
 
 SCRIPT: Final = _load_script()
-
-STORE_SCHEMES: Final = (
-    "memory",
-    "redis",
-    "rediss",
-    "unix",
-    "valkey",
-    "valkeys",
-    "redis+cluster",
-    "redis+sentinel",
-)
 
 
 def parse_store_url(url: str) -> tuple[str, str]:
@@ -114,36 +104,29 @@ def _sentinel_master(sentinel_class: Any, url: str, options: dict[str, Any]) -> 
     return sentinel.master_for(service, **extra)
 
 
-def make_client(url: str, timeout: float) -> Any:
+def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
+    """A redis-py client for a Cluster or Sentinel URL (standalone servers use ._resp)."""
     kind, normalised = parse_store_url(url)
     options = _client_options(timeout)
     if kind == "cluster":
+        if asynchronous:
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            return AsyncCluster.from_url(normalised, **options)
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(normalised, **options)
     if kind == "sentinel":
+        if asynchronous:
+            from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+            return _sentinel_master(AsyncSentinel, normalised, options)
         from redis.sentinel import Sentinel
 
         return _sentinel_master(Sentinel, normalised, options)
-    if kind != "redis":
-        raise ConfigError(f"{url!r} is not a Redis store URL", field="store")
+    if asynchronous:
+        return redis.asyncio.Redis.from_url(normalised, **options)
     return redis.Redis.from_url(normalised, **options)
-
-
-def make_async_client(url: str, timeout: float) -> Any:
-    kind, normalised = parse_store_url(url)
-    options = _client_options(timeout)
-    if kind == "cluster":
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(normalised, **options)
-    if kind == "sentinel":
-        from redis.asyncio.sentinel import Sentinel
-
-        return _sentinel_master(Sentinel, normalised, options)
-    if kind != "redis":
-        raise ConfigError(f"{url!r} is not a Redis store URL", field="store")
-    return redis.asyncio.Redis.from_url(normalised, **options)
 
 
 class _Arguments:
@@ -197,6 +180,42 @@ def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list
     return grouped
 
 
+def _slot_parts(slot_of: Callable[[str], int], requests: Sequence[Request]) -> dict[int, list[int]]:
+    """Request indexes by hash slot, in order. A request's keys must share one slot (the keys
+    of one identity always do: the identity is the hash tag)."""
+    parts: dict[int, list[int]] = {}
+    for index, request in enumerate(requests):
+        slot = slot_of(request[0].key)
+        if any(slot_of(call.key) != slot for call in request[1:]):
+            raise ValueError(
+                "on a Redis Cluster, the policies of one check_many request must be for one "
+                "identity (one hash slot); check the others separately"
+            )
+        parts.setdefault(slot, []).append(index)
+    return parts
+
+
+def _merge(
+    size: int, parts: dict[int, list[int]], results: Sequence[list[list[Reply]]]
+) -> list[list[Reply]]:
+    """Put per-slot replies back in the order of the requests."""
+    merged: list[list[Reply]] = [[] for _ in range(size)]
+    for indexes, replies in zip(parts.values(), results, strict=True):
+        for index, reply in zip(indexes, replies, strict=True):
+            merged[index] = reply
+    return merged
+
+
+def _per_slot(
+    slot_of: Callable[[str], int],
+    requests: Sequence[Request],
+    run: Callable[[Sequence[Request]], list[list[Reply]]],
+) -> list[list[Reply]]:
+    parts = _slot_parts(slot_of, requests)
+    results = [run([requests[i] for i in indexes]) for indexes in parts.values()]
+    return _merge(len(requests), parts, results)
+
+
 class RedisStore:
     """Synchronous store on Redis/Valkey: one script call per :meth:`run`.
 
@@ -216,14 +235,23 @@ class RedisStore:
         if kind == "redis":
             pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
             self._execute, self._close = pool.run_script, pool.close
-        else:
+        self._slot: Callable[[str], int] | None = None
+        if kind != "redis":
             client = make_client(url, timeout)
             script = client.register_script(SCRIPT)
             self._execute = lambda keys, args: script(keys=keys, args=args)
             self._close = client.close
+            if kind == "cluster":
+                self._slot = client.keyslot
 
     def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
-        """Decide each request (all or nothing) in order, in one atomic script call."""
+        """Decide each request (all or nothing) in order, in one atomic script call (one
+        per hash slot on a cluster)."""
+        if self._slot is not None:
+            return _per_slot(self._slot, requests, self._run)
+        return self._run(requests)
+
+    def _run(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, self._execute(keys, args))
 
@@ -263,11 +291,14 @@ class AsyncRedisStore:
         if kind == "redis":
             connection = AsyncConnection(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
             self._execute, self._aclose = connection.run_script, connection.aclose
-        else:
-            client = make_async_client(url, timeout)
+        self._slot: Callable[[str], int] | None = None
+        if kind != "redis":
+            client = make_client(url, timeout, asynchronous=True)
             script = client.register_script(SCRIPT)
             self._execute = lambda keys, args: script(keys=keys, args=args)
             self._aclose = client.aclose
+            if kind == "cluster":
+                self._slot = client.keyslot
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._in_flight = 0
@@ -276,6 +307,15 @@ class AsyncRedisStore:
         self._flush_scheduled = False
 
     async def _send(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        if self._slot is None:
+            return await self._send_one_slot(requests)
+        parts = _slot_parts(self._slot, requests)
+        results = await asyncio.gather(
+            *(self._send_one_slot([requests[i] for i in indexes]) for indexes in parts.values())
+        )
+        return _merge(len(requests), parts, results)
+
+    async def _send_one_slot(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, await self._execute(keys, args))
 
