@@ -36,6 +36,9 @@ __all__ = ["AsyncConnection", "ConnectionPool", "Endpoint", "ReplyError", "Store
 ReplyError = hiredis.ReplyError
 
 
+_TIMEOUTS_BEFORE_RECONNECT = 3
+
+
 class StoreTimeoutError(TimeoutError):
     """The store did not answer within the timeout."""
 
@@ -247,6 +250,7 @@ class AsyncConnection:
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._connecting: asyncio.Future[None] | None = None
         self._used = False  # a call has succeeded on the current socket
+        self._timeouts = 0  # consecutive timed-out calls on the current socket
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -318,9 +322,14 @@ class AsyncConnection:
                 if _is_noscript(reply):
                     reply = await self._call(self.script.eval(keys, args))
         except TimeoutError as error:
-            # Replies may still arrive for this call: the stream can no longer be matched.
-            self._fail(StoreTimeoutError("the store did not answer in time"))
+            # The late reply, if it comes, is matched to this call's (cancelled) future and
+            # dropped, so the other calls pipelined on the connection are unaffected. Only a
+            # connection that keeps timing out is given up (a blackholed server).
+            self._timeouts += 1
+            if self._timeouts >= _TIMEOUTS_BEFORE_RECONNECT:
+                self._fail(StoreTimeoutError("the store stopped answering"))
             raise StoreTimeoutError("the store did not answer in time") from error
+        self._timeouts = 0
         return _check(reply)
 
     def _received(self, data: bytes) -> None:
@@ -341,6 +350,7 @@ class AsyncConnection:
     def _fail(self, error: Exception) -> None:
         transport, self._transport = self._transport, None
         self._used = False
+        self._timeouts = 0
         pending, self._pending = self._pending, collections.deque()
         for future in pending:
             if not future.done():

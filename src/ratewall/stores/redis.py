@@ -265,9 +265,10 @@ class RedisStore:
 class AsyncRedisStore:
     """The asyncio twin of :class:`RedisStore`, with automatic batching.
 
-    Concurrent callers share round trips: calls made in the same event-loop turn leave
-    together at the end of it (so latency at low load is one round trip plus one loop turn);
-    while ``max_in_flight`` script calls are in flight, new calls wait, and when one returns,
+    Concurrent callers share round trips: a call made while nothing is in flight goes out at
+    once (latency at low load is one round trip); under load, calls made in the same
+    event-loop turn leave together at the end of it, at most ``max_in_flight`` script calls
+    are in flight, and when one returns,
     every waiting request (up to ``max_batch`` calls) goes out in one script call. The
     script decides the requests in order, each all or nothing, atomically: batching changes
     nothing about exactness. A queued caller may wait for one in-flight call before its
@@ -322,6 +323,14 @@ class AsyncRedisStore:
     async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, sharing a round trip with the
         callers that arrive in the same event-loop turn or while a call is in flight."""
+        if not self._in_flight and not self._waiting:
+            # Alone: no one to share a round trip with, so no reason to wait a loop turn.
+            self._in_flight += 1
+            try:
+                return await self._send(requests)
+            finally:
+                self._in_flight -= 1
+                self._flush()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[Reply]]] = loop.create_future()
         self._waiting.append((requests, future))
