@@ -29,12 +29,28 @@ WINDOW_MS = 60_000
 @dataclass(frozen=True)
 class Step:
     """One request of the flow: when (seconds after 12:00:00), the answer, whether the
-    request reached Redis, and the value Redis holds afterwards (``count:end_us``)."""
+    request reached Redis, and the value Redis holds afterwards (see :func:`_fixed`)."""
 
     at: float
     decision: Decision
     asked_redis: bool
     stored: str
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if not number:
+            return text
+
+
+def _fixed(count: int, end_us: int) -> str:
+    """A fixed-window value as lua/_main.lua writes it: "F", then count and window end
+    (µs) in base 36."""
+    return f"F{_base36(count)}:{_base36(end_us)}"
 
 
 def _allowed(remaining: int, reset_after: float) -> Decision:
@@ -50,14 +66,14 @@ SECOND_END = NOON_US + 61_000_000 + 60_000_000
 
 # The table of SPEC §1.
 FLOW = (
-    Step(0, _allowed(4, 60.0), True, f"1:{FIRST_END}"),  # 12:00:00, no key: count 1
-    Step(10, _allowed(3, 50.0), True, f"2:{FIRST_END}"),
-    Step(20, _allowed(2, 40.0), True, f"3:{FIRST_END}"),
-    Step(25, _allowed(1, 35.0), True, f"4:{FIRST_END}"),
-    Step(30, _allowed(0, 30.0), True, f"5:{FIRST_END}"),  # 12:00:30, count 5
-    Step(45, _refused(15.0, 15.0), True, f"5:{FIRST_END}"),  # 429, Retry-After: 15
-    Step(50, _refused(10.0, 10.0), False, f"5:{FIRST_END}"),  # the deny cache answers
-    Step(61, _allowed(4, 60.0), True, f"1:{SECOND_END}"),  # 12:01:01, a new window
+    Step(0, _allowed(4, 60.0), True, _fixed(1, FIRST_END)),  # 12:00:00, no key: count 1
+    Step(10, _allowed(3, 50.0), True, _fixed(2, FIRST_END)),
+    Step(20, _allowed(2, 40.0), True, _fixed(3, FIRST_END)),
+    Step(25, _allowed(1, 35.0), True, _fixed(4, FIRST_END)),
+    Step(30, _allowed(0, 30.0), True, _fixed(5, FIRST_END)),  # 12:00:30, count 5
+    Step(45, _refused(15.0, 15.0), True, _fixed(5, FIRST_END)),  # 429, Retry-After: 15
+    Step(50, _refused(10.0, 10.0), False, _fixed(5, FIRST_END)),  # the deny cache answers
+    Step(61, _allowed(4, 60.0), True, _fixed(1, SECOND_END)),  # 12:01:01, a new window
 )
 
 
@@ -198,4 +214,4 @@ def test_the_deny_cache_holds_until_the_retry_time_then_redis_decides(
         clock.set(NOON + 60)
         assert limiter.check("user_123", "login") == _allowed(4, 60.0)
         assert _script_calls(redis_client) == calls + 1
-        assert _get(redis_client) == f"1:{NOON_US + 120_000_000}".encode()
+        assert _get(redis_client) == _fixed(1, NOON_US + 120_000_000).encode()

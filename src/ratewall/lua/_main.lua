@@ -16,7 +16,7 @@
 --       cache), and members marked allowed were not consumed. A reset replies
 --       {1, 0, 0, -1, now_us}.
 -- Writes: each key changed by the call is written once, at the end, with its final state
---       and a TTL (ms, rounded up, at least 1) in the same SET: no key ever lives without a
+--       (see encode below) and a TTL (ms, rounded up, at least 1) in the same SET: no key ever lives without a
 --       TTL, and a hot key decided 64 times in one call costs one GET and one SET.
 -- Units: µs everywhere except the TTL.
 
@@ -43,17 +43,35 @@ for r = 1, rule_count do
 end
 local CALLS = 3 + rule_count * 6
 
--- The state of every key touched, as of the groups decided so far.
-local states, ttls, dirty = {}, {}, {}
+-- The state of every key touched, as of the groups decided so far, and its algorithm.
+local states, ttls, dirty, algorithms = {}, {}, {}, {}
 
-local function current(key)
+-- Values are compact: a letter naming the algorithm, then the state's integers in base 36,
+-- separated by ":" (fixed window "F5:hbsyv2q8xs"). A value written by another algorithm
+-- (the policy was changed) or in another format counts as no state at all.
+local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [sliding_log] = "L",
+              [token_bucket] = "T", [gcra] = "G"}
+local DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+local function base36(n)
+  if n == 0 then return "0" end
+  local out = {}
+  while n > 0 do
+    local digit = n % 36
+    out[#out + 1] = string.sub(DIGITS, digit + 1, digit + 1)
+    n = (n - digit) / 36
+  end
+  return string.reverse(table.concat(out))
+end
+
+local function current(key, algorithm)
   local state = states[key]
   if state == nil then
     state = {}
     local raw = redis.call("GET", key)
-    if raw then
-      for part in string.gmatch(raw, "[^:]+") do
-        state[#state + 1] = tonumber(part)
+    if raw and string.sub(raw, 1, 1) == TAGS[algorithm] then
+      for part in string.gmatch(string.sub(raw, 2), "[^:]+") do
+        state[#state + 1] = tonumber(part, 36)
       end
     end
     states[key] = state
@@ -61,12 +79,12 @@ local function current(key)
   return state
 end
 
-local function encode(values)
+local function encode(values, algorithm)
   local parts = {}
   for i = 1, #values do
-    parts[i] = string.format("%.0f", values[i])
+    parts[i] = base36(values[i])
   end
-  return table.concat(parts, ":")
+  return TAGS[algorithm] .. table.concat(parts, ":")
 end
 
 -- Decides KEYS[first..last], one group, filling `replies`.
@@ -83,7 +101,8 @@ local function run_group(first, last, replies)
       replies[i] = {1, 0, 0, -1, now}
     else
       local rule = rules[tonumber(ARGV[base + 3])]
-      local stored = current(key)
+      local stored = current(key, rule[1])
+      algorithms[key] = rule[1]
       local allowed, remaining, reset, retry, new_state, ttl = rule[1](
         pending[key] or stored, now, tonumber(ARGV[base + 2]),
         rule[2], rule[3], rule[4], rule[5], rule[6])
@@ -130,7 +149,8 @@ end
 
 for _, key in ipairs(dirty) do
   if ttls[key] ~= nil then
-    redis.call("SET", key, encode(states[key]), "PX", math.max(1, ceil_div(ttls[key], 1000)))
+    redis.call("SET", key, encode(states[key], algorithms[key]), "PX",
+               math.max(1, ceil_div(ttls[key], 1000)))
   end
 end
 return replies
