@@ -116,6 +116,7 @@ class Core:
         local_clock: Callable[[], int],
         breaker_threshold: int = 3,
         breaker_cooldown: float = 1.0,
+        slot_of: Callable[[str], int] | None = None,
     ) -> None:
         if not policies:
             raise ValueError("a rate limiter needs at least one policy")
@@ -133,6 +134,8 @@ class Core:
         self.deny_cache = DenyCache(local_cache_size)
         self._now = local_clock
         self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000))
+        # On a Redis Cluster, one atomic call can only touch one hash slot.
+        self._slot_of = slot_of
 
     # -- planning -------------------------------------------------------------------------
 
@@ -186,6 +189,11 @@ class Core:
         ]
         compiled = tuple(pair[0] for pair in pairs)
         calls = tuple(pair[1] for pair in pairs)
+        if self._slot_of is not None and len({self._slot_of(c.key) for c in calls}) > 1:
+            raise ValueError(
+                "on a Redis Cluster, one check_many request must be for one identity (one "
+                "hash slot), so that it stays atomic; check the other identities separately"
+            )
         now = self._now()
         known = [self.deny_cache.lookup(c.key, c.rule, c.cost, now) for c in calls]
         if all(k is not None for k in known) and any(

@@ -14,7 +14,7 @@ from .errors import StoreError
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .stores.memory import MemoryStore
-from .stores.redis import AsyncRedisStore, RedisStore, parse_store_url
+from .stores.redis import AsyncRedisStore, RedisStore, key_slot, parse_store_url
 
 __all__ = ["AsyncRateLimiter", "RateLimiter"]
 
@@ -48,6 +48,7 @@ class _Limiter:
             key_prefix=key_prefix,
             local_cache_size=local_cache_size,
             local_clock=local_now,
+            slot_of=key_slot if kind == "cluster" else None,
         )
         self.store_url = store
         self._store = self._make_store(

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
+from redis.crc import key_slot as redis_key_slot
 from redis.retry import Retry
 
 from .._urls import STORE_SCHEMES
@@ -95,13 +96,35 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
 
 
 def _sentinel_master(sentinel_class: Any, url: str, options: dict[str, Any]) -> Any:
-    """The master client of a Sentinel-monitored service (sync or asyncio Sentinel class)."""
+    """The master client of a Sentinel-monitored service (sync or asyncio Sentinel class).
+
+    The Sentinel object is kept on the client as ``_ratewall_sentinel`` so that closing the
+    store also closes the connections to the sentinels."""
     nodes, service, extra = _sentinel_parts(url)
     sentinel_password = extra.pop("sentinel_password", None)
     sentinel = sentinel_class(
         nodes, sentinel_kwargs={**options, "password": sentinel_password}, **options
     )
-    return sentinel.master_for(service, **extra)
+    client = sentinel.master_for(service, **extra)
+    client._ratewall_sentinel = sentinel
+    return client
+
+
+def _close_client(client: Any) -> None:
+    """Close a redis-py Cluster or Sentinel-master client and every pool behind it."""
+    client.close()
+    if hasattr(client, "disconnect_connection_pools"):
+        client.disconnect_connection_pools()  # redis-py's cluster close() leaves node pools
+    sentinel = getattr(client, "_ratewall_sentinel", None)
+    if sentinel is not None:
+        sentinel.close()
+
+
+async def _aclose_client(client: Any) -> None:
+    await client.aclose()
+    sentinel = getattr(client, "_ratewall_sentinel", None)
+    if sentinel is not None:
+        await sentinel.aclose()
 
 
 def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
@@ -180,6 +203,18 @@ def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list
     return grouped
 
 
+def _raise_any(results: list[list[Reply] | BaseException]) -> list[list[Reply]]:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("list[list[Reply]]", results)
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16 of its hash tag, mod 16384)."""
+    return int(redis_key_slot(key.encode("utf-8", "surrogatepass")))
+
+
 def _slot_parts(slot_of: Callable[[str], int], requests: Sequence[Request]) -> dict[int, list[int]]:
     """Request indexes by hash slot, in order. A request's keys must share one slot (the keys
     of one identity always do: the identity is the hash tag)."""
@@ -240,9 +275,9 @@ class RedisStore:
             client = make_client(url, timeout)
             script = client.register_script(SCRIPT)
             self._execute = lambda keys, args: script(keys=keys, args=args)
-            self._close = client.close
+            self._close = lambda: _close_client(client)
             if kind == "cluster":
-                self._slot = client.keyslot
+                self._slot = key_slot
 
     def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, in one atomic script call (one
@@ -293,13 +328,16 @@ class AsyncRedisStore:
             connection = AsyncConnection(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
             self._execute, self._aclose = connection.run_script, connection.aclose
         self._slot: Callable[[str], int] | None = None
+        self._initialize: Callable[[], Awaitable[Any]] | None = None
+        self._ready = asyncio.Lock()
         if kind != "redis":
             client = make_client(url, timeout, asynchronous=True)
             script = client.register_script(SCRIPT)
             self._execute = lambda keys, args: script(keys=keys, args=args)
-            self._aclose = client.aclose
+            self._aclose = lambda: _aclose_client(client)
             if kind == "cluster":
-                self._slot = client.keyslot
+                self._slot = key_slot
+                self._initialize = client.initialize
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._in_flight = 0
@@ -307,14 +345,28 @@ class AsyncRedisStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
 
-    async def _send(self, requests: Sequence[Request]) -> list[list[Reply]]:
+    async def _send(self, requests: Sequence[Request]) -> list[list[Reply] | BaseException]:
+        """Replies per request; on a cluster, a slot whose call failed gives its requests
+        the exception while the other slots' requests get their replies."""
         if self._slot is None:
-            return await self._send_one_slot(requests)
+            return list(await self._send_one_slot(requests))
+        if self._initialize is not None:
+            # redis-py's asyncio cluster sets itself up lazily, and concurrent first commands
+            # race through that set-up: do it once, before any of them.
+            async with self._ready:
+                if self._initialize is not None:
+                    await self._initialize()
+                    self._initialize = None
         parts = _slot_parts(self._slot, requests)
         results = await asyncio.gather(
-            *(self._send_one_slot([requests[i] for i in indexes]) for indexes in parts.values())
+            *(self._send_one_slot([requests[i] for i in indexes]) for indexes in parts.values()),
+            return_exceptions=True,
         )
-        return _merge(len(requests), parts, results)
+        merged: list[list[Reply] | BaseException] = [[] for _ in requests]
+        for indexes, result in zip(parts.values(), results, strict=True):
+            for position, index in enumerate(indexes):
+                merged[index] = result if isinstance(result, BaseException) else result[position]
+        return merged
 
     async def _send_one_slot(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
@@ -327,7 +379,7 @@ class AsyncRedisStore:
             # Alone: no one to share a round trip with, so no reason to wait a loop turn.
             self._in_flight += 1
             try:
-                return await self._send(requests)
+                return _raise_any(await self._send(requests))
             finally:
                 self._in_flight -= 1
                 self._flush()
@@ -378,7 +430,12 @@ class AsyncRedisStore:
             for entry, future in batch:
                 count = len(entry)
                 if not future.done():
-                    future.set_result(replies[index : index + count])
+                    mine = replies[index : index + count]
+                    failure = next((r for r in mine if isinstance(r, BaseException)), None)
+                    if failure is not None:
+                        future.set_exception(failure)
+                    else:
+                        future.set_result(cast("list[list[Reply]]", mine))
                 index += count
         finally:
             self._in_flight -= 1
