@@ -6,8 +6,8 @@ with the hiredis parser when it is installed, pools big enough for 512 concurren
 The harness in ``run.py`` only ever sees :class:`SyncLimiter` and :class:`AsyncLimiter`.
 
 Which class of each peer stands for which ratewall algorithm is in ``Library.algorithms``
-(the same mapping as the team's perf baseline, research/perf-baseline.md). A planned ASGI mode would add
-one method per library (its middleware around a bare app) next to ``open_memory``.
+(the same mapping as the team's perf baseline, research/perf-baseline.md). A planned ASGI
+mode would add one method per library (its middleware around a bare app) next to ``open_memory``.
 """
 
 from __future__ import annotations

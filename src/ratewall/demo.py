@@ -34,10 +34,14 @@ __all__ = ["create_app", "run_demo"]
 ENV_STORE: Final = "RATEWALL_DEMO_STORE"
 ENV_CONFIG: Final = "RATEWALL_DEMO_CONFIG"
 ENV_WINDOW: Final = "RATEWALL_DEMO_WINDOW"
+ENV_TIMEOUT: Final = "RATEWALL_DEMO_TIMEOUT"
 SEED_LIMIT: Final = 5
 SEED_WINDOW: Final = 60.0
 # The walkthrough replays the seed's 61 seconds ten times faster.
 WALKTHROUGH_SPEEDUP: Final = 10
+# The replay must show the table, not a loaded machine's first slow round trip (which a
+# 50 ms store timeout would turn into a fail-open answer).
+WALKTHROUGH_TIMEOUT: Final = 1.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,7 +59,10 @@ def create_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         limiter = AsyncRateLimiter.from_config(config, store=store)
     else:
         window = float(os.environ.get(ENV_WINDOW, SEED_WINDOW))
-        limiter = AsyncRateLimiter({"login": Policy(SEED_LIMIT, window)}, store=store)
+        timeout = float(os.environ.get(ENV_TIMEOUT, "0.05"))
+        limiter = AsyncRateLimiter(
+            {"login": Policy(SEED_LIMIT, window)}, store=store, timeout=timeout
+        )
     routes = [Route("/login", (RouteLimit("login", Header("X-User-ID")),), method="POST")]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,13 +137,17 @@ def run_demo(args: argparse.Namespace) -> int:
             print("ratewall demo: stopped the embedded server")
 
 
-def _environment(store: str, config: str | None, window: float | None = None) -> dict[str, str]:
+def _environment(
+    store: str, config: str | None, window: float | None = None, timeout: float | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env[ENV_STORE] = store
     if config:
         env[ENV_CONFIG] = os.path.abspath(config)
     if window is not None:
         env[ENV_WINDOW] = str(window)
+    if timeout is not None:
+        env[ENV_TIMEOUT] = str(timeout)
     return env
 
 
@@ -244,7 +255,8 @@ def _walkthrough(store: str, workers: int, config: str | None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        _uvicorn_command("127.0.0.1", port, workers), env=_environment(store, None, window)
+        _uvicorn_command("127.0.0.1", port, workers),
+        env=_environment(store, None, window, timeout=WALKTHROUGH_TIMEOUT),
     )
     try:
         _wait_until_up(base + "/", process, time.monotonic() + 20)

@@ -60,11 +60,17 @@ class _Limiter:
 
     @classmethod
     def from_config(
-        cls, path: str | os.PathLike[str], store: str | None = None, *, clock: Clock | None = None
+        cls,
+        path: str | os.PathLike[str],
+        store: str | None = None,
+        *,
+        clock: Clock | None = None,
+        timeout: float | None = None,
     ) -> Self:
         """A limiter for the policies and settings of a JSON, YAML or TOML file.
 
-        ``store`` overrides the file's store URL; with neither, the memory store is used.
+        ``store`` overrides the file's store URL (with neither, the memory store is used);
+        ``timeout`` overrides the file's store timeout.
         """
         from .config import load_config
 
@@ -74,7 +80,7 @@ class _Limiter:
             store or config.store or "memory://",
             key_prefix=config.key_prefix,
             local_cache_size=config.local_cache_size,
-            timeout=config.timeout,
+            timeout=config.timeout if timeout is None else timeout,
             clock=clock,
         )
 

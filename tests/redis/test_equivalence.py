@@ -29,7 +29,7 @@ START_US = 1_700_000_000_000_000  # a realistic epoch: large integers inside Lua
 BUCKETS = ("token_bucket", "gcra")
 # Redis key TTLs run on real time while the injected clock stands still. A write whose state
 # is back to full (its logical TTL) in less than this could expire in real time while it is
-# still alive on the fake clock, so the run then jumps to that moment (see _next_now).
+# still alive on the fake clock, so the run then jumps to that moment (see _Timeline.after).
 MIN_REAL_TTL_US = 3_000_000
 
 # Store timeout: these tests are about decisions, not latency (the default is 50 ms).
@@ -39,9 +39,15 @@ SYNC_EXAMPLES = 150
 ASYNC_EXAMPLES = 50
 
 Kind = Literal["check", "peek", "reset"]
+Anchor = Literal["", "reset", "retry"]
 
 
 class Op(NamedTuple):
+    """One operation, after a time step: ``step_us`` µs when ``anchor`` is empty; else to the
+    moment the previous decision's ``reset_after`` (or ``retry_after``) points at, plus
+    ``step_us`` (-1, 0 or 1): the very edges where `<` and `<=` part ways."""
+
+    anchor: Anchor
     step_us: int
     identity: str
     kind: Kind
@@ -74,16 +80,21 @@ def scenarios(draw: st.DrawFn, algorithm: str) -> Scenario:
         limit = min(limit, most)
         burst = draw(st.none() | st.integers(1, min(2 * limit + 30, most)))
     policy = Policy(limit, window_ms / 1000, algorithm, burst)
-    # Hypothesis favours small integers, so steps are built from parts it draws well: a
-    # fraction of the window (in 1/1000ths, up to 3 windows: roll-overs and expiries), or a
-    # number of refill periods, each plus a few µs of jitter, or µs alone.
+    # Hypothesis favours small integers, so plain steps are built from parts it draws well:
+    # a fraction of the window (in 1/1000ths, up to 3 windows: roll-overs and expiries) or a
+    # number of refill periods, each plus a few µs of jitter; µs alone; whole windows ±1 µs.
     per_unit = max(1, window_us // limit)
     jitter = st.integers(0, 1000)
-    steps = st.one_of(
+    edge = st.sampled_from([-1, 0, 1])
+    plain = st.one_of(
         st.just(0),
         jitter,
         st.builds(lambda k, j: k * window_us // 1000 + j, st.integers(0, 3000), jitter),
         st.builds(lambda k, j: k * per_unit + j, st.integers(0, 20), jitter),
+        st.builds(lambda k, e: k * window_us + e, st.integers(1, 2), edge),
+    )
+    steps: st.SearchStrategy[tuple[Anchor, int]] = st.tuples(st.just(""), plain) | st.tuples(
+        st.sampled_from(["reset", "retry"]), edge
     )
     kinds: st.SearchStrategy[Kind] = st.sampled_from(
         ["check", "check", "check", "check", "peek", "peek", "reset"]
@@ -91,9 +102,10 @@ def scenarios(draw: st.DrawFn, algorithm: str) -> Scenario:
     ops = draw(
         st.lists(
             st.builds(
-                Op,
+                lambda step, identity, kind, cost: Op(step[0], step[1], identity, kind, cost),
                 steps,
-                st.sampled_from(IDENTITIES),
+                # Mostly one identity, so that its state builds up over many steps.
+                st.just(IDENTITIES[0]) | st.sampled_from(IDENTITIES),
                 kinds,
                 st.integers(1, policy.capacity),
             ),
@@ -104,32 +116,46 @@ def scenarios(draw: st.DrawFn, algorithm: str) -> Scenario:
     return Scenario(policy, ops)
 
 
-def _set_clock(clock: FakeClock, now_us: int) -> None:
-    clock.set(now_us / 1_000_000)
-    # The limiters round the clock to whole µs: they must see exactly now_us.
-    assert round(clock() * 1_000_000) == now_us
+class _Timeline:
+    """The fake time of a run: where each op happens, given the decision before it."""
 
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.now_us = START_US
+        self.last: Decision | None = None
 
-def _next_now(now_us: int, op: Op, decision: Decision) -> int:
-    """The time after ``op``: an allowed check wrote the key with a TTL of ``reset_after``;
-    if that is too short to outlive this example in real time, go to when it runs out."""
-    if op.kind == "check" and decision.allowed:
-        ttl_us = round(decision.reset_after * 1_000_000)
-        if ttl_us < MIN_REAL_TTL_US:
-            return now_us + ttl_us
-    return now_us
+    def before(self, op: Op) -> None:
+        step = op.step_us
+        if op.anchor and self.last is not None:
+            seconds = self.last.reset_after if op.anchor == "reset" else self.last.retry_after
+            if seconds is not None:
+                step += round(seconds * 1_000_000)
+        self.now_us += max(0, step)
+        self.clock.set(self.now_us / 1_000_000)
+        # The limiters round the clock to whole µs: they must see exactly now_us.
+        assert round(self.clock() * 1_000_000) == self.now_us
+
+    def after(self, op: Op, decision: Decision) -> None:
+        """An allowed check wrote its key with a TTL of ``reset_after``; if that is too short
+        to outlive this example in real time, jump to when it runs out."""
+        self.last = decision
+        if op.kind == "check" and decision.allowed:
+            ttl_us = round(decision.reset_after * 1_000_000)
+            if ttl_us < MIN_REAL_TTL_US:
+                self.now_us += ttl_us
 
 
 def _describe(index: int, op: Op) -> str:
     identity = op.identity if len(op.identity) <= 20 else f"<{len(op.identity)} chars>"
-    return f"op {index}: {op.kind} {identity!r} cost={op.cost}"
+    return (
+        f"op {index}: {op.kind} {identity!r} cost={op.cost} at {op.anchor or 'step'}{op.step_us:+}"
+    )
 
 
 def _run(scenario: Scenario, memory: RateLimiter, store: RateLimiter, clock: FakeClock) -> None:
-    now_us = START_US
+    timeline = _Timeline(clock)
     for index, op in enumerate(scenario.ops):
-        now_us += op.step_us
-        _set_clock(clock, now_us)
+        timeline.before(op)
         if op.kind == "reset":
             memory.reset(op.identity, POLICY)
             store.reset(op.identity, POLICY)
@@ -137,16 +163,15 @@ def _run(scenario: Scenario, memory: RateLimiter, store: RateLimiter, clock: Fak
         expected = getattr(memory, op.kind)(op.identity, POLICY, op.cost)
         actual = getattr(store, op.kind)(op.identity, POLICY, op.cost)
         assert actual == expected, _describe(index, op)
-        now_us = _next_now(now_us, op, expected)
+        timeline.after(op, expected)
 
 
 async def _run_async(
     scenario: Scenario, memory: RateLimiter, store: AsyncRateLimiter, clock: FakeClock
 ) -> None:
-    now_us = START_US
+    timeline = _Timeline(clock)
     for index, op in enumerate(scenario.ops):
-        now_us += op.step_us
-        _set_clock(clock, now_us)
+        timeline.before(op)
         if op.kind == "reset":
             memory.reset(op.identity, POLICY)
             await store.reset(op.identity, POLICY)
@@ -155,7 +180,7 @@ async def _run_async(
         method: Callable[[str, str, int], Awaitable[Decision]] = getattr(store, op.kind)
         actual = await method(op.identity, POLICY, op.cost)
         assert actual == expected, _describe(index, op)
-        now_us = _next_now(now_us, op, expected)
+        timeline.after(op, expected)
 
 
 def _cache_options(local_cache_size: int | None) -> dict[str, Any]:

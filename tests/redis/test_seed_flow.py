@@ -61,6 +61,9 @@ def _refused(reset_after: float, retry_after: float) -> Decision:
     return Decision(False, "login", 5, 0, reset_after, retry_after)
 
 
+# Store timeout: these tests are about the flow, not latency (the default is 50 ms, which a
+# stall on a loaded CI machine could exceed).
+TIMEOUT_S = 5.0
 FIRST_END = NOON_US + 60_000_000
 SECOND_END = NOON_US + 61_000_000 + 60_000_000
 
@@ -140,7 +143,9 @@ def test_the_seed_flow(seed_config: Path, redis_url: str, redis_client: redis.Re
     clock = FakeClock(NOON)
     observer = _Observer(redis_client)
     assert redis_client.exists(KEY) == 0
-    with RateLimiter.from_config(seed_config, store=redis_url, clock=clock) as limiter:
+    with RateLimiter.from_config(
+        seed_config, store=redis_url, clock=clock, timeout=TIMEOUT_S
+    ) as limiter:
         for step in FLOW:
             clock.set(NOON + step.at)
             observer.after(step, limiter.check("user_123", "login"))
@@ -152,7 +157,9 @@ async def test_the_seed_flow_async(
     clock = FakeClock(NOON)
     observer = _Observer(redis_client)
     assert redis_client.exists(KEY) == 0
-    async with AsyncRateLimiter.from_config(seed_config, store=redis_url, clock=clock) as limiter:
+    async with AsyncRateLimiter.from_config(
+        seed_config, store=redis_url, clock=clock, timeout=TIMEOUT_S
+    ) as limiter:
         for step in FLOW:
             clock.set(NOON + step.at)
             observer.after(step, await limiter.check("user_123", "login"))
@@ -165,7 +172,9 @@ def test_the_first_request_sets_the_ttl_in_the_same_step(
     # scripts run are counted too, so no expire-like command may have run at all: the TTL
     # came with the write (SET ... PX) inside the one script call.
     before = _command_calls(redis_client)
-    with RateLimiter.from_config(seed_config, store=redis_url, clock=FakeClock(NOON)) as limiter:
+    with RateLimiter.from_config(
+        seed_config, store=redis_url, clock=FakeClock(NOON), timeout=TIMEOUT_S
+    ) as limiter:
         limiter.check("user_123", "login")
     sent = _command_calls(redis_client) - before
     assert sent["cmdstat_evalsha"] - sent["cmdstat_script|load"] == 1  # one decision
@@ -187,7 +196,7 @@ def test_without_the_deny_cache_the_repeated_refusal_asks_redis(
     )
     clock = FakeClock(NOON)
     observer = _Observer(redis_client)
-    with RateLimiter.from_config(path, store=redis_url, clock=clock) as limiter:
+    with RateLimiter.from_config(path, store=redis_url, clock=clock, timeout=TIMEOUT_S) as limiter:
         for step in FLOW:
             clock.set(NOON + step.at)
             expected = Step(step.at, step.decision, True, step.stored)
@@ -200,7 +209,9 @@ def test_the_deny_cache_holds_until_the_retry_time_then_redis_decides(
     # Between 12:00:45 and 12:01:00 every refusal after the first is local; the first
     # request at 12:01:00 (the window's end) goes to Redis and opens a new window.
     clock = FakeClock(NOON)
-    with RateLimiter.from_config(seed_config, store=redis_url, clock=clock) as limiter:
+    with RateLimiter.from_config(
+        seed_config, store=redis_url, clock=clock, timeout=TIMEOUT_S
+    ) as limiter:
         for at in (0, 10, 20, 25, 30, 45):
             clock.set(NOON + at)
             limiter.check("user_123", "login")

@@ -16,9 +16,10 @@ here are small immutable classes:
 Config files name them with :func:`parse_identity_source`: ``"header:X-User-ID"``,
 ``"user"``, ``"api_key"``, ``"api_key:X-Token"``, ``"path:user_id"``, ``"ip"``.
 
-Every source reads at most :data:`MAX_VALUE_LENGTH` characters of a value, so the work per
-request is bounded whatever a client sends; longer identities are fine otherwise (the limiter
-stores any identity that is not a short safe token as a digest).
+Identities are used whole, however long (the limiter stores any identity that is not a short
+safe token as a digest, and the HTTP server already bounds header sizes): two identities
+that differ anywhere never share a quota. Parsing work on forwarded headers is bounded by
+:data:`MAX_VALUE_LENGTH`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 MAX_VALUE_LENGTH: Final = 4096
-"""How many characters of a header value (or user name, or path parameter) a source reads."""
+"""How many characters of forwarded-address headers (and of the peer address) are parsed."""
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an RFC 9110 token
@@ -221,7 +222,7 @@ def _bounded(value: str | None) -> str | None:
     """An identity value, stripped and capped; ``None`` when absent or blank."""
     if value is None:
         return None
-    value = value[:MAX_VALUE_LENGTH].strip()
+    value = value.strip()
     return value or None
 
 

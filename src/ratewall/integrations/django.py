@@ -1,0 +1,341 @@
+"""Django: a middleware configured by ``settings.RATEWALL``, and a view decorator.
+
+::
+
+    # settings.py
+    RATEWALL = {
+        "policies": {"login": {"limit": 5, "window": "1m"}},
+        "store": "redis://127.0.0.1:6379/0",
+        "routes": [{"match": "POST /api/*", "identity": "ip", "policies": ["api"]}],  # optional
+    }
+    MIDDLEWARE = [..., "ratewall.integrations.django.RateLimitMiddleware"]  # for "routes"
+
+    # views.py
+    from ratewall.http import Header
+    from ratewall.integrations.django import rate_limit
+
+    @rate_limit("login", identity=Header("X-User-ID"))
+    def login(request): ...
+
+``settings.RATEWALL`` is a dict, in one of two forms:
+
+- ``{"config": "limits.yaml"}``: a config file (JSON, YAML or TOML) holds the policies and
+  settings; ``"store"`` next to it overrides the file's store URL;
+- inline: the config file's long form as a dict (``"policies"`` and any of ``store``,
+  ``key_prefix``, ``local_cache_size``, ``timeout``, ``failure_mode``, ``routes``,
+  ``client_ip``), validated exactly like a file. ``routes`` may also be a list of
+  :class:`~ratewall.http.Route` objects, ``client_ip`` a :class:`~ratewall.http.ClientIP`.
+
+Either form also takes ``"legacy_headers"`` and ``"headers_on_allowed"`` (as in
+:class:`~ratewall.http.WSGIRateLimitMiddleware`), and, for tests, ``"clock"`` (a
+:class:`ratewall.testing.FakeClock`: time then moves only when the test says so).
+Mistakes raise ``ImproperlyConfigured`` naming the field, when the middleware loads or a
+decorated view first runs.
+
+Each process builds one :class:`~ratewall.RateLimiter` from the settings (on first use),
+shared by the middleware and every decorated view: :func:`get_limiter` returns it. The
+middleware limits requests by method and path pattern (``request.path_info``) before URL
+resolution, like the WSGI middleware; place it after ``AuthenticationMiddleware`` if a limit
+uses :class:`~ratewall.http.User`, which reads ``request.user`` (its primary key) for
+authenticated users, else ``REMOTE_USER``. The decorator limits one view; the view's URL
+keyword arguments (``<int:user_id>``) are what :class:`~ratewall.http.PathParam` reads.
+
+Responses, headers and failure rules are the engine's, identical to the WSGI middleware's.
+Synchronous views only: the middleware is sync-only (under ASGI, Django runs it in a thread),
+and the decorator rejects ``async def`` views for now.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar, cast
+
+from django.conf import settings
+from django.core.exceptions import (
+    ImproperlyConfigured,
+    MiddlewareNotUsed,
+)
+from django.core.signals import setting_changed
+from django.http import HttpResponse
+
+from ..config import Config, load_config, parse_config, validate_store_url
+from ..errors import ConfigError
+from ..http.engine import HttpLimiter, Pass, Respond, routes_from_config
+from ..http.identity import ClientIP, IdentitySource, Request, User
+from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
+from ..limiter import RateLimiter
+from ._shared import Checker, ViewLimits, apply_headers, path_params
+
+__all__ = ["SETTING", "RateLimitMiddleware", "get_limiter", "rate_limit"]
+
+SETTING: Final = "RATEWALL"
+_SOURCE: Final = f"settings.{SETTING}"
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+class _Setup:
+    """What ``settings.RATEWALL`` builds: the limiter, the route engine, per-view engines."""
+
+    def __init__(self, raw: object) -> None:
+        try:
+            self._build(raw)
+        except ConfigError as error:
+            raise ImproperlyConfigured(str(error)) from error
+
+    def _build(self, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                "must be a dict: {'config': 'limits.yaml'} or "
+                "{'policies': {'login': {'limit': 5, 'window': 60}}, 'store': 'redis://...'}",
+                source=_SOURCE,
+            )
+        options = dict(raw)
+        self.legacy_headers = _flag(options.pop("legacy_headers", False), "legacy_headers")
+        self.headers_on_allowed = _flag(
+            options.pop("headers_on_allowed", True), "headers_on_allowed"
+        )
+        code_routes = options.pop("routes") if _routes_in_code(options.get("routes")) else None
+        clock = options.pop("clock", None)
+        if clock is not None and not callable(clock):
+            raise ConfigError(
+                f"must be a clock such as ratewall.testing.FakeClock(), got {clock!r}",
+                source=_SOURCE,
+                field="clock",
+            )
+        code_client_ip = (
+            options.pop("client_ip") if isinstance(options.get("client_ip"), ClientIP) else None
+        )
+
+        config: Config
+        if "config" in options:
+            path = options.pop("config")
+            store = options.pop("store", None)
+            if store is not None:
+                store = validate_store_url(store, source=_SOURCE, field="store")
+            if options:
+                raise ConfigError(
+                    f"{', '.join(map(repr, options))} cannot be set next to 'config'; move "
+                    "them into the config file (only 'store' and 'clock' may go with it)",
+                    source=_SOURCE,
+                )
+            if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+                raise ConfigError(
+                    "must be the path of a config file", source=_SOURCE, field="config"
+                )
+            config = load_config(path)
+            self.limiter = RateLimiter.from_config(path, store, clock=clock)
+        else:
+            if "policies" not in options:
+                raise ConfigError(
+                    "needs 'policies' (or 'config', the path of a config file)", source=_SOURCE
+                )
+            config = parse_config(options, source=_SOURCE)
+            self.limiter = RateLimiter(
+                config.policies,
+                config.store or "memory://",
+                key_prefix=config.key_prefix,
+                local_cache_size=config.local_cache_size,
+                timeout=config.timeout,
+                clock=clock,
+            )
+        self.client_ip: ClientIP | None = code_client_ip or config.client_ip
+        self.routes: Checker | None = None
+        self.routes_use_user = False
+        if code_routes is not None or config.routes is not None:
+            engine = HttpLimiter(
+                routes_from_config(config, code_routes, self.client_ip),
+                self.limiter.policies,
+                legacy_headers=self.legacy_headers,
+                headers_on_allowed=self.headers_on_allowed,
+                client_ip=self.client_ip,
+            )
+            self.routes = Checker(engine, self.limiter)
+            self.routes_use_user = any(
+                isinstance(limit.identity, User)
+                for route in engine.routes.routes
+                for limit in route.limits
+            )
+        self._views: dict[ViewLimits, Checker] = {}
+
+    def checker(self, declared: ViewLimits, where: str) -> Checker:
+        checker = self._views.get(declared)
+        if checker is None:
+            try:
+                engine = declared.engine(
+                    self.limiter.policies,
+                    client_ip=self.client_ip,
+                    legacy_headers=self.legacy_headers,
+                    headers_on_allowed=self.headers_on_allowed,
+                    where=where,
+                )
+            except ConfigError as error:
+                raise ImproperlyConfigured(str(error)) from error
+            # Two threads may build one at once; either engine is as good as the other.
+            checker = self._views.setdefault(declared, Checker(engine, self.limiter))
+        return checker
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be True or False, got {value!r}", source=_SOURCE, field=name)
+    return value
+
+
+def _routes_in_code(value: object) -> bool:
+    if isinstance(value, RouteTable):
+        return True
+    return (
+        isinstance(value, list | tuple)
+        and bool(value)
+        and all(isinstance(route, Route) for route in value)
+    )
+
+
+_lock = threading.Lock()
+_setup: _Setup | None = None
+# Every decorated view's limits, checked when the middleware loads (so that a typo in a
+# policy name fails at startup when the middleware is installed) and at the view's first use.
+_declared: list[tuple[ViewLimits, str]] = []
+
+
+def _current() -> _Setup:
+    global _setup  # noqa: PLW0603 - one limiter per process, built on first use
+    setup = _setup
+    if setup is None:
+        with _lock:
+            setup = _setup
+            if setup is None:
+                raw = getattr(settings, SETTING, None)
+                if raw is None:
+                    raise ImproperlyConfigured(
+                        f"{_SOURCE} is not set: set it to {{'config': 'limits.yaml'}} or "
+                        "{'policies': {'login': {'limit': 5, 'window': 60}}, 'store': '...'}"
+                    )
+                setup = _setup = _Setup(raw)
+    return setup
+
+
+def get_limiter() -> RateLimiter:
+    """This process's limiter, built from ``settings.RATEWALL`` on first use."""
+    return _current().limiter
+
+
+def _forget(*, setting: str, **_: object) -> None:
+    """``override_settings(RATEWALL=...)`` in tests: build from the new settings next time."""
+    global _setup
+    if setting != SETTING:
+        return
+    with _lock:
+        old, _setup = _setup, None
+    if old is not None:
+        old.limiter.close()
+
+
+setting_changed.connect(_forget, dispatch_uid="ratewall.integrations.django")
+
+
+def _user(request: Any) -> str | None:
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        return str(user.pk)
+    remote: object = request.META.get("REMOTE_USER")
+    return remote if isinstance(remote, str) and remote else None
+
+
+def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool) -> Request:
+    """The limiter's view of a Django request."""
+    remote: object = request.META.get("REMOTE_ADDR")
+    return Request(
+        str(request.method or "GET"),
+        str(request.path_info),
+        dict(request.headers.items()),
+        client=remote if isinstance(remote, str) and remote else None,
+        path_params=path_params(kwargs) if kwargs else {},
+        user=_user(request) if uses_user else None,
+    )
+
+
+def _refusal(outcome: Respond) -> Any:
+    response = HttpResponse(outcome.body, status=outcome.status)
+    for name, value in outcome.headers:
+        response[name] = value
+    return response
+
+
+def _add_headers(engine: HttpLimiter, response: Any, outcome: Pass) -> None:
+    apply_headers(engine, response.get, response.__setitem__, outcome.headers)
+
+
+class RateLimitMiddleware:
+    """Limits requests by the ``routes`` of ``settings.RATEWALL`` (``MiddlewareNotUsed``
+    when there are none: the decorator works without this middleware)."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        setup = _current()
+        for declared, where in tuple(_declared):
+            setup.checker(declared, where)
+        if setup.routes is None:
+            raise MiddlewareNotUsed(f"{_SOURCE} defines no routes")
+        self.get_response = get_response
+        self.checker = setup.routes
+        self.uses_user = setup.routes_use_user
+
+    def __call__(self, request: Any) -> Any:
+        outcome = self.checker.outcome(lambda: _request(request, None, self.uses_user))
+        if isinstance(outcome, Respond):
+            return _refusal(outcome)
+        response = self.get_response(request)
+        _add_headers(self.checker.engine, response, outcome)
+        return response
+
+
+def rate_limit(
+    policy: str | None = None,
+    identity: IdentitySource | None = None,
+    *,
+    cost: int = 1,
+    on_missing_identity: OnMissingIdentity = "ip",
+    limits: Iterable[RouteLimit] = (),
+) -> Callable[[View], View]:
+    """A decorator rate-limiting a (synchronous) Django view with the settings' limiter.
+
+    Apply one ``policy`` to the client ``identity`` names (default: the client address, as
+    the settings' ``client_ip`` finds it), spending ``cost`` units per request; or pass
+    ``limits=[RouteLimit(...), ...]`` for several policies, checked all or nothing.
+    ``on_missing_identity`` as in :class:`~ratewall.http.RouteLimit`.
+    """
+    declared = ViewLimits(
+        policy, identity, cost=cost, on_missing_identity=on_missing_identity, limits=limits
+    )
+
+    def decorate(view: View) -> View:
+        name = getattr(view, "__qualname__", repr(view))
+        if inspect.iscoroutinefunction(view):
+            raise TypeError(
+                f"@rate_limit does not support async views yet ({name}); limit the path "
+                "with ratewall.integrations.django.RateLimitMiddleware instead"
+            )
+        where = f"@rate_limit on view {name!r}"
+        _declared.append((declared, where))
+
+        @functools.wraps(view)
+        def limited(request: Any, *args: Any, **kwargs: Any) -> Any:
+            checker = _current().checker(declared, where)
+            outcome = checker.outcome(lambda: _request(request, kwargs, declared.uses_user))
+            if isinstance(outcome, Respond):
+                return _refusal(outcome)
+            response = view(request, *args, **kwargs)
+            _add_headers(checker.engine, response, outcome)
+            return response
+
+        return cast(View, limited)
+
+    return decorate

@@ -1,0 +1,273 @@
+"""Django over real HTTP: the README example under gunicorn workers sharing Redis, and the
+middleware and decorator configured by ``settings.RATEWALL`` under werkzeug's server.
+
+Django's settings are global to a process: this module configures them once (it is its own
+URLconf) and each test overrides ``RATEWALL`` and ``MIDDLEWARE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import django
+import httpx
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import override_settings
+from django.urls import path
+
+from ratewall import Policy, RateLimiter
+from ratewall._server import LocalServer
+from ratewall.http import (
+    ClientIP,
+    Header,
+    PathParam,
+    Route,
+    RouteLimit,
+    User,
+    WSGIRateLimitMiddleware,
+)
+from ratewall.integrations import django as integration
+from ratewall.integrations.django import RateLimitMiddleware, get_limiter, rate_limit
+from ratewall.testing import FakeClock
+
+from ..http._support import ratelimit_members, wsgi_app
+from ._support import (
+    EXAMPLES,
+    assert_exact_admission,
+    burst,
+    free_port,
+    serve_wsgi,
+    spawned,
+    warm_up_workers,
+    wire,
+)
+
+MIDDLEWARE = "ratewall.integrations.django.RateLimitMiddleware"
+USER = {"X-User-ID": "user_123"}
+POLICIES: dict[str, dict[str, object]] = {
+    "login": {"limit": 5, "window": 60},
+    "login_ip": {"limit": 3, "window": 60},
+    "profile": {"limit": 2, "window": 60},
+}
+PLAIN_ROUTE = {"match": "POST /plain", "identity": "header:X-User-ID", "policies": ["login"]}
+
+if not settings.configured:
+    settings.configure(
+        ROOT_URLCONF=__name__,
+        ALLOWED_HOSTS=["127.0.0.1"],
+        MIDDLEWARE=[],
+        RATEWALL={"policies": POLICIES},
+    )
+    django.setup()
+
+
+@pytest.mark.slow
+def test_readme_example_under_gunicorn_workers_shares_one_limit(
+    redis_url: str, redis_server: LocalServer, http: httpx.Client
+) -> None:
+    port = free_port()
+    argv = ["python", "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}"]
+    argv += ["--chdir", str(EXAMPLES), "django_app:application"]
+    with spawned(argv, env={"RATEWALL_STORE": redis_url}) as server:
+        url = f"http://127.0.0.1:{port}"
+        server.wait_for_http(url + "/")
+        warm_up_workers(url + "/login", server, redis_server.port, 2, "warm-up")
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        assert_exact_admission(burst(url + "/login", [{"X-User-ID": user}] * 20), limit=5)
+
+
+# -- this module's project --------------------------------------------------------------------
+
+
+def plain(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+@rate_limit("login", identity=Header("X-User-ID"))
+def login(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True})
+
+
+@rate_limit("profile", PathParam("user_id"))
+def profile(request: HttpRequest, user_id: int) -> HttpResponse:
+    return HttpResponse(f"user {user_id}")
+
+
+@rate_limit("login_ip", User(), on_missing_identity="reject")
+def account(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+class FakeAuthentication:
+    """Stands in for ``AuthenticationMiddleware``: ``X-Login: <pk>`` logs a user in."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        pk = request.headers.get("X-Login")
+        if pk:
+            request.user = type("AUser", (), {"is_authenticated": True, "pk": pk})()
+        return self.get_response(request)
+
+
+urlpatterns = [
+    path("plain", plain),
+    path("login", login),
+    path("users/<int:user_id>", profile),
+    path("account", account),
+]
+
+
+@pytest.fixture
+def project() -> Iterator[Callable[..., str]]:
+    """Serve this project with the given ``RATEWALL`` and middleware; its URL."""
+    with contextlib.ExitStack() as stack:
+
+        def serve(ratewall: object, middleware: tuple[str, ...] = (MIDDLEWARE,)) -> str:
+            stack.enter_context(override_settings(RATEWALL=ratewall, MIDDLEWARE=list(middleware)))
+            return stack.enter_context(serve_wsgi(WSGIHandler()))
+
+        yield serve
+
+
+def posts(
+    http: httpx.Client, url: str, count: int, headers: Mapping[str, str] | None = None
+) -> list[httpx.Response]:
+    return [http.post(url, headers=headers) for _ in range(count)]
+
+
+def test_middleware_and_decorator_answer_like_the_wsgi_middleware(
+    project: Callable[..., str], http: httpx.Client
+) -> None:
+    clock, reference_clock = FakeClock(), FakeClock()
+    url = project({"policies": POLICIES, "routes": [PLAIN_ROUTE], "clock": clock})
+    reference = WSGIRateLimitMiddleware(
+        wsgi_app(),
+        RateLimiter({"login": Policy(5, 60)}, clock=reference_clock),
+        [Route("/plain", [RouteLimit("login", Header("X-User-ID"))], method="POST")],
+    )
+    with serve_wsgi(reference) as other:
+        allowed = posts(http, url + "/plain", 5, USER)
+        posts(http, other + "/plain", 5, USER)
+        clock.advance(45)
+        reference_clock.advance(45)
+        refused = posts(http, url + "/plain", 1, USER)[0]
+        expected = posts(http, other + "/plain", 1, USER)[0]
+    assert [ratelimit_members(r.headers)["login"]["r"] for r in allowed] == [4, 3, 2, 1, 0]
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "15"
+    assert wire(refused) == wire(expected)
+
+    # The decorator shares the settings' limiter: "login" is spent for user_123 already.
+    assert posts(http, url + "/login", 1, USER)[0].status_code == 429
+    assert [r.status_code for r in posts(http, url + "/login", 6, {"X-User-ID": "u2"})] == [
+        200
+    ] * 5 + [429]
+    profiles = [http.get(f"{url}/users/{n}") for n in (7, 7, 7, 8)]
+    assert [r.status_code for r in profiles] == [200, 200, 429, 200]
+    assert profiles[0].text == "user 7"
+    assert ratelimit_members(profiles[0].headers) == {"profile": {"q": 2, "w": 60, "r": 1, "t": 60}}
+
+
+def test_config_file_with_routes_and_the_user_identity(
+    project: Callable[..., str], tmp_path: Path, http: httpx.Client
+) -> None:
+    config = tmp_path / "limits.yaml"
+    policies = "\n".join(
+        f"  {name}: {{limit: {p['limit']}, window: 60}}" for name, p in POLICIES.items()
+    )
+    config.write_text(
+        f"store: redis://127.0.0.1:1/0\npolicies:\n{policies}\n"
+        "routes:\n  - {match: POST /plain, identity: ip, policies: [login_ip]}\n"
+    )
+    url = project(
+        {"config": config, "store": "memory://"},
+        (f"{__name__}.FakeAuthentication", MIDDLEWARE),
+    )
+    assert get_limiter().store_url == "memory://"  # "store" overrides the file's
+    assert [r.status_code for r in posts(http, url + "/plain", 4)] == [200, 200, 200, 429]
+    alice = posts(http, url + "/account", 4, {"X-Login": "1"})
+    bob = posts(http, url + "/account", 1, {"X-Login": "2"})
+    anonymous = posts(http, url + "/account", 1)
+    assert [r.status_code for r in alice] == [200, 200, 200, 429]
+    assert bob[0].status_code == 200
+    assert anonymous[0].status_code == 400  # the view requires a user
+
+
+def test_a_dead_store_answers_by_the_failure_mode(
+    project: Callable[..., str], http: httpx.Client
+) -> None:
+    policies = {**POLICIES, "login": {"limit": 5, "window": 60, "failure_mode": "closed"}}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    url = project({"policies": policies, "store": dead, "routes": [PLAIN_ROUTE]})
+    unavailable = posts(http, url + "/plain", 1, USER)[0]
+    assert unavailable.status_code == 503
+    assert unavailable.headers["retry-after"] == "1"
+    assert json.loads(unavailable.content)["type"].endswith("#temporary-reduced-capacity")
+    # "profile" fails by raising, which over HTTP lets the request pass.
+    assert [r.status_code for r in posts(http, url + "/users/1", 3)] == [200, 200, 200]
+
+
+def test_without_routes_the_middleware_steps_aside(
+    project: Callable[..., str], http: httpx.Client
+) -> None:
+    url = project({"policies": POLICIES})
+    assert [r.status_code for r in posts(http, url + "/plain", 7, USER)] == [200] * 7
+    assert [r.status_code for r in posts(http, url + "/login", 6, USER)] == [200] * 5 + [429]
+
+
+def test_settings_mistakes_are_improperly_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases: list[tuple[object, str]] = [
+        ({"policies": {"login": {"limit": 0, "window": 60}}}, "policies.login.limit"),
+        ({"policies": POLICIES, "stor": "memory://"}, "unknown setting 'stor'"),
+        ({"policies": POLICIES, "routes": [{"match": "/x", "policies": ["nope"]}]}, "nope"),
+        ({"config": "limits.yaml", "policies": POLICIES}, "'policies' cannot be set"),
+        ({"store": "memory://"}, "needs 'policies'"),
+        ({"policies": POLICIES, "legacy_headers": "yes"}, "legacy_headers"),
+        (["login"], "must be a dict"),
+        ({"policies": {"other": {"limit": 1, "window": 1}}}, "unknown policy 'login'"),
+    ]
+    for value, message in cases:
+        with override_settings(RATEWALL=value), pytest.raises(ImproperlyConfigured, match=message):
+            RateLimitMiddleware(plain)
+    with override_settings(RATEWALL=None), pytest.raises(ImproperlyConfigured, match="is not set"):
+        get_limiter()
+
+    monkeypatch.setattr(integration, "_declared", list(integration._declared))
+    typo = rate_limit("logn")(plain)
+    with override_settings(RATEWALL={"policies": POLICIES}):
+        with pytest.raises(ImproperlyConfigured, match="unknown policy 'logn'"):
+            RateLimitMiddleware(plain)
+        with pytest.raises(ImproperlyConfigured, match="unknown policy 'logn'"):
+            typo(HttpRequest())
+
+
+def test_async_views_are_refused_for_now() -> None:
+    async def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    with pytest.raises(TypeError, match="async views"):
+        rate_limit("login")(view)
+
+
+def test_client_ip_from_settings_applies_to_ip_identities(
+    project: Callable[..., str], http: httpx.Client
+) -> None:
+    trusting = ClientIP(trusted_proxies=["127.0.0.1"])
+    route = {"match": "POST /plain", "identity": "ip", "policies": ["login_ip"]}
+    url = project({"policies": POLICIES, "routes": [route], "client_ip": trusting})
+    statuses = [
+        http.post(url + "/plain", headers={"X-Forwarded-For": f"203.0.113.{n % 2}"})
+        for n in range(8)
+    ]
+    assert [r.status_code for r in statuses] == [200] * 6 + [429] * 2
