@@ -1,9 +1,11 @@
-"""The Redis/Valkey store: one atomic Lua call decides every key of a :class:`Call` list.
+"""The Redis/Valkey store: one atomic Lua call decides a list of requests (each a group of
+calls decided all or nothing).
 
 The script is ``lua/_prelude.lua``, the five ``lua/<algorithm>.lua`` files and
-``lua/_main.lua`` concatenated, loaded once per server through redis-py's ``Script`` (EVALSHA,
-with ``SCRIPT LOAD`` and a retry when the server answers NOSCRIPT: after ``SCRIPT FLUSH``, a
-restart or a failover).
+``lua/_main.lua`` concatenated, sent as EVALSHA and re-sent as EVAL when the server answers
+NOSCRIPT (after ``SCRIPT FLUSH``, a restart or a failover). Standalone servers are reached
+through ratewall's own connections (:mod:`._resp`); Cluster and Sentinel through redis-py
+clients and their ``Script`` objects, with batches split per hash slot.
 
 Clients are built for a rate limiter, not for a cache: connect and read timeouts default to
 50 ms and nothing is retried (redis-py's defaults wait seconds and retry with backoff; a
@@ -18,8 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import redis
-import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.crc import key_slot as redis_key_slot
 from redis.retry import Retry
@@ -147,9 +147,7 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
         from redis.sentinel import Sentinel
 
         return _sentinel_master(Sentinel, normalised, options)
-    if asynchronous:
-        return redis.asyncio.Redis.from_url(normalised, **options)
-    return redis.Redis.from_url(normalised, **options)
+    raise ValueError(f"{url!r} is a standalone store: ratewall's own connection serves it")
 
 
 class _Arguments:
