@@ -4,8 +4,8 @@ Both facades (:class:`~ratewall.RateLimiter`, :class:`~ratewall.AsyncRateLimiter
 
     plan = core.plan(identity, policy, op, cost)       # no I/O
     if plan.decision is None:                          # not answered locally
-        replies = store.run([plan.call])               # the only I/O (awaited when async)
-        decision = core.decide(plan, replies[0])       # no I/O
+        reply = store.run_one(plan.call)               # the only I/O (awaited when async)
+        decision = core.decide(plan, reply)            # no I/O
 
 so the two differ by one ``await``. The core resolves policies, builds keys, consults the
 local deny cache, turns store replies into :class:`~ratewall.Decision` objects, applies
