@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, micros_from
 from .core import CHECK, PEEK, RESET, Core, Plan
@@ -15,6 +15,9 @@ from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .stores.memory import MemoryStore
 from .stores.redis import AsyncRedisStore, RedisStore, key_slot, parse_store_url
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["AsyncRateLimiter", "RateLimiter"]
 
@@ -61,20 +64,21 @@ class _Limiter:
     @classmethod
     def from_config(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Config,
         store: str | None = None,
         *,
         clock: Clock | None = None,
         timeout: float | None = None,
     ) -> Self:
-        """A limiter for the policies and settings of a JSON, YAML or TOML file.
+        """A limiter for the policies and settings of a JSON, YAML or TOML file (or of a
+        :class:`~ratewall.config.Config` already loaded).
 
         ``store`` overrides the file's store URL (with neither, the memory store is used);
         ``timeout`` overrides the file's store timeout.
         """
-        from .config import load_config
+        from .config import Config, load_config
 
-        config = load_config(path)
+        config = path if isinstance(path, Config) else load_config(path)
         return cls(
             config.policies,
             store or config.store or "memory://",

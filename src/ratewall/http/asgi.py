@@ -113,7 +113,7 @@ class RateLimitMiddleware:
 
         config = load_config(path)
         table = routes_from_config(config, routes, client_ip)
-        limiter = AsyncRateLimiter.from_config(path, store, clock=clock)
+        limiter = AsyncRateLimiter.from_config(config, store, clock=clock)
         return cls(
             app,
             limiter,

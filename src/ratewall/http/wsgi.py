@@ -94,7 +94,7 @@ class WSGIRateLimitMiddleware:
 
         config = load_config(path)
         table = routes_from_config(config, routes, client_ip)
-        limiter = RateLimiter.from_config(path, store, clock=clock)
+        limiter = RateLimiter.from_config(config, store, clock=clock)
         return cls(
             app,
             limiter,

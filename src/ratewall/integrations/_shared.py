@@ -29,7 +29,7 @@ from ..http.engine import (
     encode_headers,
     fallback_response,
 )
-from ..http.identity import MAX_VALUE_LENGTH, ClientIP, IdentitySource, PathParam, Request, User
+from ..http.identity import ClientIP, IdentitySource, PathParam, Request, User
 from ..http.routes import OnMissingIdentity, Route, RouteLimit
 from ..limiter import AsyncRateLimiter, RateLimiter
 from ..policy import Policy
@@ -42,6 +42,7 @@ __all__ = [
     "apply_headers",
     "header_updates",
     "path_params",
+    "uses_user",
 ]
 
 LIST_FIELDS: Final = frozenset({"ratelimit", "ratelimit-policy"})
@@ -165,10 +166,18 @@ def _bind(limit: RouteLimit, address: ClientIP) -> RouteLimit:
     return limit
 
 
+def uses_user(engine: HttpLimiter) -> bool:
+    """Whether any of ``engine``'s routes identifies clients by the authenticated user (then
+    the integration must look the user up for each request)."""
+    return any(
+        isinstance(limit.identity, User) for route in engine.routes.routes for limit in route.limits
+    )
+
+
 def path_params(values: Mapping[str, object]) -> dict[str, str]:
     """A framework's captured path parameters as text (converters may have made ints,
-    UUIDs...), each capped like every other identity value."""
-    return {str(name): str(value)[:MAX_VALUE_LENGTH] for name, value in values.items()}
+    UUIDs...), whole: like every identity, never cut (a cut would merge quotas)."""
+    return {str(name): str(value) for name, value in values.items()}
 
 
 def _sendable(engine: HttpLimiter, outcome: object) -> Outcome:

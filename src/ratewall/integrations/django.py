@@ -65,10 +65,10 @@ from django.http import HttpResponse
 from ..config import Config, load_config, parse_config, validate_store_url
 from ..errors import ConfigError
 from ..http.engine import HttpLimiter, Pass, Respond, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request, User
+from ..http.identity import ClientIP, IdentitySource, Request
 from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
 from ..limiter import RateLimiter
-from ._shared import Checker, ViewLimits, apply_headers, path_params
+from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
 
 __all__ = ["SETTING", "RateLimitMiddleware", "get_limiter", "rate_limit"]
 
@@ -128,21 +128,14 @@ class _Setup:
                     "must be the path of a config file", source=_SOURCE, field="config"
                 )
             config = load_config(path)
-            self.limiter = RateLimiter.from_config(path, store, clock=clock)
+            self.limiter = RateLimiter.from_config(config, store, clock=clock)
         else:
             if "policies" not in options:
                 raise ConfigError(
                     "needs 'policies' (or 'config', the path of a config file)", source=_SOURCE
                 )
             config = parse_config(options, source=_SOURCE)
-            self.limiter = RateLimiter(
-                config.policies,
-                config.store or "memory://",
-                key_prefix=config.key_prefix,
-                local_cache_size=config.local_cache_size,
-                timeout=config.timeout,
-                clock=clock,
-            )
+            self.limiter = RateLimiter.from_config(config, clock=clock)
         self.client_ip: ClientIP | None = code_client_ip or config.client_ip
         self.routes: Checker | None = None
         self.routes_use_user = False
@@ -155,11 +148,7 @@ class _Setup:
                 client_ip=self.client_ip,
             )
             self.routes = Checker(engine, self.limiter)
-            self.routes_use_user = any(
-                isinstance(limit.identity, User)
-                for route in engine.routes.routes
-                for limit in route.limits
-            )
+            self.routes_use_user = uses_user(engine)
         self._views: dict[ViewLimits, Checker] = {}
 
     def checker(self, declared: ViewLimits, where: str) -> Checker:

@@ -45,10 +45,10 @@ from flask import request as flask_request
 from ..config import load_config
 from ..errors import ConfigError
 from ..http.engine import HttpLimiter, Pass, Respond, SyncLimiter, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request, User
+from ..http.identity import ClientIP, IdentitySource, Request
 from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
 from ..limiter import RateLimiter
-from ._shared import Checker, ViewLimits, apply_headers, path_params
+from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
 
 if TYPE_CHECKING:
     from flask.wrappers import Response
@@ -180,7 +180,7 @@ class FlaskRateLimit:
                 routes = routes_from_config(config, routes, client_ip)
             if client_ip is None:
                 client_ip = config.client_ip
-            limiter = RateLimiter.from_config(path, app.config.get("RATEWALL_STORE"))
+            limiter = RateLimiter.from_config(config, app.config.get("RATEWALL_STORE"))
         return _AppState(self, limiter, routes, client_ip)
 
 
@@ -208,11 +208,7 @@ class _AppState:
                 client_ip=client_ip,
             )
             self.routes = Checker(engine, limiter)
-            self._routes_use_user = any(
-                isinstance(limit.identity, User)
-                for route in engine.routes.routes
-                for limit in route.limits
-            )
+            self._routes_use_user = uses_user(engine)
         self._views: dict[ViewLimits, Checker] = {}
 
     def checker(self, declared: ViewLimits, where: str) -> Checker:
