@@ -16,11 +16,14 @@
 --       cache), and members marked allowed were not consumed. A reset replies
 --       {1, 0, 0, -1, now_us}.
 -- Writes: each key changed by the call is written once, at the end, with its final state
---       (see encode below) and a TTL (ms, rounded up, at least 1) in the same SET: no key ever lives without a
---       TTL, and a hot key decided 64 times in one call costs one GET and one SET.
+--       (see encode below) and a TTL (ms, rounded up, at least 1) in the same SET: no key
+--       ever lives without a TTL, and a hot key decided 64 times in one call costs one GET
+--       and one SET. Sliding logs are lists (sliding_log.lua): at most one LTRIM, LSET and
+--       RPUSH each, then PEXPIRE.
 -- Units: µs everywhere except the TTL.
 
-local ALGORITHMS = {[0] = fixed_window, sliding_window, sliding_log, token_bucket, gcra}
+-- The sliding log keeps a list, not a state tuple: its algorithm is the log's own decide.
+local ALGORITHMS = {[0] = fixed_window, sliding_window, log_decide, token_bucket, gcra}
 
 local now
 if ARGV[1] == "" then
@@ -45,31 +48,22 @@ local CALLS = 3 + rule_count * 6
 
 -- The state of every key touched, as of the groups decided so far, and its algorithm.
 local states, ttls, dirty, algorithms = {}, {}, {}, {}
+-- Sliding logs touched (key -> log), and those to write back with their TTL (ms).
+local logs, log_ttls, dirty_logs = {}, {}, {}
 
 -- Values are compact: a letter naming the algorithm, then the state's integers in base 36,
 -- separated by ":" (fixed window "F5:hbsyv2q8xs"). A value written by another algorithm
--- (the policy was changed) or in another format counts as no state at all.
-local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [sliding_log] = "L",
-              [token_bucket] = "T", [gcra] = "G"}
-local DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-local function base36(n)
-  if n == 0 then return "0" end
-  local out = {}
-  while n > 0 do
-    local digit = n % 36
-    out[#out + 1] = string.sub(DIGITS, digit + 1, digit + 1)
-    n = (n - digit) / 36
-  end
-  return string.reverse(table.concat(out))
-end
+-- (the policy was changed) or in another format counts as no state at all. (Sliding logs
+-- are lists: see sliding_log.lua.)
+local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [token_bucket] = "T", [gcra] = "G"}
 
 local function current(key, algorithm)
   local state = states[key]
   if state == nil then
     state = {}
-    local raw = redis.call("GET", key)
-    if raw and string.sub(raw, 1, 1) == TAGS[algorithm] then
+    -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
+    local raw = redis.pcall("GET", key)
+    if type(raw) == "string" and string.sub(raw, 1, 1) == TAGS[algorithm] then
       for part in string.gmatch(string.sub(raw, 2), "[^:]+") do
         state[#state + 1] = tonumber(part, 36)
       end
@@ -90,6 +84,8 @@ end
 -- Decides KEYS[first..last], one group, filling `replies`.
 local function run_group(first, last, replies)
   local pending, pending_ttl, order, before = {}, {}, {}, {}
+  -- Sliding logs: undo points, windows, and the TTL (ms) of those this group admits into.
+  local saved, saved_order, log_windows, log_commits = {}, {}, {}, {}
   local all_allowed = true
   for i = first, last do
     local base = CALLS + (i - 1) * 4
@@ -98,22 +94,42 @@ local function run_group(first, last, replies)
     if op == 2 then
       redis.call("DEL", key)
       states[key], ttls[key], pending[key] = {}, nil, nil
+      if logs[key] ~= nil then logs[key].deleted = true end
+      logs[key] = nil
       replies[i] = {1, 0, 0, -1, now}
     else
       local rule = rules[tonumber(ARGV[base + 3])]
-      local stored = current(key, rule[1])
-      algorithms[key] = rule[1]
-      local allowed, remaining, reset, retry, new_state, ttl = rule[1](
-        pending[key] or stored, now, tonumber(ARGV[base + 2]),
-        rule[2], rule[3], rule[4], rule[5], rule[6])
-      before[i] = stored
-      replies[i] = {allowed, remaining, reset, retry, now}
-      if allowed == 0 then
-        all_allowed = false
-      elseif op == 0 and new_state ~= nil then
-        if pending[key] == nil then order[#order + 1] = key end
-        pending[key], pending_ttl[key] = new_state, ttl
+      local cost = tonumber(ARGV[base + 2])
+      local allowed, remaining, reset, retry
+      if rule[1] == log_decide then
+        local log = logs[key]
+        if log == nil then
+          log = log_load(key)
+          logs[key] = log
+        end
+        if saved[key] == nil then
+          saved[key] = log_checkpoint(log)
+          saved_order[#saved_order + 1] = key
+        end
+        log_windows[i] = rule[3]
+        allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], op == 0)
+        if allowed == 1 and op == 0 then
+          log_commits[key] = math.max(1, ceil_div(rule[3], 1000))
+        end
+      else
+        local stored = current(key, rule[1])
+        algorithms[key] = rule[1]
+        local new_state, ttl
+        allowed, remaining, reset, retry, new_state, ttl = rule[1](
+          pending[key] or stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
+        before[i] = stored
+        if allowed == 1 and op == 0 and new_state ~= nil then
+          if pending[key] == nil then order[#order + 1] = key end
+          pending[key], pending_ttl[key] = new_state, ttl
+        end
       end
+      replies[i] = {allowed, remaining, reset, retry, now}
+      if allowed == 0 then all_allowed = false end
     end
   end
   if all_allowed then
@@ -123,9 +139,25 @@ local function run_group(first, last, replies)
         states[key], ttls[key] = pending[key], pending_ttl[key]
       end
     end
+    for _, key in ipairs(saved_order) do
+      local log = logs[key]
+      if log ~= nil and log_commits[key] ~= nil then
+        log_ttls[key] = log_commits[key]
+        if not log.dirty then
+          log.dirty = true
+          dirty_logs[#dirty_logs + 1] = log
+        end
+      end
+    end
   else
+    for _, key in ipairs(saved_order) do
+      if logs[key] ~= nil then log_restore(logs[key], saved[key]) end
+    end
     for i = first, last do
       local state = before[i]
+      if log_windows[i] ~= nil and logs[KEYS[i]] ~= nil then
+        state = log_state(logs[KEYS[i]], now, log_windows[i])
+      end
       if state ~= nil then
         for j = 1, #state do
           replies[i][5 + j] = state[j]
@@ -147,6 +179,9 @@ while first <= #KEYS do
   first = last + 1
 end
 
+for _, log in ipairs(dirty_logs) do
+  if not log.deleted then log_save(log, log_ttls[log.key]) end
+end
 for _, key in ipairs(dirty) do
   if ttls[key] ~= nil then
     redis.call("SET", key, encode(states[key], algorithms[key]), "PX",

@@ -16,3 +16,17 @@ end
 local function ceil_div(a, b)
   return -idiv(-a, b)
 end
+
+local DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+-- A non-negative integer in base 36 (stored values are compact: "hbsyv2q8xs" is a µs time).
+local function base36(n)
+  if n == 0 then return "0" end
+  local out = {}
+  while n > 0 do
+    local digit = n % 36
+    out[#out + 1] = string.sub(DIGITS, digit + 1, digit + 1)
+    n = (n - digit) / 36
+  end
+  return string.reverse(table.concat(out))
+end

@@ -1,0 +1,99 @@
+"""The memory store's sliding log: :func:`ratewall.algorithms.sliding_log` in O(cost).
+
+The pure function takes the log as a tuple and returns a new one, so a decision costs time in
+proportion to the entries in the window (tens of thousands on a busy key). This structure
+keeps the same entries in growing lists with running totals, the layout of the Lua twin
+(``lua/sliding_log.lua``): expired entries are skipped by moving ``start``, the used amount is
+two subtractions, and a decision touches only the entries that expire or that a refusal's
+retry time needs. Its decisions are the pure function's, entry for entry (a unit test checks).
+"""
+
+from __future__ import annotations
+
+from ..algorithms import Outcome, Rule
+
+__all__ = ["SlidingLog"]
+
+# Expired entries are removed from the lists' front once there are this many and they are at
+# least half of the lists: amortised O(1) per entry, and no copying on every decision.
+_COMPACT_AT = 64
+
+
+class SlidingLog:
+    """Admitted ``(time, cost)`` entries, oldest first, with running totals.
+
+    ``times[i]``, ``costs[i]``, ``totals[i]`` describe entry ``i``; ``totals[i]`` is the cost
+    admitted in entries ``0..i``, so entries ``i..j`` admitted ``totals[j] - totals[i] +
+    costs[i]``. Entries before ``start`` are expired. Not thread-safe (the store locks).
+    """
+
+    __slots__ = ("costs", "start", "times", "totals")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.costs: list[int] = []
+        self.totals: list[int] = []
+        self.start = 0
+
+    def decide(self, now: int, cost: int, rule: Rule, commit: bool) -> Outcome:
+        """The pure function's outcome; if ``commit`` and allowed, the request is recorded.
+
+        The outcome's ``state`` is always ``None``: the log itself is the state.
+        """
+        times, totals = self.times, self.totals
+        window, size = rule.window, len(times)
+        first = self.start
+        while first < size and times[first] + window <= now:
+            first += 1
+        used = totals[-1] - totals[first] + self.costs[first] if first < size else 0
+        if used + cost <= rule.limit:
+            if commit:
+                self.start = first
+                if first < size and times[-1] == now:
+                    self.costs[-1] += cost
+                    totals[-1] += cost
+                else:
+                    times.append(now)
+                    self.costs.append(cost)
+                    totals.append((totals[-1] if size else 0) + cost)
+            return Outcome(True, rule.limit - used - cost, window, -1, None, window)
+        # Refused: used >= 1, so the last entry is live.
+        reset = times[-1] + window - now
+        retry = reset
+        base = totals[first] - self.costs[first]
+        for index in range(first, size):
+            if used - (totals[index] - base) + cost <= rule.limit:
+                retry = times[index] + window - now
+                break
+        return Outcome(False, rule.limit - used, reset, retry, None, 0)
+
+    def checkpoint(self) -> tuple[int, int, int, int]:
+        """What :meth:`restore` needs to undo the decisions of a refused group."""
+        if not self.times:
+            return (self.start, 0, 0, 0)
+        return (self.start, len(self.times), self.costs[-1], self.totals[-1])
+
+    def restore(self, saved: tuple[int, int, int, int]) -> None:
+        start, size, last_cost, last_total = saved
+        self.start = start
+        del self.times[size:], self.costs[size:], self.totals[size:]
+        if size:
+            self.costs[-1], self.totals[-1] = last_cost, last_total
+
+    def compact(self) -> None:
+        """Drop expired entries from the lists (never between a checkpoint and its restore)."""
+        start = self.start
+        if start >= _COMPACT_AT and 2 * start >= len(self.times):
+            del self.times[:start], self.costs[:start], self.totals[:start]
+            self.start = 0
+
+    def state(self, now: int, window: int) -> tuple[int, ...]:
+        """The live entries as the pure function's state ``(t1, c1, t2, c2, ...)``."""
+        times, size = self.times, len(self.times)
+        first = self.start
+        while first < size and times[first] + window <= now:
+            first += 1
+        state: list[int] = []
+        for index in range(first, size):
+            state += (times[index], self.costs[index])
+        return tuple(state)
