@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from .policy import Policy, bucket_ratio
 
-__all__ = ["ALGORITHM_CODES", "FUNCTIONS", "Outcome", "Rule", "rule_for"]
+__all__ = ["ALGORITHM_CODES", "FUNCTIONS", "Outcome", "Rule", "lease", "rule_for"]
 
 State = Sequence[int]
 
@@ -45,6 +45,7 @@ class Rule(NamedTuple):
     capacity: int  # burst for buckets, else == limit
     rate: int  # bucket refill units per microsecond (reduced numerator)
     interval: int  # bucket units per token (reduced denominator)
+    lease: int = 0  # the most units one lease takes (Policy.lease); 0: no leases
 
 
 class Outcome(NamedTuple):
@@ -214,6 +215,27 @@ def gcra(state: State, now: int, cost: int, rule: Rule) -> Outcome:
 
 Algorithm = Callable[[State, int, int, Rule], Outcome]
 
+
+def lease(
+    algorithm: Algorithm, state: State, now: int, cost: int, rule: Rule
+) -> tuple[Outcome, int]:
+    """A check that also takes a slice of what remains, for a node to spend locally.
+
+    If ``cost`` is allowed, up to ``rule.lease - cost`` more units are taken with it, but at
+    most half of what would remain after ``cost``: slices shrink as the limit nears, so the
+    last units are spread over the nodes that ask. Every algorithm's ``remaining`` after
+    ``cost`` is exactly what could still be taken, so taking ``cost`` plus a part of it is
+    allowed. Returns the outcome of taking the granted units and their number (0: refused).
+    """
+    outcome = algorithm(state, now, cost, rule)
+    if not outcome.allowed:
+        return outcome, 0
+    extra = min(rule.lease - cost, outcome.remaining // 2)
+    if extra <= 0:
+        return outcome, cost
+    return algorithm(state, now, cost + extra, rule), cost + extra
+
+
 # The order fixes the codes the Lua scripts receive.
 ALGORITHM_CODES: tuple[str, ...] = (
     "fixed_window",
@@ -234,4 +256,5 @@ def rule_for(policy: Policy) -> Rule:
         policy.capacity,
         rate,
         interval,
+        policy.lease or 0,
     )

@@ -90,6 +90,14 @@ class Policy:
     ``failure_mode`` says what a decision does when the store fails: ``"raise"`` raises
     :class:`~ratewall.StoreError`, ``"open"`` allows, ``"closed"`` refuses. Both of the latter
     mark the decision ``degraded``.
+
+    ``lease`` (off by default) trades exactness for throughput on very hot keys: a node takes
+    up to ``lease`` units from the store in one call and spends them locally, without a round
+    trip, until they run out or its window ends. Slices shrink near the limit (at most half
+    of what remains). **Worst case: up to ``nodes × lease`` units more than ``limit`` are
+    admitted in a window** (units a node leased before the window ended, spent after it), and
+    units leased but never spent are lost for that window. Without ``lease`` the limit is exact.
+    Limiters on the memory store ignore it (they are the store).
     """
 
     limit: int
@@ -97,6 +105,7 @@ class Policy:
     algorithm: Algorithm | str = "fixed_window"  # validated: one of ALGORITHMS
     burst: int | None = None
     failure_mode: FailureMode | str = "raise"  # validated: one of FAILURE_MODES
+    lease: int | None = None
     # Derived once, used on every decision.
     window_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
@@ -134,6 +143,15 @@ class Policy:
             if self.burst is None
             else _positive_int(self.burst, source=source, field=at("burst"))
         )
+        if self.lease is not None:
+            lease = _positive_int(self.lease, source=source, field=at("lease"))
+            if lease > capacity:
+                raise ConfigError(
+                    f"lease ({lease}) must be at most the policy's "
+                    f"{'burst' if self.burst is not None else 'limit'} ({capacity})",
+                    source=source,
+                    field=at("lease"),
+                )
         window_us = round(window * 1_000_000)
         if self.algorithm == "sliding_window" and 4 * limit * (window_us // 1000) >= _EXACT:
             raise ConfigError(
@@ -161,7 +179,7 @@ class Policy:
             raise ConfigError(
                 "must be a mapping with at least 'limit' and 'window'", source=source, field=field
             )
-        allowed = ("limit", "window", "algorithm", "burst", "failure_mode")
+        allowed = ("limit", "window", "algorithm", "burst", "failure_mode", "lease")
         for key in data:
             if key not in allowed:
                 raise ConfigError(
@@ -174,7 +192,7 @@ class Policy:
                 raise ConfigError("is required", source=source, field=f"{field}.{required}")
         policy = object.__new__(cls)
         for name in allowed:
-            default = {"algorithm": "fixed_window", "burst": None, "failure_mode": "raise"}
+            default = {"algorithm": "fixed_window", "failure_mode": "raise"}
             object.__setattr__(policy, name, data.get(name, default.get(name)))
         policy._validate(source, f"{field}.")
         return policy
@@ -186,6 +204,8 @@ class Policy:
             text += f", burst {self.burst}"
         if self.failure_mode != "raise":
             text += f", fails {self.failure_mode}"
+        if self.lease is not None:
+            text += f", leases of {self.lease}"
         return text + ")"
 
 

@@ -239,3 +239,20 @@ def test_changing_a_policys_algorithm_starts_afresh(redis_url: str) -> None:
     for algorithm in ("sliding_log", "token_bucket", "gcra", "sliding_window"):
         with RateLimiter({"p": Policy(2, 60, algorithm)}, store=redis_url, clock=clock) as other:
             assert other.check("u", "p").remaining == 1, algorithm
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "gcra"])
+def test_a_key_costs_at_most_100_bytes_of_server_memory(
+    redis_url: str, redis_client: redis.Redis, algorithm: str
+) -> None:
+    """Issue 4's budget: ≤ 100 bytes per key (``MEMORY USAGE``: key, value, TTL, overhead)
+    for a typical key, with the state of a busy identity (a count in the hundred thousands).
+    (A token bucket's level counts fractions of tokens and needs a few bytes more: gcra is
+    the same bucket in one small number.)"""
+    policy = Policy(1_000_000, 3600, algorithm)
+    with RateLimiter({"login": policy}, store=redis_url, timeout=TIMEOUT) as limiter:
+        for _ in range(3):
+            assert limiter.check("user_123", "login", cost=77_777).allowed
+    usage = redis_client.memory_usage("ratelimit:{user_123}:login", samples=0)
+    assert usage is not None
+    assert usage <= 100, f"{algorithm}: {usage} bytes"

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Decision, RateLimiter
+from ratewall.stores._values import encode_value
 from ratewall.testing import FakeClock
 
 KEY = "ratelimit:{user_123}:login"
@@ -37,20 +38,9 @@ class Step:
     stored: str
 
 
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    text = ""
-    while True:
-        number, digit = divmod(number, 36)
-        text = digits[digit] + text
-        if not number:
-            return text
-
-
 def _fixed(count: int, end_us: int) -> str:
-    """A fixed-window value as lua/_main.lua writes it: "F", then count and window end
-    (µs) in base 36."""
-    return f"F{_base36(count)}:{_base36(end_us)}"
+    """A fixed-window value as lua/_main.lua writes it: "F", then count and window end (µs)."""
+    return encode_value("F", (count, end_us)).decode()
 
 
 def _allowed(remaining: int, reset_after: float) -> Decision:

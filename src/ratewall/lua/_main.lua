@@ -3,18 +3,20 @@
 -- KEYS: one key per call, e.g. ratelimit:{user_123}:login (all in one hash slot on a
 --       cluster: callers group calls by slot).
 -- ARGV[1]: now in µs, or "" to read the server's clock (TIME). Tests inject a time.
--- ARGV[2]: R, the number of distinct rules in this call; then R rules of 6 values each:
+-- ARGV[2]: R, the number of distinct rules in this call; then R rules of 7 values each:
 --       algorithm code (0 fixed_window, 1 sliding_window, 2 sliding_log, 3 token_bucket,
---       4 gcra), limit, window_us, capacity, rate, interval (ratewall.algorithms.Rule).
--- Then 4 values per KEYS[i]: op (0 check, 1 peek, 2 reset), group, cost, rule index (1..R).
+--       4 gcra), limit, window_us, capacity, rate, interval, lease (ratewall.algorithms.Rule).
+-- Then 4 values per KEYS[i]: op (0 check, 1 peek, 2 reset, 3 lease), group, cost, rule
+--       index (1..R). A lease is a check that also takes up to `lease - cost` more units, at
+--       most half of what would remain (ratewall.algorithms.lease); it is alone in its group.
 -- Groups: consecutive keys with the same group number are one request checked against
 --       several policies, all or nothing: their new states are kept only if every one of
 --       them is allowed. Groups are decided in order; each sees the ones before it.
 -- Reply: one array per key, in order: {allowed 0/1, remaining, reset_us, retry_us (-1 if
---       allowed), now_us, state...}. When a group is refused, every member's reply is
---       followed by its state before the group (integers, for the caller's local deny
---       cache), and members marked allowed were not consumed. A reset replies
---       {1, 0, 0, -1, now_us}.
+--       allowed), now_us}. When a group is refused, every member's reply is followed by its
+--       state before the group (integers, for the caller's local deny cache), and members
+--       marked allowed were not consumed. An allowed lease is followed by the units granted
+--       (remaining and reset_us are after taking them). A reset replies {1, 0, 0, -1, now_us}.
 -- Writes: each key changed by the call is written once, at the end, with its final state
 --       (see encode below) and a TTL (ms, rounded up, at least 1) in the same SET: no key
 --       ever lives without a TTL, and a hot key decided 64 times in one call costs one GET
@@ -36,26 +38,31 @@ end
 local rules = {}
 local rule_count = tonumber(ARGV[2])
 for r = 1, rule_count do
-  local base = 3 + (r - 1) * 6
+  local base = 3 + (r - 1) * 7
   local algorithm = ALGORITHMS[tonumber(ARGV[base])]
   if algorithm == nil then
     error("ratewall: unknown algorithm code " .. tostring(ARGV[base]))
   end
   rules[r] = {algorithm, tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
-              tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])}
+              tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]),
+              tonumber(ARGV[base + 6])}
 end
-local CALLS = 3 + rule_count * 6
+local CALLS = 3 + rule_count * 7
 
 -- The state of every key touched, as of the groups decided so far, and its algorithm.
 local states, ttls, dirty, algorithms = {}, {}, {}, {}
 -- Sliding logs touched (key -> log), and those to write back with their TTL (ms).
 local logs, log_ttls, dirty_logs = {}, {}, {}
 
--- Values are compact: a letter naming the algorithm, then the state's integers in base 36,
--- separated by ":" (fixed window "F5:hbsyv2q8xs"). A value written by another algorithm
--- (the policy was changed) or in another format counts as no state at all. (Sliding logs
--- are lists: see sliding_log.lua.)
+-- Values are compact: a letter naming the algorithm, the state's time field in exactly 8
+-- base-93 digits (see encode_int; good until the year 2147), then its other integers,
+-- separated by ":". A fixed window with count 5 is "F" .. end .. "&": 10 bytes, which Redis
+-- keeps inside its object header. A value written by another algorithm (the policy was
+-- changed) or in another format counts as no state at all. (Sliding logs are lists: see
+-- sliding_log.lua.) ratewall.stores._values is the Python twin of this format.
 local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [token_bucket] = "T", [gcra] = "G"}
+-- The state's time field (1-based): the window end, the window start, the last refill, tat.
+local TIME_FIELD = {[fixed_window] = 2, [sliding_window] = 3, [token_bucket] = 2, [gcra] = 1}
 
 local function current(key, algorithm)
   local state = states[key]
@@ -63,10 +70,11 @@ local function current(key, algorithm)
     state = {}
     -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
     local raw = redis.pcall("GET", key)
-    if type(raw) == "string" and string.sub(raw, 1, 1) == TAGS[algorithm] then
-      for part in string.gmatch(string.sub(raw, 2), "[^:]+") do
-        state[#state + 1] = tonumber(part, 36)
+    if type(raw) == "string" and #raw > 9 and string.sub(raw, 1, 1) == TAGS[algorithm] then
+      for part in string.gmatch(string.sub(raw, 10), "[^:]+") do
+        state[#state + 1] = decode_int(part)
       end
+      table.insert(state, TIME_FIELD[algorithm], decode_int(string.sub(raw, 2, 9)))
     end
     states[key] = state
   end
@@ -74,11 +82,14 @@ local function current(key, algorithm)
 end
 
 local function encode(values, algorithm)
+  local time_field = TIME_FIELD[algorithm]
+  local time = encode_int(values[time_field])
+  if #time > 8 then error("ratewall: a time beyond the year 2147 cannot be stored") end
   local parts = {}
   for i = 1, #values do
-    parts[i] = base36(values[i])
+    if i ~= time_field then parts[#parts + 1] = encode_int(values[i]) end
   end
-  return TAGS[algorithm] .. table.concat(parts, ":")
+  return TAGS[algorithm] .. string.rep("!", 8 - #time) .. time .. table.concat(parts, ":")
 end
 
 -- Decides KEYS[first..last], one group, filling `replies`.
@@ -100,7 +111,24 @@ local function run_group(first, last, replies)
     else
       local rule = rules[tonumber(ARGV[base + 3])]
       local cost = tonumber(ARGV[base + 2])
+      local commit = op == 0 or op == 3
       local allowed, remaining, reset, retry
+      local granted = nil
+      if op == 3 then
+        -- What would remain after `cost` sizes the slice; taking it all is then allowed.
+        if rule[1] == log_decide then
+          local log = logs[key] or log_load(key)
+          logs[key] = log
+          allowed, remaining = log_decide(log, now, cost, rule[2], rule[3], false)
+        else
+          allowed, remaining = rule[1](pending[key] or current(key, rule[1]), now, cost,
+                                       rule[2], rule[3], rule[4], rule[5], rule[6])
+        end
+        if allowed == 1 then
+          cost = cost + math.max(0, math.min(rule[7] - cost, math.floor(remaining / 2)))
+          granted = cost
+        end
+      end
       if rule[1] == log_decide then
         local log = logs[key]
         if log == nil then
@@ -112,8 +140,8 @@ local function run_group(first, last, replies)
           saved_order[#saved_order + 1] = key
         end
         log_windows[i] = rule[3]
-        allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], op == 0)
-        if allowed == 1 and op == 0 then
+        allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], commit)
+        if allowed == 1 and commit then
           log_commits[key] = math.max(1, ceil_div(rule[3], 1000))
         end
       else
@@ -123,12 +151,12 @@ local function run_group(first, last, replies)
         allowed, remaining, reset, retry, new_state, ttl = rule[1](
           pending[key] or stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
         before[i] = stored
-        if allowed == 1 and op == 0 and new_state ~= nil then
+        if allowed == 1 and commit and new_state ~= nil then
           if pending[key] == nil then order[#order + 1] = key end
           pending[key], pending_ttl[key] = new_state, ttl
         end
       end
-      replies[i] = {allowed, remaining, reset, retry, now}
+      replies[i] = {allowed, remaining, reset, retry, now, granted}
       if allowed == 0 then all_allowed = false end
     end
   end

@@ -2,7 +2,7 @@
 -- decision costs O(cost) commands however long the log is (the pure function's state tuple
 -- would be read and rewritten whole on every decision).
 --
--- Layout: one list per key, oldest entry first. Each entry is "t:c:total" in base 36: the
+-- Layout: one list per key, oldest entry first. Each entry is "t:c:total" in base 93: the
 -- admission time t (µs), the admitted cost c, and the running total of every cost admitted
 -- since the key was created, this one included. The cost admitted in entries i..j is
 -- total_j - total_i + c_i, so the used amount needs only the first live and the last entry.
@@ -17,8 +17,8 @@
 -- changed in Lua (`drop`, `head`, `tail`) and written back once at the end of the script.
 
 local function log_parse(raw)
-  local t, c, total = string.match(raw, "^(%w+):(%w+):(%w+)$")
-  return {tonumber(t, 36), tonumber(c, 36), tonumber(total, 36)}
+  local t, c, total = string.match(raw, "^([^:]+):([^:]+):([^:]+)$")
+  return {decode_int(t), decode_int(c), decode_int(total)}
 end
 
 -- A log as the script sees it: `n` entries in Redis (1-based here), of which the first
@@ -131,7 +131,7 @@ local function log_state(log, now, window)
 end
 
 local function log_encode(entry)
-  return base36(entry[1]) .. ":" .. base36(entry[2]) .. ":" .. base36(entry[3])
+  return encode_int(entry[1]) .. ":" .. encode_int(entry[2]) .. ":" .. encode_int(entry[3])
 end
 
 -- Writes the log's changes: one LTRIM, LSET and RPUSH at most, and its TTL.

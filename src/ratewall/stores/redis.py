@@ -170,6 +170,7 @@ class _Arguments:
                 rule.capacity,
                 rule.rate,
                 rule.interval,
+                rule.lease,
             )
             self._rules[rule] = encoded
         return encoded
