@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, NoReturn
 
+from ._leases import LeaseBook
 from .algorithms import Outcome, Rule, rule_for
 from .decision import Decision, make_decision
 from .errors import StoreError
@@ -28,14 +29,26 @@ from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
 from .policy import Policy
 
-__all__ = ["CHECK", "PEEK", "RESET", "Call", "Core", "Plan", "PlanMany", "Reply", "Request"]
+__all__ = [
+    "CHECK",
+    "LEASE",
+    "PEEK",
+    "RESET",
+    "Call",
+    "Core",
+    "Plan",
+    "PlanMany",
+    "Reply",
+    "Request",
+]
 
 CHECK: Final = 0
 PEEK: Final = 1
 RESET: Final = 2
+LEASE: Final = 3  # a check that also takes a slice for this node (Policy.lease)
 
 # A store reply: allowed (0/1), remaining, reset µs, retry µs (-1 if allowed), store now µs,
-# then on refusal the key's stored state (integers).
+# then on refusal the key's stored state (integers); after an allowed lease, the units granted.
 Reply = Sequence[int]
 
 
@@ -132,6 +145,8 @@ class Core:
         self._compiled = compiled
         self._keys = KeyBuilder(key_prefix)
         self.deny_cache = DenyCache(local_cache_size)
+        # Leases share the local cache's bound (none without a local cache: the memory store).
+        self.leases = LeaseBook(local_cache_size)
         self._now = local_clock
         self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000))
         # On a Redis Cluster, one atomic call can only touch one hash slot.
@@ -166,7 +181,13 @@ class Core:
         compiled, call = self._call(identity, policy, op, cost)
         if op == RESET:
             self.deny_cache.forget(call.key)
+            self.leases.forget(call.key)
             return Plan(compiled, call, None)
+        leasing = op == CHECK and compiled.rule.lease and self.leases.maxsize
+        if leasing:
+            served = self.leases.spend(call.key, cost, self._now())
+            if served is not None:
+                return Plan(compiled, call, _leased(compiled, *served))
         cache = self.deny_cache
         if cache.entries:
             known = cache.lookup(call.key, call.rule, cost, self._now())
@@ -176,6 +197,8 @@ class Core:
                 cache.forget(call.key)
         if self._breaker.failures and self._breaker.is_open(self._now()):
             return Plan(compiled, call, self._failure_mode(compiled, _BREAKER_OPEN))
+        if leasing and self.leases.start(call.key, self._now()):
+            return Plan(compiled, call._replace(op=LEASE), None)
         return Plan(compiled, call, None)
 
     def plan_many(
@@ -221,9 +244,21 @@ class Core:
         if reply[0] == 1:
             if call.key in cache.entries:
                 cache.forget(call.key)
-        elif call.op != RESET and cache.maxsize:
-            cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
+            if call.op == LEASE:
+                return self._lease_granted(plan, reply)
+        elif call.op != RESET:
+            if call.op == LEASE:
+                self.leases.ended(call.key)
+            if cache.maxsize:
+                cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
         return _decision(plan.compiled, reply)
+
+    def _lease_granted(self, plan: Plan, reply: Reply) -> Decision:
+        call = plan.call
+        remaining = self.leases.granted(
+            call.key, call.cost, reply[5], reply[1], reply[2], call.rule.window, self._now()
+        )
+        return _leased(plan.compiled, remaining, reply[2])
 
     def decide_many(self, plan: PlanMany, replies: Sequence[Reply]) -> list[Decision]:
         self._breaker.succeeded()
@@ -243,6 +278,8 @@ class Core:
 
     def failure(self, plan: Plan, error: BaseException) -> Decision:
         """The store failed on ``plan``: count it, then raise or answer per the failure mode."""
+        if plan.call.op == LEASE:
+            self.leases.ended(plan.call.key)
         self._breaker.failed(self._now())
         return self._failure_mode(plan.compiled, error)
 
@@ -262,6 +299,13 @@ class Core:
         if mode == "open":
             return Decision(True, compiled.name, capacity, capacity, 0.0, None, degraded=True)
         return Decision(False, compiled.name, capacity, 0, cooldown, cooldown, degraded=True)
+
+
+def _leased(compiled: _Compiled, remaining: int, reset_us: int) -> Decision:
+    """An allowed Decision paid from this node's lease."""
+    return make_decision(
+        True, compiled.name, compiled.rule.capacity, remaining, reset_us / 1_000_000, None
+    )
 
 
 def _decision(compiled: _Compiled, reply: Reply | Outcome) -> Decision:

@@ -39,7 +39,7 @@ def test_check_config_long_form(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"OK: {path} defines 5 policies"
     assert "login: 5 per 1m (fixed_window, fails open)" in lines
-    assert "api: 100 per 1m (token_bucket, burst 150, fails open)" in lines
+    assert "api: 100 per 1m (token_bucket, burst 150, fails open, leases of 10)" in lines
     assert "upload: 10 per 1h (gcra)" in lines
     assert "store = redis://127.0.0.1:6379/0" in lines
     assert "key_prefix = myapp:rl" in lines

@@ -49,6 +49,7 @@ BAD_FILES: dict[str, tuple[str | None, str]] = {
         "unknown algorithm 'leaky_bucket'; expected one of",
     ),
     "burst_with_fixed_window.yaml": ("policies.login.burst", "only to token_bucket and gcra"),
+    "lease_above_limit.json": ("policies.api.lease", "lease (200) must be at most the policy's"),
     "missing_window.yaml": ("policies.login.window", "is required"),
     "syntax_error.yaml": (None, "invalid YAML at line 3, column 2"),
     "syntax_error.json": (None, "invalid JSON at line 1, column 37"),
@@ -124,7 +125,12 @@ def test_long_form_with_every_setting() -> None:
             "search": Policy(limit=20, window=1, algorithm="sliding_window", failure_mode="open"),
             "export": Policy(limit=20, window=1, algorithm="sliding_log", failure_mode="closed"),
             "api": Policy(
-                limit=100, window=60, algorithm="token_bucket", burst=150, failure_mode="open"
+                limit=100,
+                window=60,
+                algorithm="token_bucket",
+                burst=150,
+                failure_mode="open",
+                lease=10,
             ),
             "upload": Policy(limit=10, window=3600, algorithm="gcra", failure_mode="raise"),
         },
