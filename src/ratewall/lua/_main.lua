@@ -27,33 +27,6 @@
 -- The sliding log keeps a list, not a state tuple: its algorithm is the log's own decide.
 local ALGORITHMS = {[0] = fixed_window, sliding_window, log_decide, token_bucket, gcra}
 
-local now
-if ARGV[1] == "" then
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
-
-local rules = {}
-local rule_count = tonumber(ARGV[2])
-for r = 1, rule_count do
-  local base = 3 + (r - 1) * 7
-  local algorithm = ALGORITHMS[tonumber(ARGV[base])]
-  if algorithm == nil then
-    error("ratewall: unknown algorithm code " .. tostring(ARGV[base]))
-  end
-  rules[r] = {algorithm, tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
-              tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]),
-              tonumber(ARGV[base + 6])}
-end
-local CALLS = 3 + rule_count * 7
-
--- The state of every key touched, as of the groups decided so far, and its algorithm.
-local states, ttls, dirty, algorithms = {}, {}, {}, {}
--- Sliding logs touched (key -> log), and those to write back with their TTL (ms).
-local logs, log_ttls, dirty_logs = {}, {}, {}
-
 -- Values are compact: a letter naming the algorithm, the state's time field in exactly 8
 -- base-93 digits (see encode_int; good until the year 2147), then its other integers,
 -- separated by ":". A fixed window with count 5 is "F" .. end .. "&": 10 bytes, which Redis
@@ -63,23 +36,6 @@ local logs, log_ttls, dirty_logs = {}, {}, {}
 local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [token_bucket] = "T", [gcra] = "G"}
 -- The state's time field (1-based): the window end, the window start, the last refill, tat.
 local TIME_FIELD = {[fixed_window] = 2, [sliding_window] = 3, [token_bucket] = 2, [gcra] = 1}
-
-local function current(key, algorithm)
-  local state = states[key]
-  if state == nil then
-    state = {}
-    -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
-    local raw = redis.pcall("GET", key)
-    if type(raw) == "string" and #raw > 9 and string.sub(raw, 1, 1) == TAGS[algorithm] then
-      for part in string.gmatch(string.sub(raw, 10), "[^:]+") do
-        state[#state + 1] = decode_int(part)
-      end
-      table.insert(state, TIME_FIELD[algorithm], decode_int(string.sub(raw, 2, 9)))
-    end
-    states[key] = state
-  end
-  return state
-end
 
 local function encode(values, algorithm)
   local time_field = TIME_FIELD[algorithm]
@@ -92,128 +48,178 @@ local function encode(values, algorithm)
   return TAGS[algorithm] .. string.rep("!", 8 - #time) .. time .. table.concat(parts, ":")
 end
 
--- Decides KEYS[first..last], one group, filling `replies`.
-local function run_group(first, last, replies)
-  local pending, pending_ttl, order, before = {}, {}, {}, {}
-  -- Sliding logs: undo points, windows, and the TTL (ms) of those this group admits into.
-  local saved, saved_order, log_windows, log_commits = {}, {}, {}, {}
-  local all_allowed = true
-  for i = first, last do
-    local base = CALLS + (i - 1) * 4
-    local op = tonumber(ARGV[base])
-    local key = KEYS[i]
-    if op == 2 then
-      redis.call("DEL", key)
-      states[key], ttls[key], pending[key] = {}, nil, nil
-      if logs[key] ~= nil then logs[key].deleted = true end
-      logs[key] = nil
-      replies[i] = {1, 0, 0, -1, now}
-    else
-      local rule = rules[tonumber(ARGV[base + 3])]
-      local cost = tonumber(ARGV[base + 2])
-      local commit = op == 0 or op == 3
-      local allowed, remaining, reset, retry
-      local granted = nil
-      if op == 3 then
-        -- What would remain after `cost` sizes the slice; taking it all is then allowed.
-        if rule[1] == log_decide then
-          local log = logs[key] or log_load(key)
-          logs[key] = log
-          allowed, remaining = log_decide(log, now, cost, rule[2], rule[3], false)
-        else
-          allowed, remaining = rule[1](pending[key] or current(key, rule[1]), now, cost,
-                                       rule[2], rule[3], rule[4], rule[5], rule[6])
-        end
-        if allowed == 1 then
-          cost = cost + math.max(0, math.min(rule[7] - cost, math.floor(remaining / 2)))
-          granted = cost
-        end
-      end
-      if rule[1] == log_decide then
-        local log = logs[key]
-        if log == nil then
-          log = log_load(key)
-          logs[key] = log
-        end
-        if saved[key] == nil then
-          saved[key] = log_checkpoint(log)
-          saved_order[#saved_order + 1] = key
-        end
-        log_windows[i] = rule[3]
-        allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], commit)
-        if allowed == 1 and commit then
-          log_commits[key] = math.max(1, ceil_div(rule[3], 1000))
-        end
-      else
-        local stored = current(key, rule[1])
-        algorithms[key] = rule[1]
-        local new_state, ttl
-        allowed, remaining, reset, retry, new_state, ttl = rule[1](
-          pending[key] or stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
-        before[i] = stored
-        if allowed == 1 and commit and new_state ~= nil then
-          if pending[key] == nil then order[#order + 1] = key end
-          pending[key], pending_ttl[key] = new_state, ttl
-        end
-      end
-      replies[i] = {allowed, remaining, reset, retry, now, granted}
-      if allowed == 0 then all_allowed = false end
-    end
-  end
-  if all_allowed then
-    for _, key in ipairs(order) do
-      if pending[key] ~= nil then
-        if ttls[key] == nil then dirty[#dirty + 1] = key end
-        states[key], ttls[key] = pending[key], pending_ttl[key]
-      end
-    end
-    for _, key in ipairs(saved_order) do
-      local log = logs[key]
-      if log ~= nil and log_commits[key] ~= nil then
-        log_ttls[key] = log_commits[key]
-        if not log.dirty then
-          log.dirty = true
-          dirty_logs[#dirty_logs + 1] = log
-        end
-      end
-    end
+-- One call of the script. Everything above is defined once when the script is loaded as a
+-- Redis Function; as an EVAL script it runs at every call.
+local function run(KEYS, ARGV)
+  local now
+  if ARGV[1] == "" then
+    local t = redis.call("TIME")
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   else
-    for _, key in ipairs(saved_order) do
-      if logs[key] ~= nil then log_restore(logs[key], saved[key]) end
+    now = tonumber(ARGV[1])
+  end
+
+  local rules = {}
+  local rule_count = tonumber(ARGV[2])
+  for r = 1, rule_count do
+    local base = 3 + (r - 1) * 7
+    local algorithm = ALGORITHMS[tonumber(ARGV[base])]
+    if algorithm == nil then
+      error("ratewall: unknown algorithm code " .. tostring(ARGV[base]))
     end
-    for i = first, last do
-      local state = before[i]
-      if log_windows[i] ~= nil and logs[KEYS[i]] ~= nil then
-        state = log_state(logs[KEYS[i]], now, log_windows[i])
+    rules[r] = {algorithm, tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+                tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]),
+                tonumber(ARGV[base + 6])}
+  end
+  local CALLS = 3 + rule_count * 7
+
+  -- The state of every key touched, as of the groups decided so far, and its algorithm.
+  local states, ttls, dirty, algorithms = {}, {}, {}, {}
+  -- Sliding logs touched (key -> log), and those to write back with their TTL (ms).
+  local logs, log_ttls, dirty_logs = {}, {}, {}
+
+  local function current(key, algorithm)
+    local state = states[key]
+    if state == nil then
+      state = {}
+      -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
+      local raw = redis.pcall("GET", key)
+      if type(raw) == "string" and #raw > 9 and string.sub(raw, 1, 1) == TAGS[algorithm] then
+        for part in string.gmatch(string.sub(raw, 10), "[^:]+") do
+          state[#state + 1] = decode_int(part)
+        end
+        table.insert(state, TIME_FIELD[algorithm], decode_int(string.sub(raw, 2, 9)))
       end
-      if state ~= nil then
-        for j = 1, #state do
-          replies[i][5 + j] = state[j]
+      states[key] = state
+    end
+    return state
+  end
+
+  -- Decides KEYS[first..last], one group, filling `replies`.
+  local function run_group(first, last, replies)
+    local pending, pending_ttl, order, before = {}, {}, {}, {}
+    -- Sliding logs: undo points, windows, and the TTL (ms) of those this group admits into.
+    local saved, saved_order, log_windows, log_commits = {}, {}, {}, {}
+    local all_allowed = true
+    for i = first, last do
+      local base = CALLS + (i - 1) * 4
+      local op = tonumber(ARGV[base])
+      local key = KEYS[i]
+      if op == 2 then
+        redis.call("DEL", key)
+        states[key], ttls[key], pending[key] = {}, nil, nil
+        if logs[key] ~= nil then logs[key].deleted = true end
+        logs[key] = nil
+        replies[i] = {1, 0, 0, -1, now}
+      else
+        local rule = rules[tonumber(ARGV[base + 3])]
+        local cost = tonumber(ARGV[base + 2])
+        local commit = op == 0 or op == 3
+        local allowed, remaining, reset, retry
+        local granted = nil
+        if op == 3 then
+          -- What would remain after `cost` sizes the slice; taking it all is then allowed.
+          if rule[1] == log_decide then
+            local log = logs[key] or log_load(key)
+            logs[key] = log
+            allowed, remaining = log_decide(log, now, cost, rule[2], rule[3], false)
+          else
+            allowed, remaining = rule[1](pending[key] or current(key, rule[1]), now, cost,
+                                         rule[2], rule[3], rule[4], rule[5], rule[6])
+          end
+          if allowed == 1 then
+            cost = cost + math.max(0, math.min(rule[7] - cost, math.floor(remaining / 2)))
+            granted = cost
+          end
+        end
+        if rule[1] == log_decide then
+          local log = logs[key]
+          if log == nil then
+            log = log_load(key)
+            logs[key] = log
+          end
+          if saved[key] == nil then
+            saved[key] = log_checkpoint(log)
+            saved_order[#saved_order + 1] = key
+          end
+          log_windows[i] = rule[3]
+          allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], commit)
+          if allowed == 1 and commit then
+            log_commits[key] = math.max(1, ceil_div(rule[3], 1000))
+          end
+        else
+          local stored = current(key, rule[1])
+          algorithms[key] = rule[1]
+          local new_state, ttl
+          allowed, remaining, reset, retry, new_state, ttl = rule[1](
+            pending[key] or stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
+          before[i] = stored
+          if allowed == 1 and commit and new_state ~= nil then
+            if pending[key] == nil then order[#order + 1] = key end
+            pending[key], pending_ttl[key] = new_state, ttl
+          end
+        end
+        replies[i] = {allowed, remaining, reset, retry, now, granted}
+        if allowed == 0 then all_allowed = false end
+      end
+    end
+    if all_allowed then
+      for _, key in ipairs(order) do
+        if pending[key] ~= nil then
+          if ttls[key] == nil then dirty[#dirty + 1] = key end
+          states[key], ttls[key] = pending[key], pending_ttl[key]
+        end
+      end
+      for _, key in ipairs(saved_order) do
+        local log = logs[key]
+        if log ~= nil and log_commits[key] ~= nil then
+          log_ttls[key] = log_commits[key]
+          if not log.dirty then
+            log.dirty = true
+            dirty_logs[#dirty_logs + 1] = log
+          end
+        end
+      end
+    else
+      for _, key in ipairs(saved_order) do
+        if logs[key] ~= nil then log_restore(logs[key], saved[key]) end
+      end
+      for i = first, last do
+        local state = before[i]
+        if log_windows[i] ~= nil and logs[KEYS[i]] ~= nil then
+          state = log_state(logs[KEYS[i]], now, log_windows[i])
+        end
+        if state ~= nil then
+          for j = 1, #state do
+            replies[i][5 + j] = state[j]
+          end
         end
       end
     end
   end
+
+  local replies = {}
+  local first = 1
+  while first <= #KEYS do
+    local group = ARGV[CALLS + (first - 1) * 4 + 1]
+    local last = first
+    while last < #KEYS and ARGV[CALLS + last * 4 + 1] == group do
+      last = last + 1
+    end
+    run_group(first, last, replies)
+    first = last + 1
+  end
+
+  for _, log in ipairs(dirty_logs) do
+    if not log.deleted then log_save(log, log_ttls[log.key]) end
+  end
+  for _, key in ipairs(dirty) do
+    if ttls[key] ~= nil then
+      redis.call("SET", key, encode(states[key], algorithms[key]), "PX",
+                 math.max(1, ceil_div(ttls[key], 1000)))
+    end
+  end
+  return replies
 end
 
-local replies = {}
-local first = 1
-while first <= #KEYS do
-  local group = ARGV[CALLS + (first - 1) * 4 + 1]
-  local last = first
-  while last < #KEYS and ARGV[CALLS + last * 4 + 1] == group do
-    last = last + 1
-  end
-  run_group(first, last, replies)
-  first = last + 1
-end
-
-for _, log in ipairs(dirty_logs) do
-  if not log.deleted then log_save(log, log_ttls[log.key]) end
-end
-for _, key in ipairs(dirty) do
-  if ttls[key] ~= nil then
-    redis.call("SET", key, encode(states[key], algorithms[key]), "PX",
-               math.max(1, ceil_div(ttls[key], 1000)))
-  end
-end
-return replies
+return run(KEYS, ARGV)
