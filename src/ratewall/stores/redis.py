@@ -442,7 +442,8 @@ class AsyncRedisStore:
         self._entries.append(call)
         self._waiters.append(waiter)
         self._waiting_calls += 1
-        self._wake()
+        if not self._flush_scheduled and self._in_flight < self._max_in_flight:
+            self._wake()
         return waiter
 
     def arun(self, requests: Sequence[Request]) -> Awaitable[list[list[Reply]]]:
