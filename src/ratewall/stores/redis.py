@@ -484,7 +484,7 @@ class AsyncRedisStore:
         self._crowd = False
         while self._entries and self._in_flight < self._max_in_flight:
             if self._closed:
-                self._fail(self._entries, self._waiters, _closed_error())
+                self._fail(self._waiters, _closed_error())
                 self._entries, self._waiters = [], []
                 self._waiting_calls = self._waiting_requests = 0
                 return
@@ -521,7 +521,7 @@ class AsyncRedisStore:
                 task.add_done_callback(self._tasks.discard)
 
     def _send(self, entries: list[Entry], waiters: list[Waiter], calls: int, requests: int) -> None:
-        """One script call on ratewall's own connection; :meth:`_delivered` gets the reply."""
+        """One script call on ratewall's own connection; ``done`` hands out the replies."""
         if requests:
             flat = [request for entry in entries for request in _requests(entry)]
             argc, body = self._arguments.pack(*_flatten(flat))
@@ -534,7 +534,7 @@ class AsyncRedisStore:
             if error is None and (type(reply) is not list or len(reply) != calls):
                 error = StoreProtocolError(f"the script answered {calls} calls with {reply!r}")
             if error is not None:
-                self._fail(entries, waiters, error)
+                self._fail(waiters, error)
             elif requests:
                 self._deliver_requests(entries, waiters, reply)
             else:
@@ -570,7 +570,7 @@ class AsyncRedisStore:
                 waiter.set_result(result)
 
     @staticmethod
-    def _fail(entries: list[Entry], waiters: list[Waiter], error: BaseException) -> None:
+    def _fail(waiters: list[Waiter], error: BaseException) -> None:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
@@ -644,7 +644,7 @@ class AsyncRedisStore:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
-        self._fail(self._entries, self._waiters, _closed_error())
+        self._fail(self._waiters, _closed_error())
         self._entries, self._waiters = [], []
         self._waiting_calls = self._waiting_requests = 0
         await self._aclose()
