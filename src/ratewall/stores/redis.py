@@ -522,11 +522,17 @@ class AsyncRedisStore:
 
     def _send(self, entries: list[Entry], waiters: list[Waiter], calls: int, requests: int) -> None:
         """One script call on ratewall's own connection; ``done`` hands out the replies."""
-        if requests:
-            flat = [request for entry in entries for request in _requests(entry)]
-            argc, body = self._arguments.pack(*_flatten(flat))
-        else:
-            argc, body = self._arguments.pack(cast("list[Call]", entries), _ALTERNATING)
+        try:
+            if requests:
+                flat = [request for entry in entries for request in _requests(entry)]
+                argc, body = self._arguments.pack(*_flatten(flat))
+            else:
+                argc, body = self._arguments.pack(cast("list[Call]", entries), _ALTERNATING)
+        except Exception as error:  # noqa: BLE001 - a flush runs in a loop callback: never leave callers waiting
+            self._in_flight -= 1
+            self._in_flight_calls -= calls
+            self._fail(waiters, error)
+            return
 
         def done(reply: Any, error: BaseException | None) -> None:
             self._in_flight -= 1
