@@ -11,7 +11,9 @@
 --       most half of what would remain (ratewall.algorithms.lease); it is alone in its group.
 -- Groups: consecutive keys with the same group number are one request checked against
 --       several policies, all or nothing: their new states are kept only if every one of
---       them is allowed. Groups are decided in order; each sees the ones before it.
+--       them is allowed. Groups are decided in order; each sees the ones before it. Only
+--       neighbours' group numbers are compared, so numbers may repeat: callers send the
+--       request's parity (0, 1, 0, ...), which lets them cache each call's arguments.
 -- Reply: one array per key, in order: {allowed 0/1, remaining, reset_us, retry_us (-1 if
 --       allowed), now_us}. When a group is refused, every member's reply is followed by its
 --       state before the group (integers, for the caller's local deny cache), and members

@@ -24,14 +24,25 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-__all__ = ["AsyncConnection", "ConnectionPool", "Endpoint", "ReplyError", "StoreTimeoutError"]
+__all__ = [
+    "AsyncConnection",
+    "ConnectionPool",
+    "Endpoint",
+    "ReplyError",
+    "Script",
+    "ScriptCall",
+    "StoreConnectionError",
+    "StoreProtocolError",
+    "StoreTimeoutError",
+    "bulk",
+]
 
 ReplyError = hiredis.ReplyError
 
@@ -45,6 +56,10 @@ class StoreTimeoutError(TimeoutError):
 
 class StoreConnectionError(ConnectionError):
     """The connection to the store failed or closed mid-call."""
+
+
+class StoreProtocolError(Exception):
+    """The store answered something the limiter cannot read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +123,31 @@ def _check(reply: Any) -> Any:
 
 
 class Script:
-    """A script's text, its SHA1, and its EVALSHA/EVAL commands."""
+    """A script's text, its SHA1, and its EVALSHA/EVAL commands.
 
-    __slots__ = ("sha", "text")
+    A command is built around a *body*: the RESP bulk strings of numkeys, the keys and the
+    arguments (``argc`` of them), already encoded by the caller, so that the same body serves
+    EVALSHA and, after NOSCRIPT, EVAL."""
+
+    __slots__ = ("_eval_head", "_evalsha_head", "sha", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        self._evalsha_head = b"$7\r\nEVALSHA\r\n" + bulk(self.sha)
+        self._eval_head = b"$4\r\nEVAL\r\n" + bulk(text)
 
-    def evalsha(self, keys: Sequence[str], args: Sequence[int | str]) -> bytes:
-        return _pack(("EVALSHA", self.sha, len(keys), *keys, *args))
+    def evalsha(self, argc: int, body: bytes) -> bytes:
+        return b"*%d\r\n%b%b" % (argc + 2, self._evalsha_head, body)
 
-    def eval(self, keys: Sequence[str], args: Sequence[int | str]) -> bytes:
-        return _pack(("EVAL", self.text, len(keys), *keys, *args))
+    def eval(self, argc: int, body: bytes) -> bytes:
+        return b"*%d\r\n%b%b" % (argc + 2, self._eval_head, body)
+
+
+def bulk(value: str | int) -> bytes:
+    """One RESP bulk string (what the server sees as one argument)."""
+    encoded = value.encode() if isinstance(value, str) else b"%d" % value
+    return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -195,8 +222,9 @@ class ConnectionPool:
         self._max_idle = max_idle
         self._closed = False
 
-    def run_script(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
-        packed = self.script.evalsha(keys, args)
+    def run_script(self, argc: int, body: bytes) -> Any:
+        """Run the script on ``body`` (see :class:`Script`) and return its reply."""
+        packed = self.script.evalsha(argc, body)
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -211,7 +239,7 @@ class ConnectionPool:
                 connection = Connection(self.endpoint)
                 reply = connection.call(packed)
             if _is_noscript(reply):
-                reply = connection.call(self.script.eval(keys, args))
+                reply = connection.call(self.script.eval(argc, body))
         except BaseException:
             connection.close()
             raise
@@ -235,27 +263,211 @@ class _Protocol(asyncio.Protocol):
         self._owner._received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._owner._lost(exc)
+        self._owner._lost(self, exc)
+
+
+class _Waiter(Protocol):
+    """What waits for one reply on the connection: a future, or a :class:`ScriptCall`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, reply: Any, /) -> None: ...
+
+    def set_exception(self, error: BaseException, /) -> None: ...
+
+
+ScriptDone = Callable[[Any, BaseException | None], None]
+
+
+class ScriptCall:
+    """One script call on an :class:`AsyncConnection`, driven by callbacks rather than a task
+    (the batching store makes thousands a second, and a task per call costs more than the
+    call's own Python work).
+
+    It has one deadline, the store timeout, from its start: it covers connecting, NOSCRIPT
+    recovery and the one fresh try on a connection found dead. ``done(reply, None)`` or
+    ``done(None, error)`` is called exactly once, within the deadline (a ReplyError from the
+    script is an error). A reply that arrives after the deadline is dropped.
+    """
+
+    __slots__ = (
+        "_argc",
+        "_body",
+        "_connection",
+        "_done",
+        "_evaled",
+        "_finished",
+        "_loop",
+        "_retried",
+        "_timer",
+        "_was_used",
+    )
+
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        loop: asyncio.AbstractEventLoop,
+        argc: int,
+        body: bytes,
+        done: ScriptDone,
+    ) -> None:
+        self._connection = connection
+        self._loop = loop
+        self._argc = argc
+        self._body = body
+        self._done = done
+        self._finished = False
+        self._evaled = False
+        self._retried = False
+        self._was_used = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        connection = self._connection
+        loop = self._loop
+        self._timer = loop.call_at(loop.time() + connection.endpoint.timeout, self._timed_out)
+        if connection.ready:
+            self._send()
+        else:
+            connection.when_connected(self)
+
+    def _send(self) -> None:
+        connection = self._connection
+        self._was_used = connection.used
+        connection.send(connection.script.evalsha(self._argc, self._body), self)
+
+    def connected(self, error: BaseException | None) -> None:
+        """Called by the connection once a connection attempt made for this call ends."""
+        if self._finished:
+            return
+        if error is not None:
+            self._finish(None, error)
+        elif self._connection.ready:
+            self._send()
+        else:
+            self._finish(None, StoreConnectionError("the connection to the store is closed"))
+
+    # -- the waiter protocol: the connection hands over the reply, or the connection's end.
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, reply: Any) -> None:
+        connection = self._connection
+        if isinstance(reply, ReplyError):
+            if not self._evaled and _is_noscript(reply):
+                # The script cache was flushed (SCRIPT FLUSH, restart, failover): send the
+                # text once; the server caches it again for every later EVALSHA.
+                self._evaled = True
+                if connection.ready:
+                    connection.send(connection.script.eval(self._argc, self._body), self)
+                    return
+                reply = StoreConnectionError("the connection to the store is closed")
+            self._finish(None, reply)
+            return
+        connection.used = True
+        connection.timeouts = 0
+        self._finish(reply, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        if (
+            isinstance(error, StoreConnectionError)
+            and self._was_used
+            and not self._retried
+            and not self._connection.closed
+        ):
+            # The connection had worked and died since (server restart, idle timeout): one
+            # fresh try, as the sync pool does.
+            self._retried = True
+            self._connection.when_connected(self)
+            return
+        self._finish(None, error)
+
+    def _timed_out(self) -> None:
+        if self._finished:
+            return
+        # The late reply, if it comes, is matched to this call and dropped, so the other
+        # calls pipelined on the connection are unaffected. Only a connection that keeps
+        # timing out is given up (a blackholed server).
+        connection = self._connection
+        connection.timeouts += 1
+        self._finish(None, StoreTimeoutError("the store did not answer in time"))
+        if connection.timeouts >= _TIMEOUTS_BEFORE_RECONNECT:
+            connection.fail(StoreTimeoutError("the store stopped answering"))
+
+    def _finish(self, reply: Any, error: BaseException | None) -> None:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._done(reply, error)
 
 
 class AsyncConnection:
     """One pipelined asyncio connection: calls are written as they come and their replies
-    matched in order. Reconnects lazily after any failure."""
+    matched in order. Reconnects lazily after any failure. Must be used from one loop."""
 
     def __init__(self, endpoint: Endpoint, script: Script) -> None:
         self.endpoint = endpoint
         self.script = script
+        self.used = False  # a call has succeeded on the current socket
+        self.timeouts = 0  # consecutive timed-out calls on the current socket
+        self.closed = False
         self._transport: asyncio.Transport | None = None
+        self._protocol: _Protocol | None = None
         self._reader = hiredis.Reader()
-        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._connecting: asyncio.Future[None] | None = None
-        self._used = False  # a call has succeeded on the current socket
-        self._timeouts = 0  # consecutive timed-out calls on the current socket
+        self._pending: collections.deque[_Waiter] = collections.deque()
+        self._connecting: asyncio.Task[None] | None = None
+        self._after_connect: list[ScriptCall] = []
+
+    @property
+    def ready(self) -> bool:
+        """Connected: :meth:`send` may be called."""
+        transport = self._transport
+        return self._connecting is None and transport is not None and not transport.is_closing()
+
+    def send(self, packed: bytes, waiter: _Waiter) -> None:
+        """Write a packed command; ``waiter`` gets its reply. Only when :attr:`ready`."""
+        self._pending.append(waiter)
+        cast("asyncio.Transport", self._transport).write(packed)
+
+    def run_script(self, argc: int, body: bytes, done: ScriptDone) -> None:
+        """Run the script on ``body`` (see :meth:`Script.evalsha`); ``done`` gets the outcome.
+        Call from the connection's loop."""
+        ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start()
+
+    def when_connected(self, call: ScriptCall) -> None:
+        """Connect (one attempt shared by every call that needs it), then tell ``call``."""
+        if self._connecting is None:
+            if self.ready:
+                call.connected(None)
+                return
+            if self._transport is not None:
+                # The server closed it (EOF seen, connection_lost not yet delivered). The
+                # calls in flight on it may come back here, for their fresh try.
+                self.fail(StoreConnectionError("the store closed the connection"))
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        self._after_connect.append(call)
 
     async def _connect(self) -> None:
+        error: BaseException | None = None
+        try:
+            await self._open()
+        except Exception as failure:  # noqa: BLE001 - handed to every call that waited for it
+            error = failure
+        except BaseException as failure:  # cancelled by aclose(): tell the calls, then stop
+            error = StoreConnectionError(f"connecting to the store was interrupted: {failure!r}")
+            raise
+        finally:
+            self._connecting = None
+            calls, self._after_connect = self._after_connect, []
+            for call in calls:
+                call.connected(error)
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         endpoint = self.endpoint
-        self._reader = hiredis.Reader()
+        reader = hiredis.Reader()
         if endpoint.path is not None:
             connect = loop.create_unix_connection(lambda: _Protocol(self), endpoint.path)
         else:
@@ -264,73 +476,28 @@ class AsyncConnection:
                 lambda: _Protocol(self), endpoint.host or "localhost", endpoint.port, ssl=context
             )
         try:
-            transport, _ = await asyncio.wait_for(connect, endpoint.timeout)
+            async with asyncio.timeout(endpoint.timeout):
+                transport, protocol = await connect
+                sock = transport.get_extra_info("socket")
+                if sock is not None and endpoint.path is None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._reader = reader
+                self._transport = transport
+                self._protocol = protocol
+                self.used = False
+                self.timeouts = 0
+                for command in endpoint.handshake():
+                    future: asyncio.Future[Any] = loop.create_future()
+                    self.send(_pack(command), future)
+                    _check(await future)
         except TimeoutError as error:
+            self.fail(StoreTimeoutError("connecting to the store timed out"))
             raise StoreTimeoutError(
                 f"connecting to the store timed out after {endpoint.timeout}s"
             ) from error
-        sock = transport.get_extra_info("socket")
-        if sock is not None and endpoint.path is None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._transport = transport
-        for command in endpoint.handshake():
-            _check(await self._call(_pack(command)))
-
-    async def _ensure(self) -> None:
-        transport = self._transport
-        if transport is not None:
-            if not transport.is_closing():
-                return
-            # The server closed it (EOF seen, connection_lost not yet delivered).
-            self._fail(StoreConnectionError("the store closed the connection"))
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-            self._connecting.add_done_callback(self._connected)
-        await asyncio.shield(self._connecting)
-
-    def _connected(self, future: asyncio.Future[None]) -> None:
-        self._connecting = None
-        if not future.cancelled():
-            future.exception()  # retrieved here; the awaiting callers see it too
-
-    def _call(self, packed: bytes) -> asyncio.Future[Any]:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            raise StoreConnectionError("the connection to the store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
-        transport.write(packed)
-        return future
-
-    async def run_script(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.endpoint.timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._ensure()
-                used = self._used
-                try:
-                    reply = await self._call(self.script.evalsha(keys, args))
-                except StoreConnectionError:
-                    if not used:
-                        raise
-                    # The connection had worked and died since (server restart, idle
-                    # timeout): one fresh try, as the sync pool does.
-                    await self._ensure()
-                    reply = await self._call(self.script.evalsha(keys, args))
-                self._used = True
-                if _is_noscript(reply):
-                    reply = await self._call(self.script.eval(keys, args))
-        except TimeoutError as error:
-            # The late reply, if it comes, is matched to this call's (cancelled) future and
-            # dropped, so the other calls pipelined on the connection are unaffected. Only a
-            # connection that keeps timing out is given up (a blackholed server).
-            self._timeouts += 1
-            if self._timeouts >= _TIMEOUTS_BEFORE_RECONNECT:
-                self._fail(StoreTimeoutError("the store stopped answering"))
-            raise StoreTimeoutError("the store did not answer in time") from error
-        self._timeouts = 0
-        return _check(reply)
+        except BaseException:
+            self.fail(StoreConnectionError("connecting to the store failed"))
+            raise
 
     def _received(self, data: bytes) -> None:
         reader = self._reader
@@ -339,27 +506,35 @@ class AsyncConnection:
         reply = reader.gets()
         while reply is not False:
             if pending:
-                future = pending.popleft()
-                if not future.done():
-                    future.set_result(reply)
+                waiter = pending.popleft()
+                if not waiter.done():
+                    waiter.set_result(reply)
             reply = reader.gets()
 
-    def _lost(self, exc: Exception | None) -> None:
-        self._fail(StoreConnectionError(f"the store connection was lost: {exc or 'closed'}"))
+    def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        # A socket given up earlier (its loss is delivered a loop turn after the abort) must
+        # not take its successor down.
+        if protocol is self._protocol:
+            self.fail(StoreConnectionError(f"the store connection was lost: {exc or 'closed'}"))
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
+        """Drop the socket; every call waiting for a reply on it gets ``error``."""
         transport, self._transport = self._transport, None
-        self._used = False
-        self._timeouts = 0
+        self._protocol = None
+        self.used = False
+        self.timeouts = 0
         pending, self._pending = self._pending, collections.deque()
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
+        for waiter in pending:
+            if not waiter.done():
+                waiter.set_exception(error)
         if transport is not None:
             transport.abort()
 
     async def aclose(self) -> None:
-        self._fail(StoreConnectionError("the store connection was closed"))
+        self.closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self.fail(StoreConnectionError("the store connection was closed"))
         # transport.abort() closes the socket in a callback on the next loop turn: yield
         # once so the connection is really gone when aclose() returns.
         await asyncio.sleep(0)

@@ -28,7 +28,15 @@ from .._urls import STORE_SCHEMES
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply, Request
 from ..errors import ConfigError
-from ._resp import AsyncConnection, ConnectionPool, Endpoint, Script
+from ._resp import (
+    AsyncConnection,
+    ConnectionPool,
+    Endpoint,
+    Script,
+    StoreConnectionError,
+    StoreProtocolError,
+    bulk,
+)
 
 __all__ = ["SCRIPT", "AsyncRedisStore", "RedisStore", "parse_store_url"]
 
@@ -150,32 +158,72 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
     raise ValueError(f"{url!r} is a standalone store: ratewall's own connection serves it")
 
 
-class _Arguments:
-    """Builds the script's KEYS and ARGV for a list of requests (group = request index):
-    each distinct rule once, then four values per call. Rules are encoded once."""
+_CACHE_LIMIT: Final = 4096  # encoded keys and call arguments kept; past it, start afresh
+_NO_CLOCK: Final = bulk("")  # ARGV[1] "": the script reads the server's TIME
+_RULE_SIZE: Final = len(Rule._fields)  # ARGV values per rule (lua/_main.lua's header)
 
-    __slots__ = ("_clock", "_rules")
+
+class _Arguments:
+    """Builds the script's KEYS and ARGV for a list of requests: each distinct rule once,
+    then four values per call (op, group, cost, rule index).
+
+    The script only compares a call's group with its neighbour's, so a request's group is
+    the parity of its index (0, 1, 0, ...): every per-call value then comes from a small set,
+    and a call's arguments are encoded to RESP once and reused (a batch of 512 decisions is
+    mostly dictionary look-ups and one join).
+    """
+
+    __slots__ = ("_arguments", "_clock", "_keys", "_rules")
 
     def __init__(self, clock: Callable[[], int] | None) -> None:
         self._clock = clock
-        self._rules: dict[Rule, tuple[int, ...]] = {}
+        self._rules: dict[Rule, bytes] = {}
+        self._keys: dict[str, bytes] = {}
+        self._arguments: dict[tuple[int, int, int, int], bytes] = {}
 
-    def _encoded(self, rule: Rule) -> tuple[int, ...]:
+    def pack(self, calls: Sequence[Call], groups: Sequence[int]) -> tuple[int, bytes]:
+        """``(argc, body)`` for :class:`._resp.Script`: numkeys, KEYS and ARGV as RESP.
+        ``groups`` holds each call's group parity (alternating between requests)."""
+        keys = self._keys
+        arguments = self._arguments
+        positions: dict[Rule, int] = {}
+        last_rule: Rule | None = None
+        position = 0
+        key_parts: list[bytes] = []
+        call_parts: list[bytes] = []
+        for (key, op, cost, rule), group in zip(calls, groups, strict=False):
+            encoded = keys.get(key)
+            if encoded is None:
+                if len(keys) >= _CACHE_LIMIT:
+                    keys.clear()
+                encoded = keys[key] = bulk(key)
+            key_parts.append(encoded)
+            if rule is not last_rule:
+                last_rule = rule
+                position = positions.setdefault(rule, len(positions) + 1)
+            encoded = arguments.get((op, group, cost, position))
+            if encoded is None:
+                if len(arguments) >= _CACHE_LIMIT:
+                    arguments.clear()
+                encoded = arguments[op, group, cost, position] = (
+                    bulk(op) + bulk(group) + bulk(cost) + bulk(position)
+                )
+            call_parts.append(encoded)
+        count = len(key_parts)
+        key_parts.append(_NO_CLOCK if self._clock is None else bulk(self._clock()))
+        key_parts.append(bulk(len(positions)))
+        key_parts += [self._encoded(rule) for rule in positions]
+        key_parts += call_parts
+        return 3 + 5 * count + _RULE_SIZE * len(positions), bulk(count) + b"".join(key_parts)
+
+    def _encoded(self, rule: Rule) -> bytes:
         encoded = self._rules.get(rule)
         if encoded is None:
-            encoded = (
-                rule.algorithm,
-                rule.limit,
-                rule.window,
-                rule.capacity,
-                rule.rate,
-                rule.interval,
-                rule.lease,
-            )
-            self._rules[rule] = encoded
+            encoded = self._rules[rule] = b"".join(bulk(value) for value in rule)
         return encoded
 
     def build(self, requests: Sequence[Request]) -> tuple[list[str], list[int | str]]:
+        """KEYS and ARGV as lists, for redis-py's ``Script`` (Cluster and Sentinel)."""
         index: dict[Rule, int] = {}
         keys: list[str] = []
         calls: list[int | str] = []
@@ -185,12 +233,22 @@ class _Arguments:
                 if position is None:
                     position = index[call.rule] = len(index) + 1
                 keys.append(call.key)
-                calls += (call.op, group, call.cost, position)
+                calls += (call.op, group & 1, call.cost, position)
         args: list[int | str] = [self._clock() if self._clock is not None else "", len(index)]
         for rule in index:
-            args += self._encoded(rule)
+            args += rule
         args += calls
         return keys, args
+
+
+def _flatten(requests: Sequence[Request]) -> tuple[list[Call], list[int]]:
+    """Every call of ``requests`` in order, and each one's group parity."""
+    calls: list[Call] = []
+    groups: list[int] = []
+    for group, request in enumerate(requests):
+        calls += request
+        groups += [group & 1] * len(request)
+    return calls, groups
 
 
 def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list[Reply]]:
@@ -200,13 +258,6 @@ def _regroup(requests: Sequence[Request], replies: Sequence[Reply]) -> list[list
         grouped.append(list(replies[index : index + len(request)]))
         index += len(request)
     return grouped
-
-
-def _raise_any(results: list[list[Reply] | BaseException]) -> list[list[Reply]]:
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return cast("list[list[Reply]]", results)
 
 
 def key_slot(key: str) -> int:
@@ -265,15 +316,15 @@ class RedisStore:
         kind, normalised = parse_store_url(url)
         self._arguments = _Arguments(clock)
         self._close: Callable[[], None]
-        self._execute: Callable[[list[str], list[int | str]], list[Reply]]
-        if kind == "redis":
-            pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
-            self._execute, self._close = pool.run_script, pool.close
+        self._pool: ConnectionPool | None = None
+        self._script: Any = None
         self._slot: Callable[[str], int] | None = None
-        if kind != "redis":
+        if kind == "redis":
+            self._pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
+            self._close = self._pool.close
+        else:
             client = make_client(url, timeout)
-            script = client.register_script(SCRIPT)
-            self._execute = lambda keys, args: script(keys=keys, args=args)
+            self._script = client.register_script(SCRIPT)
             self._close = lambda: _close_client(client)
             if kind == "cluster":
                 self._slot = key_slot
@@ -286,14 +337,29 @@ class RedisStore:
         return self._run(requests)
 
     def _run(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        if self._pool is not None:
+            argc, body = self._arguments.pack(*_flatten(requests))
+            return _regroup(requests, self._pool.run_script(argc, body))
         keys, args = self._arguments.build(requests)
-        return _regroup(requests, self._execute(keys, args))
+        return _regroup(requests, self._script(keys=keys, args=args))
 
     def run_one(self, call: Call) -> Reply:
+        if self._pool is not None:
+            argc, body = self._arguments.pack((call,), _ONE_GROUP)
+            reply: Reply = self._pool.run_script(argc, body)[0]
+            return reply
         return self.run(((call,),))[0][0]
 
     def close(self) -> None:
         self._close()
+
+
+_ONE_GROUP: Final = (0,)
+# The group parities of a batch of single calls, each call its own request.
+_ALTERNATING: Final = (0, 1) * 4096
+
+Entry = Call | Sequence[Request]  # a single call (arun_one), or the requests of one arun
+Waiter = asyncio.Future[Any]  # the reply of a single call, or the replies of an arun
 
 
 class AsyncRedisStore:
@@ -302,11 +368,18 @@ class AsyncRedisStore:
     Concurrent callers share round trips: a call made while nothing is in flight goes out at
     once (latency at low load is one round trip); under load, calls made in the same
     event-loop turn leave together at the end of it, at most ``max_in_flight`` script calls
-    are in flight, and when one returns,
-    every waiting request (up to ``max_batch`` calls) goes out in one script call. The
-    script decides the requests in order, each all or nothing, atomically: batching changes
-    nothing about exactness. A queued caller may wait for one in-flight call before its
-    own, so its worst case is two timeouts.
+    are in flight, and when one returns, the waiting requests (up to ``max_batch`` calls)
+    go out in one script call. The script decides the requests in order, each all or
+    nothing, atomically: batching changes nothing about exactness. A queued caller may wait
+    for one in-flight call before its own, so its worst case is two timeouts.
+
+    Batches are sized to split the callers evenly between the script calls in flight: with
+    two in flight, the server runs one while this process reads the other's replies and
+    its callers make their next calls, so both CPUs stay busy. A lopsided pair (one call
+    beside all the others) would leave each side waiting for the other.
+
+    On a standalone server the whole path runs in callbacks: a caller awaits one future, and
+    a batch costs no task (see :class:`._resp.ScriptCall`).
     """
 
     def __init__(
@@ -318,18 +391,26 @@ class AsyncRedisStore:
         max_in_flight: int = 2,
         max_batch: int = 512,
     ) -> None:
+        if max_in_flight < 1 or not 1 <= max_batch <= len(_ALTERNATING):
+            raise ValueError(
+                f"max_in_flight must be >= 1 and max_batch in 1..{len(_ALTERNATING)}, got "
+                f"{max_in_flight} and {max_batch}"
+            )
         self.url = url
         kind, normalised = parse_store_url(url)
         self._arguments = _Arguments(clock)
+        self._connection: AsyncConnection | None = None
         self._execute: Callable[[list[str], list[int | str]], Awaitable[list[Reply]]]
         self._aclose: Callable[[], Awaitable[None]]
-        if kind == "redis":
-            connection = AsyncConnection(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
-            self._execute, self._aclose = connection.run_script, connection.aclose
         self._slot: Callable[[str], int] | None = None
         self._initialize: Callable[[], Awaitable[Any]] | None = None
         self._ready = asyncio.Lock()
-        if kind != "redis":
+        if kind == "redis":
+            self._connection = AsyncConnection(
+                Endpoint.from_url(normalised, timeout), Script(SCRIPT)
+            )
+            self._aclose = self._connection.aclose
+        else:
             client = make_client(url, timeout, asynchronous=True)
             script = client.register_script(SCRIPT)
             self._execute = lambda keys, args: script(keys=keys, args=args)
@@ -339,12 +420,207 @@ class AsyncRedisStore:
                 self._initialize = client.initialize
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
-        self._in_flight = 0
-        self._waiting: list[tuple[Sequence[Request], asyncio.Future[list[list[Reply]]]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # script calls
+        self._in_flight_calls = 0
+        # Waiting entries and their futures, in order; the calls they hold; how many of
+        # them are arun() requests rather than single calls.
+        self._entries: list[Entry] = []
+        self._waiters: list[Waiter] = []
+        self._waiting_calls = 0
+        self._waiting_requests = 0
         self._flush_scheduled = False
+        # Callers were just woken together by a reply: the first of them to call again is
+        # not alone, the others follow within this loop turn.
+        self._crowd = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
-    async def _send(self, requests: Sequence[Request]) -> list[list[Reply] | BaseException]:
+    # -- callers -------------------------------------------------------------------------
+
+    def arun_one(self, call: Call) -> Awaitable[Reply]:
+        """The reply to one call (awaitable), sharing a round trip with concurrent callers."""
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        self._entries.append(call)
+        self._waiters.append(waiter)
+        self._waiting_calls += 1
+        if not self._flush_scheduled and self._in_flight < self._max_in_flight:
+            self._wake()
+        return waiter
+
+    def arun(self, requests: Sequence[Request]) -> Awaitable[list[list[Reply]]]:
+        """Decide each request (all or nothing) in order, sharing a round trip with the
+        callers that arrive in the same event-loop turn or while a call is in flight."""
+        # The requests of one call are never split: they leave together, in one script
+        # call, even if they are more than max_batch calls.
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        self._entries.append(requests)
+        self._waiters.append(waiter)
+        self._waiting_calls += sum(len(request) for request in requests)
+        self._waiting_requests += 1
+        self._wake()
+        return waiter
+
+    def _wake(self) -> None:
+        """A call was queued: send it now if it is alone, else at the end of this loop turn
+        (callers woken together leave together), else when a script call returns."""
+        if self._flush_scheduled or self._in_flight >= self._max_in_flight:
+            return
+        if not self._in_flight and len(self._entries) == 1 and not self._crowd:
+            # Alone: no one to share a round trip with, so no reason to wait a loop turn.
+            self._flush()
+        else:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._crowd = False
+        while self._entries and self._in_flight < self._max_in_flight:
+            if self._closed:
+                self._fail(self._waiters, _closed_error())
+                self._entries, self._waiters = [], []
+                self._waiting_calls = self._waiting_requests = 0
+                return
+            # An even share of every call in flight or waiting, per script call.
+            share = -(-(self._in_flight_calls + self._waiting_calls) // self._max_in_flight)
+            size = min(share, self._max_batch)
+            entries = self._entries
+            if not self._waiting_requests:
+                count = min(size, len(entries))
+                calls = count
+                requests = 0
+            else:
+                count = calls = requests = 0
+                for entry in entries:
+                    taken = sum(len(request) for request in _requests(entry))
+                    if count and calls + taken > size:
+                        break
+                    count += 1
+                    calls += taken
+                    requests += type(entry) is not Call
+            batch, self._entries = entries[:count], entries[count:]
+            waiters, self._waiters = self._waiters[:count], self._waiters[count:]
+            self._waiting_calls -= calls
+            self._waiting_requests -= requests
+            self._in_flight += 1
+            self._in_flight_calls += calls
+            if self._connection is not None:
+                self._send(batch, waiters, calls, requests)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._send_through_client(batch, waiters, calls)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _send(self, entries: list[Entry], waiters: list[Waiter], calls: int, requests: int) -> None:
+        """One script call on ratewall's own connection; ``done`` hands out the replies."""
+        try:
+            if requests:
+                flat = [request for entry in entries for request in _requests(entry)]
+                argc, body = self._arguments.pack(*_flatten(flat))
+            else:
+                argc, body = self._arguments.pack(cast("list[Call]", entries), _ALTERNATING)
+        except Exception as error:  # noqa: BLE001 - a flush runs in a loop callback: never leave callers waiting
+            self._in_flight -= 1
+            self._in_flight_calls -= calls
+            self._fail(waiters, error)
+            return
+
+        def done(reply: Any, error: BaseException | None) -> None:
+            self._in_flight -= 1
+            self._in_flight_calls -= calls
+            if error is None and (type(reply) is not list or len(reply) != calls):
+                error = StoreProtocolError(f"the script answered {calls} calls with {reply!r}")
+            if error is not None:
+                self._fail(waiters, error)
+            elif requests:
+                self._deliver_requests(entries, waiters, reply)
+            else:
+                for waiter, one in zip(waiters, reply, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(one)
+            if calls > 1:
+                self._crowd = True
+            if self._entries and not self._flush_scheduled:
+                # Two loop turns on: the callers just woken, and those woken by any other
+                # reply read with this one, queue their next calls first, so that the next
+                # batches are even.
+                self._flush_scheduled = True
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, self._scheduled_flush)
+
+        cast("AsyncConnection", self._connection).run_script(argc, body, done)
+
+    @staticmethod
+    def _deliver_requests(entries: list[Entry], waiters: list[Waiter], replies: Any) -> None:
+        index = 0
+        for entry, waiter in zip(entries, waiters, strict=True):
+            result: Any
+            if type(entry) is Call:
+                result = replies[index]
+                index += 1
+            else:
+                result = []
+                for request in _requests(entry):
+                    result.append(replies[index : index + len(request)])
+                    index += len(request)
+            if not waiter.done():
+                waiter.set_result(result)
+
+    @staticmethod
+    def _fail(waiters: list[Waiter], error: BaseException) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def _send_through_client(
+        self, entries: list[Entry], waiters: list[Waiter], calls: int
+    ) -> None:
+        """One script call per hash slot through redis-py (Cluster, Sentinel)."""
+        try:
+            flat = [request for entry in entries for request in _requests(entry)]
+            results = await self._send_per_slot(flat)
+        except BaseException as error:
+            for waiter in waiters:
+                if not waiter.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        waiter.cancel()
+                    else:
+                        waiter.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            index = 0
+            for entry, waiter in zip(entries, waiters, strict=True):
+                single = type(entry) is Call
+                count = len(_requests(entry))
+                mine = results[index : index + count]
+                index += count
+                if waiter.done():
+                    continue
+                failure = next((r for r in mine if isinstance(r, BaseException)), None)
+                if failure is not None:
+                    waiter.set_exception(failure)
+                else:
+                    replies = cast("list[list[Reply]]", mine)
+                    waiter.set_result(replies[0][0] if single else replies)
+        finally:
+            self._in_flight -= 1
+            self._in_flight_calls -= calls
+            self._flush()
+
+    async def _send_per_slot(
+        self, requests: Sequence[Request]
+    ) -> list[list[Reply] | BaseException]:
         """Replies per request; on a cluster, a slot whose call failed gives its requests
         the exception while the other slots' requests get their replies."""
         if self._slot is None:
@@ -371,79 +647,19 @@ class AsyncRedisStore:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, await self._execute(keys, args))
 
-    async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
-        """Decide each request (all or nothing) in order, sharing a round trip with the
-        callers that arrive in the same event-loop turn or while a call is in flight."""
-        if not self._in_flight and not self._waiting:
-            # Alone: no one to share a round trip with, so no reason to wait a loop turn.
-            self._in_flight += 1
-            try:
-                return _raise_any(await self._send(requests))
-            finally:
-                self._in_flight -= 1
-                self._flush()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[list[Reply]]] = loop.create_future()
-        self._waiting.append((requests, future))
-        if not self._flush_scheduled:
-            # Flush at the end of this loop turn: callers woken together leave together.
-            self._flush_scheduled = True
-            loop.call_soon(self._scheduled_flush)
-        return await future
-
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._waiting and self._in_flight < self._max_in_flight:
-            count = size = 0
-            for requests, _ in self._waiting:
-                if count and size + len(requests) > self._max_batch:
-                    break
-                size += len(requests)
-                count += 1
-            batch, self._waiting = self._waiting[:count], self._waiting[count:]
-            self._in_flight += 1
-            task = asyncio.ensure_future(self._send_batch(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send_batch(
-        self, batch: list[tuple[Sequence[Request], asyncio.Future[list[list[Reply]]]]]
-    ) -> None:
-        try:
-            requests = [request for entry in batch for request in entry[0]]
-            replies = await self._send(requests)
-        except BaseException as error:
-            for _, future in batch:
-                if not future.done():
-                    if isinstance(error, asyncio.CancelledError):
-                        future.cancel()
-                    else:
-                        future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-        else:
-            index = 0
-            for entry, future in batch:
-                count = len(entry)
-                if not future.done():
-                    mine = replies[index : index + count]
-                    failure = next((r for r in mine if isinstance(r, BaseException)), None)
-                    if failure is not None:
-                        future.set_exception(failure)
-                    else:
-                        future.set_result(cast("list[list[Reply]]", mine))
-                index += count
-        finally:
-            self._in_flight -= 1
-            self._flush()
-
-    async def arun_one(self, call: Call) -> Reply:
-        return (await self.arun(((call,),)))[0][0]
-
     async def aclose(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
+        self._fail(self._waiters, _closed_error())
+        self._entries, self._waiters = [], []
+        self._waiting_calls = self._waiting_requests = 0
         await self._aclose()
+
+
+def _requests(entry: Entry) -> Sequence[Request]:
+    return ((entry,),) if type(entry) is Call else cast("Sequence[Request]", entry)
+
+
+def _closed_error() -> Exception:
+    return StoreConnectionError("the store was closed")

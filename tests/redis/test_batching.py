@@ -1,0 +1,192 @@
+"""Automatic batching of async decisions on a real server: how many script calls concurrent
+callers share, that the requests sharing one stay each all or nothing, and that a failure
+or a cancellation touches only the calls it concerns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import pytest
+import redis
+
+from ratewall import AsyncRateLimiter, Decision, Policy, StoreError
+from ratewall._server import LocalServer
+from ratewall.testing import FakeClock
+
+DAY = 86_400
+# Generous: these tests count round trips and check replies, they do not time anything.
+TIMEOUT = 5.0
+
+
+def _script_calls(client: redis.Redis) -> int:
+    """Script calls the server has run since the last CONFIG RESETSTAT."""
+    stats = cast("dict[str, dict[str, Any]]", client.info("commandstats"))
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+async def _warm(limiter: AsyncRateLimiter, client: redis.Redis, policy: str) -> None:
+    """Open the connection and load the script, then count script calls from zero."""
+    await limiter.peek("warm-up", policy)
+    client.config_resetstat()
+
+
+async def test_a_lone_call_is_one_script_call(redis_url: str, redis_client: redis.Redis) -> None:
+    async with AsyncRateLimiter({"p": Policy(5, DAY)}, store=redis_url, timeout=TIMEOUT) as limiter:
+        await _warm(limiter, redis_client, "p")
+        for expected in range(4, 1, -1):
+            assert (await limiter.check("user_1", "p")).remaining == expected
+        assert _script_calls(redis_client) == 3
+
+
+async def test_concurrent_callers_share_script_calls(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    callers = 64
+    async with AsyncRateLimiter(
+        {"p": Policy(1000, DAY)}, store=redis_url, timeout=TIMEOUT
+    ) as limiter:
+        await _warm(limiter, redis_client, "p")
+        decisions = await asyncio.gather(
+            *(limiter.check(f"user_{n % 8}", "p") for n in range(callers))
+        )
+        # The first goes alone; the 63 that queue behind it in the same loop turn leave in
+        # even shares of the two script calls that may be in flight: 32, then 31 (or 16
+        # and 15, if both calls in flight have returned by then).
+        assert _script_calls(redis_client) <= 4
+    assert all(decision.allowed for decision in decisions)
+    remaining = sorted(d.remaining for d in decisions)
+    # Eight identities, eight calls each: every identity saw 999 down to 992, once each.
+    assert remaining == sorted(list(range(992, 1000)) * 8)
+
+
+async def test_requests_sharing_a_script_call_stay_all_or_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # Adjacent check_many requests in one script call: a refused one must neither consume
+    # its other policy nor drag the next request (an allowed one) down with it.
+    policies = {"tight": Policy(1, DAY), "loose": Policy(10, DAY)}
+    async with AsyncRateLimiter(
+        policies, store=redis_url, timeout=TIMEOUT, local_cache_size=0
+    ) as limiter:
+        assert (await limiter.check("spent", "tight")).allowed
+        await _warm(limiter, redis_client, "loose")
+        calls: list[Awaitable[Any]] = [
+            limiter.peek("someone", "loose"),  # goes alone: the next ones queue together
+            limiter.check_many([("spent", "tight"), ("spent", "loose")]),
+            limiter.check_many([("fresh", "tight"), ("fresh", "loose")]),
+            *(limiter.check(f"single_{n}", "loose") for n in range(10)),
+            limiter.check_many([("spent", "loose"), ("other", "loose")]),
+        ]
+        lone, refused, allowed, *singles, last = await asyncio.gather(*calls)
+        # 1 call in flight and 16 queued: the first script call after the lone one takes
+        # an even share, 8 calls, the two check_many requests first.
+        assert _script_calls(redis_client) <= 4
+        assert lone.allowed
+        assert [d.allowed for d in refused] == [False, True]
+        assert [d.allowed for d in allowed] == [True, True]
+        assert [d.remaining for d in allowed] == [0, 9]
+        assert all(d.remaining == 9 for d in singles)
+        assert [d.remaining for d in last] == [9, 9]
+        # The refused request consumed nothing: "spent" lost one unit of "loose" only in
+        # the last request (a peek tells what would remain after one more).
+        assert (await limiter.peek("spent", "loose")).remaining == 8
+
+
+async def test_replies_reach_their_own_callers(redis_url: str) -> None:
+    # Each caller checks its own identity with its own cost: a reply handed to the wrong
+    # caller would show up as a wrong remaining count.
+    callers = 300
+    async with AsyncRateLimiter(
+        {"p": Policy(1000, DAY)}, store=redis_url, timeout=TIMEOUT
+    ) as limiter:
+        decisions = await asyncio.gather(
+            *(limiter.check(f"user_{n}", "p", cost=1 + n % 7) for n in range(callers))
+        )
+    assert [d.remaining for d in decisions] == [999 - n % 7 for n in range(callers)]
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_replies(redis_url: str) -> None:
+    async with AsyncRateLimiter(
+        {"p": Policy(1000, DAY)}, store=redis_url, timeout=TIMEOUT
+    ) as limiter:
+        tasks = [
+            asyncio.ensure_future(limiter.check(f"user_{n}", "p", cost=1 + n % 5))
+            for n in range(40)
+        ]
+        await asyncio.sleep(0)  # every task has queued or sent its call
+        tasks[0].cancel()  # the lone first call, in flight
+        tasks[7].cancel()  # a call in a batch
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert isinstance(done[7], asyncio.CancelledError)
+        for n, decision in enumerate(done):
+            if n not in (0, 7):
+                assert isinstance(decision, Decision)
+                assert decision.remaining == 1000 - (1 + n % 5)
+        # The connection is still in step: the next call gets its own reply.
+        assert (await limiter.check("user_1", "p")).remaining == 1000 - 2 - 1
+
+
+async def test_a_timed_out_call_fails_alone_and_its_late_reply_is_dropped(
+    fresh_server: LocalServer,
+) -> None:
+    # Different limits, so that a late reply handed to the next caller would show.
+    policies = {
+        "five": Policy(5, DAY, failure_mode="raise"),
+        "seven": Policy(7, DAY, failure_mode="raise"),
+    }
+    async with AsyncRateLimiter(
+        policies, store=fresh_server.url, timeout=0.05, clock=FakeClock()
+    ) as limiter:
+        assert (await limiter.check("user_1", "five")).remaining == 4
+        fresh_server.pause()
+        try:
+            with pytest.raises(StoreError) as caught:
+                await limiter.check("user_1", "five")
+            assert isinstance(caught.value.__cause__, TimeoutError)
+        finally:
+            fresh_server.resume()
+        # The same connection (one timeout does not replace it) answers the timed-out
+        # call first, late; that reply is dropped and this caller gets its own.
+        decisions = await asyncio.gather(
+            limiter.check("user_2", "seven"), limiter.check("user_3", "seven", cost=2)
+        )
+        assert [d.remaining for d in decisions] == [6, 5]
+        # The timed-out call did reach the server, late: it was counted (never zero times),
+        # so a peek finds 5 - 2 - 1 left.
+        assert (await limiter.peek("user_1", "five")).remaining == 2
+
+
+async def test_concurrent_callers_recover_from_a_script_flush(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async with AsyncRateLimiter(
+        {"p": Policy(1000, DAY)}, store=redis_url, timeout=TIMEOUT
+    ) as limiter:
+        assert (await limiter.check("user_1", "p")).remaining == 999
+        redis_client.script_flush()
+        decisions = await asyncio.gather(*(limiter.check("user_1", "p") for _ in range(100)))
+    assert not any(d.degraded for d in decisions)
+    assert sorted(d.remaining for d in decisions) == list(range(899, 999))
+
+
+async def test_concurrent_callers_survive_a_restart(fresh_server: LocalServer) -> None:
+    async with AsyncRateLimiter(
+        {"p": Policy(1000, DAY)}, store=fresh_server.url, timeout=TIMEOUT
+    ) as limiter:
+        assert (await limiter.check("user_1", "p")).remaining == 999
+        fresh_server.restart()  # the connection dies; data and scripts are lost
+        decisions = await asyncio.gather(*(limiter.check("user_1", "p") for _ in range(100)))
+    assert not any(d.degraded for d in decisions)
+    assert sorted(d.remaining for d in decisions) == list(range(900, 1000))
+
+
+async def test_calls_after_aclose_fail(redis_url: str) -> None:
+    limiter = AsyncRateLimiter({"p": Policy(5, DAY, failure_mode="raise")}, store=redis_url)
+    assert (await limiter.check("user_1", "p")).allowed
+    await limiter.aclose()
+    with pytest.raises(StoreError) as caught:
+        await limiter.check("user_1", "p")
+    assert isinstance(caught.value.__cause__, ConnectionError)
