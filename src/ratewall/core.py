@@ -129,6 +129,7 @@ class Core:
                 )
             compiled[name] = _Compiled(name, policy, rule_for(policy))
         self.policies: Mapping[str, Policy] = {n: c.policy for n, c in compiled.items()}
+        self.rules: Mapping[str, Rule] = {n: c.rule for n, c in compiled.items()}
         self._compiled = compiled
         self._keys = KeyBuilder(key_prefix)
         self.deny_cache = DenyCache(local_cache_size)
@@ -147,10 +148,12 @@ class Core:
             or type(cost) is not int
             or not 1 <= cost <= compiled.rule.capacity
         ):
-            self._reject(identity, policy, cost)
+            self.reject(identity, policy, cost)
         return compiled, Call(self._keys.key(identity, policy), op, cost, compiled.rule)
 
-    def _reject(self, identity: object, policy: str, cost: object) -> NoReturn:
+    def reject(self, identity: object, policy: str, cost: object) -> NoReturn:
+        """Raise the error a bad call deserves (unknown policy, identity not a str, cost out
+        of range); shared with the memory store, which checks calls itself."""
         compiled = self._compiled.get(policy)
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
