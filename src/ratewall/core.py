@@ -70,6 +70,13 @@ class _Compiled:
     name: str
     policy: Policy
     rule: Rule
+    capacity: int  # rule.capacity, one attribute away on the hot path
+    keys: dict[str, str]  # identity -> key: the key builder's cache for this policy
+
+
+# Call(...) and Plan(...) go through a Python-level __new__; the hot path builds them with
+# the tuple constructor itself, at half the cost.
+_tuple_new = tuple.__new__
 
 
 class Plan(NamedTuple):
@@ -133,6 +140,7 @@ class Core:
     ) -> None:
         if not policies:
             raise ValueError("a rate limiter needs at least one policy")
+        self._keys = KeyBuilder(key_prefix)
         compiled: dict[str, _Compiled] = {}
         for name, policy in policies.items():
             validate_name(name, source="<limiter>", field=f"policies.{name}")
@@ -140,10 +148,13 @@ class Core:
                 raise TypeError(
                     f"policies[{name!r}] must be a ratewall.Policy, got {type(policy).__name__}"
                 )
-            compiled[name] = _Compiled(name, policy, rule_for(policy))
+            rule = rule_for(policy)
+            compiled[name] = _Compiled(
+                name, policy, rule, rule.capacity, self._keys.cache_for(name)
+            )
         self.policies: Mapping[str, Policy] = {n: c.policy for n, c in compiled.items()}
+        self.rules: Mapping[str, Rule] = {n: c.rule for n, c in compiled.items()}
         self._compiled = compiled
-        self._keys = KeyBuilder(key_prefix)
         self.deny_cache = DenyCache(local_cache_size)
         # Leases share the local cache's bound (none without a local cache: the memory store).
         self.leases = LeaseBook(local_cache_size)
@@ -160,12 +171,17 @@ class Core:
             compiled is None
             or type(identity) is not str
             or type(cost) is not int
-            or not 1 <= cost <= compiled.rule.capacity
+            or not 0 < cost <= compiled.capacity
         ):
-            self._reject(identity, policy, cost)
-        return compiled, Call(self._keys.key(identity, policy), op, cost, compiled.rule)
+            self.reject(identity, policy, cost)
+        key = compiled.keys.get(identity)
+        if key is None:
+            key = self._keys.key(identity, policy)
+        return compiled, _tuple_new(Call, (key, op, cost, compiled.rule))
 
-    def _reject(self, identity: object, policy: str, cost: object) -> NoReturn:
+    def reject(self, identity: object, policy: str, cost: object) -> NoReturn:
+        """Raise the error a bad call deserves (unknown policy, identity not a str, cost out
+        of range); shared with the memory store, which checks calls itself."""
         compiled = self._compiled.get(policy)
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
@@ -178,28 +194,40 @@ class Core:
         )
 
     def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
-        compiled, call = self._call(identity, policy, op, cost)
+        # _call inlined: this runs once per decision.
+        compiled = self._compiled.get(policy)
+        if (
+            compiled is None
+            or type(identity) is not str
+            or type(cost) is not int
+            or not 0 < cost <= compiled.capacity
+        ):
+            self.reject(identity, policy, cost)
+        key = compiled.keys.get(identity)
+        if key is None:
+            key = self._keys.key(identity, policy)
+        call = _tuple_new(Call, (key, op, cost, compiled.rule))
         if op == RESET:
-            self.deny_cache.forget(call.key)
-            self.leases.forget(call.key)
-            return Plan(compiled, call, None)
+            self.deny_cache.forget(key)
+            self.leases.forget(key)
+            return _tuple_new(Plan, (compiled, call, None))
         leasing = op == CHECK and compiled.rule.lease and self.leases.maxsize
         if leasing:
-            served = self.leases.spend(call.key, cost, self._now())
+            served = self.leases.spend(key, cost, self._now())
             if served is not None:
-                return Plan(compiled, call, _leased(compiled, *served))
+                return _tuple_new(Plan, (compiled, call, _leased(compiled, *served)))
         cache = self.deny_cache
         if cache.entries:
-            known = cache.lookup(call.key, call.rule, cost, self._now())
+            known = cache.lookup(key, compiled.rule, cost, self._now())
             if known is not None:
                 if not known.allowed:
-                    return Plan(compiled, call, _decision(compiled, known))
-                cache.forget(call.key)
+                    return _tuple_new(Plan, (compiled, call, _decision(compiled, known)))
+                cache.forget(key)
         if self._breaker.failures and self._breaker.is_open(self._now()):
             return Plan(compiled, call, self._failure_mode(compiled, _BREAKER_OPEN))
-        if leasing and self.leases.start(call.key, self._now()):
-            return Plan(compiled, call._replace(op=LEASE), None)
-        return Plan(compiled, call, None)
+        if leasing and self.leases.start(key, self._now()):
+            return _tuple_new(Plan, (compiled, call._replace(op=LEASE), None))
+        return _tuple_new(Plan, (compiled, call, None))
 
     def plan_many(
         self, items: Sequence[tuple[str, str] | tuple[str, str, int]], op: int
@@ -239,19 +267,28 @@ class Core:
     def decide(self, plan: Plan, reply: Reply) -> Decision:
         if self._breaker.failures:
             self._breaker.succeeded()
-        call = plan.call
+        compiled, call, _ = plan
         cache = self.deny_cache
         if reply[0] == 1:
-            if call.key in cache.entries:
+            if cache.entries and call.key in cache.entries:
                 cache.forget(call.key)
             if call.op == LEASE:
                 return self._lease_granted(plan, reply)
-        elif call.op != RESET:
+            remaining = reply[1]
+            return make_decision(
+                True,
+                compiled.name,
+                compiled.capacity,
+                remaining if remaining > 0 else 0,
+                reply[2] / 1_000_000,
+                None,
+            )
+        if call.op != RESET:
             if call.op == LEASE:
                 self.leases.ended(call.key)
             if cache.maxsize:
                 cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
-        return _decision(plan.compiled, reply)
+        return _decision(compiled, reply)
 
     def _lease_granted(self, plan: Plan, reply: Reply) -> Decision:
         call = plan.call
@@ -314,7 +351,7 @@ def _decision(compiled: _Compiled, reply: Reply | Outcome) -> Decision:
     return make_decision(
         allowed,
         compiled.name,
-        compiled.rule.capacity,
+        compiled.capacity,
         max(0, reply[1]),
         reply[2] / 1_000_000,
         None if allowed else reply[3] / 1_000_000,

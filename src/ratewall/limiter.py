@@ -1,4 +1,5 @@
-"""The two facades. They only do I/O; every decision is made by :mod:`ratewall.core`."""
+"""The two facades. They only do I/O; every decision is made by :mod:`ratewall.core`, or,
+on the memory store (no I/O at all), by the store itself in one call."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ class _Limiter:
         self._store = self._make_store(
             kind, store, timeout, local_now if (clock or kind == "memory") else None
         )
+        # The memory store does no I/O and needs no deny cache: it takes whole operations.
+        self._memory: MemoryStore | None = None
+        if isinstance(self._store, MemoryStore):
+            self._store.attach(self._core)
+            self._memory = self._store
 
     def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
         raise NotImplementedError
@@ -127,10 +133,14 @@ class RateLimiter(_Limiter):
 
     def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """Decide a request of ``cost`` units; consumes them only if allowed."""
+        if self._memory is not None:
+            return self._memory.check(identity, policy, cost)
         return self._decide(self._core.plan(identity, policy, CHECK, cost))
 
     def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
+        if self._memory is not None:
+            return self._memory.peek(identity, policy, cost)
         return self._decide(self._core.plan(identity, policy, PEEK, cost))
 
     def reset(self, identity: str, policy: str) -> None:
@@ -138,6 +148,9 @@ class RateLimiter(_Limiter):
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
+        if self._memory is not None:
+            self._memory.reset(identity, policy)
+            return
         plan = self._core.plan(identity, policy, RESET)
         try:
             self._store.run_one(plan.call)
@@ -147,6 +160,8 @@ class RateLimiter(_Limiter):
         self._core.deny_cache.forget(plan.call.key)
 
     def check_many(self, items: Sequence[Item]) -> list[Decision]:
+        if self._memory is not None:
+            return self._memory.check_many(items)
         plan = self._core.plan_many(items, CHECK)
         if plan.decisions is not None:
             return plan.decisions
@@ -193,10 +208,14 @@ class AsyncRateLimiter(_Limiter):
 
     async def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """Decide a request of ``cost`` units; consumes them only if allowed."""
+        if self._memory is not None:
+            return self._memory.check(identity, policy, cost)
         return await self._decide(self._core.plan(identity, policy, CHECK, cost))
 
     async def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
+        if self._memory is not None:
+            return self._memory.peek(identity, policy, cost)
         return await self._decide(self._core.plan(identity, policy, PEEK, cost))
 
     async def reset(self, identity: str, policy: str) -> None:
@@ -204,6 +223,9 @@ class AsyncRateLimiter(_Limiter):
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
+        if self._memory is not None:
+            self._memory.reset(identity, policy)
+            return
         plan = self._core.plan(identity, policy, RESET)
         try:
             await self._store.arun_one(plan.call)
@@ -213,6 +235,8 @@ class AsyncRateLimiter(_Limiter):
         self._core.deny_cache.forget(plan.call.key)
 
     async def check_many(self, items: Sequence[Item]) -> list[Decision]:
+        if self._memory is not None:
+            return self._memory.check_many(items)
         plan = self._core.plan_many(items, CHECK)
         if plan.decisions is not None:
             return plan.decisions

@@ -52,12 +52,20 @@ class DenyCache:
         snapshot = self.entries.get(key)
         if snapshot is None:
             return None
-        store_now = snapshot.store_now + max(0, local_now - snapshot.local_at)
-        outcome = FUNCTIONS[rule.algorithm](snapshot.state, store_now, cost, rule)
+        state, store_now, local_at = snapshot
+        elapsed = local_now - local_at
+        if elapsed > 0:
+            store_now += elapsed
+        outcome = FUNCTIONS[rule.algorithm](state, store_now, cost, rule)
         if not outcome.allowed:
-            with self._lock:
+            # acquire/release rather than `with`: a refused flood comes through here.
+            lock = self._lock
+            lock.acquire()
+            try:
                 if key in self.entries:
                     self.entries.move_to_end(key)
+            finally:
+                lock.release()
         return outcome
 
     def remember(self, key: str, state: tuple[int, ...], store_now: int, local_now: int) -> None:

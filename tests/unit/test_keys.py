@@ -50,3 +50,16 @@ def test_keys_are_bounded_and_hash_tagged() -> None:
         assert len(key) <= len("ratelimit::login") + 2 + 65
         tag = key[key.index("{") + 1 : key.index("}")]
         assert tag == encode_identity(identity)
+
+
+def test_keys_are_remembered_per_policy_within_a_bound() -> None:
+    builder = KeyBuilder()
+    cache = builder.cache_for("login")
+    assert builder.key("u", "login") == cache["u"] == "ratelimit:{u}:login"
+    assert builder.key("u", "api") == "ratelimit:{u}:api"
+    assert builder.cache_for("login") is cache
+    assert "u" not in builder.cache_for("other")
+    for i in range(20_000):
+        builder.key(f"user{i}", "login")
+    assert len(cache) <= 16_384
+    assert builder.key("user0", "login") == "ratelimit:{user0}:login"

@@ -107,14 +107,18 @@ def test_memory_store_stays_exact_with_many_live_keys() -> None:
     assert admitted == 20_000
 
 
-async def test_async_facade_decides_like_the_sync_one() -> None:
+@pytest.mark.parametrize("algorithm", ratewall.ALGORITHMS)
+async def test_async_facade_decides_like_the_sync_one(algorithm: str) -> None:
     clock = FakeClock()
-    sync = RateLimiter({"p": Policy(3, 10, "sliding_log")}, clock=clock)
-    async with AsyncRateLimiter({"p": Policy(3, 10, "sliding_log")}, clock=clock) as limiter:
+    policies = {"p": Policy(3, 10, algorithm), "q": Policy(2, 5, "gcra")}
+    sync = RateLimiter(policies, clock=clock)
+    async with AsyncRateLimiter(policies, clock=clock) as limiter:
         for step in [0, 1, 1, 0, 3, 6, 0]:
             clock.advance(step)
             assert await limiter.check("u", "p") == sync.check("u", "p")
             assert await limiter.peek("u", "p", 2) == sync.peek("u", "p", 2)
+            items: list[tuple[str, str] | tuple[str, str, int]] = [("u", "q"), ("v", "p", 2)]
+            assert await limiter.check_many(items) == sync.check_many(items)
         await limiter.reset("u", "p")
         sync.reset("u", "p")
         assert await limiter.check("u", "p") == sync.check("u", "p")

@@ -35,6 +35,18 @@ class SlidingLog:
         self.totals: list[int] = []
         self.start = 0
 
+    @classmethod
+    def from_state(cls, state: tuple[int, ...]) -> SlidingLog:
+        """A log holding the pure function's state ``(t1, c1, t2, c2, ...)``."""
+        log = cls()
+        total = 0
+        for index in range(0, len(state), 2):
+            total += state[index + 1]
+            log.times.append(state[index])
+            log.costs.append(state[index + 1])
+            log.totals.append(total)
+        return log
+
     def decide(self, now: int, cost: int, rule: Rule, commit: bool) -> Outcome:
         """The pure function's outcome; if ``commit`` and allowed, the request is recorded.
 
@@ -67,33 +79,17 @@ class SlidingLog:
                 break
         return Outcome(False, rule.limit - used, reset, retry, None, 0)
 
-    def checkpoint(self) -> tuple[int, int, int, int]:
-        """What :meth:`restore` needs to undo the decisions of a refused group."""
-        if not self.times:
-            return (self.start, 0, 0, 0)
-        return (self.start, len(self.times), self.costs[-1], self.totals[-1])
-
-    def restore(self, saved: tuple[int, int, int, int]) -> None:
-        start, size, last_cost, last_total = saved
-        self.start = start
-        del self.times[size:], self.costs[size:], self.totals[size:]
-        if size:
-            self.costs[-1], self.totals[-1] = last_cost, last_total
-
     def compact(self) -> None:
-        """Drop expired entries from the lists (never between a checkpoint and its restore)."""
+        """Drop expired entries from the lists."""
         start = self.start
         if start >= _COMPACT_AT and 2 * start >= len(self.times):
             del self.times[:start], self.costs[:start], self.totals[:start]
             self.start = 0
 
-    def state(self, now: int, window: int) -> tuple[int, ...]:
-        """The live entries as the pure function's state ``(t1, c1, t2, c2, ...)``."""
-        times, size = self.times, len(self.times)
-        first = self.start
-        while first < size and times[first] + window <= now:
-            first += 1
+    def state(self) -> tuple[int, ...]:
+        """The pure function's state ``(t1, c1, t2, c2, ...)``: the entries from ``start``,
+        exactly as the pure function would hold them."""
         state: list[int] = []
-        for index in range(first, size):
-            state += (times[index], self.costs[index])
+        for index in range(self.start, len(self.times)):
+            state += (self.times[index], self.costs[index])
         return tuple(state)

@@ -1,113 +1,481 @@
-"""The in-process store: the pure algorithms over a dict. Exact within one process."""
+"""The in-process store: each policy's states in a dict keyed by identity. Exact within one
+process.
+
+There is no I/O and no deny cache here, so the facades hand whole operations to the store
+(``check``, ``peek``, ``reset``, ``check_many``) and it decides them under its lock, with no
+plan, key string or reply in between.
+
+Each algorithm is a *table* class. The base class runs the pure function of
+:mod:`ratewall.algorithms` on the stored state; the classes of the four cheap algorithms
+override :meth:`_Table.decide` with a twin of that function inlined over a mutable entry
+(no Outcome, no state tuple per call), and ``tests/unit/test_memory_store.py`` proves every
+twin gives the pure function's decisions and states. ``_TABLES`` picks the class per
+algorithm, so one algorithm can get a structure of its own without touching the others.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
-from ..algorithms import FUNCTIONS
-from ..core import CHECK, RESET, Call, Reply, Request
+from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
+from ..core import CHECK, PEEK
+from ..decision import Decision, make_decision
+from ._memory_log import SlidingLog
+
+if TYPE_CHECKING:
+    from ..core import Core
 
 __all__ = ["MemoryStore"]
 
-_Entry = tuple[tuple[int, ...], int]  # state, expiry (µs)
+Item = tuple[str, str] | tuple[str, str, int]
+# An entry: the algorithm's state and its expiry (µs), laid out as its table class likes,
+# with the expiry last.
+E = TypeVar("E", bound=Sequence[Any])
+
+_MICROS = 1_000_000
+_SWEEP_AT = 1024
+
+
+class _Table(Generic[E]):
+    """One policy's entries. :meth:`decide` runs the policy's pure function over
+    :meth:`state` and :meth:`write`; a subclass may decide faster, as long as it decides the
+    same. An entry whose expiry has passed decides exactly like no entry."""
+
+    __slots__ = (
+        "capacity",
+        "entries",
+        "function",
+        "interval",
+        "limit",
+        "name",
+        "rate",
+        "rule",
+        "sweep_at",
+        "window",
+    )
+
+    def __init__(self, name: str, rule: Rule) -> None:
+        self.name = name
+        self.rule = rule
+        self.function = FUNCTIONS[rule.algorithm]
+        self.limit = rule.limit
+        self.capacity = rule.capacity
+        self.window = rule.window
+        self.rate = rule.rate
+        self.interval = rule.interval
+        self.entries: dict[str, E] = {}
+        self.sweep_at = _SWEEP_AT
+
+    def state(self, identity: str, now: int) -> Sequence[int]:
+        """The pure function's view of ``identity``'s state (empty once expired)."""
+        raise NotImplementedError
+
+    def entry(self, state: tuple[int, ...], expiry: int) -> E:
+        raise NotImplementedError
+
+    def write(self, identity: str, state: tuple[int, ...], expiry: int, now: int) -> None:
+        entries = self.entries
+        new = identity not in entries
+        entries[identity] = self.entry(state, expiry)
+        if new and len(entries) >= self.sweep_at:
+            self.sweep(now)
+
+    def _insert(self, identity: str, entry: E, now: int) -> None:
+        """A new identity's first entry (the twins' only insertion)."""
+        entries = self.entries
+        entries[identity] = entry
+        if len(entries) >= self.sweep_at:
+            self.sweep(now)
+
+    def forget(self, identity: str) -> None:
+        self.entries.pop(identity, None)
+
+    def sweep(self, now: int) -> None:
+        """Drop expired entries, so memory stays proportional to the live identities."""
+        live = {identity: entry for identity, entry in self.entries.items() if now < entry[-1]}
+        self.entries = live
+        self.sweep_at = max(_SWEEP_AT, 2 * len(live))
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        outcome = self.function(self.state(identity, now), now, cost, self.rule)
+        if outcome.allowed and op == CHECK and outcome.state is not None:
+            self.write(identity, outcome.state, now + outcome.ttl, now)
+        return self.decision(outcome)
+
+    def decision(self, outcome: Outcome) -> Decision:
+        if outcome.allowed:
+            return make_decision(
+                True,
+                self.name,
+                self.capacity,
+                max(0, outcome.remaining),
+                outcome.reset / _MICROS,
+                None,
+            )
+        return _refused(self, max(0, outcome.remaining), outcome.reset, outcome.retry)
+
+
+class _Pure(_Table[tuple[tuple[int, ...], int]]):
+    """Entry ``(state, expiry)``: the pure function's own state, never copied."""
+
+    __slots__ = ()
+
+    def state(self, identity: str, now: int) -> Sequence[int]:
+        entry = self.entries.get(identity)
+        return entry[0] if entry is not None and now < entry[1] else ()
+
+    def entry(self, state: tuple[int, ...], expiry: int) -> tuple[tuple[int, ...], int]:
+        return (state, expiry)
+
+
+class _Flat(_Table[list[int]]):
+    """Entry ``[*state, expiry]``, a list that the subclasses' twins of the pure function
+    update in place (no Outcome, no state tuple per call)."""
+
+    __slots__ = ()
+
+    def state(self, identity: str, now: int) -> Sequence[int]:
+        entry = self.entries.get(identity)
+        return entry[:-1] if entry is not None and now < entry[-1] else ()
+
+    def entry(self, state: tuple[int, ...], expiry: int) -> list[int]:
+        return [*state, expiry]
+
+
+def _refused(table: _Table[Any], remaining: int, reset: int, retry: int) -> Decision:
+    return make_decision(
+        False, table.name, table.capacity, remaining, reset / _MICROS, retry / _MICROS
+    )
+
+
+class _FixedWindow(_Flat):
+    """Entry ``[count, end, expiry]`` (expiry == end); twin of ``algorithms.fixed_window``."""
+
+    __slots__ = ()
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        entry = self.entries.get(identity)
+        if entry is not None and now < entry[2]:
+            count = entry[0]
+            end = entry[1]
+        else:
+            count = 0
+            end = now + self.window
+        left = end - now
+        limit = self.limit
+        if count + cost > limit:
+            return _refused(self, max(0, limit - count), left, left)
+        count += cost
+        if op == CHECK:
+            if entry is None:
+                self._insert(identity, [count, end, end], now)
+            else:
+                entry[0] = count
+                entry[1] = end
+                entry[2] = end
+        return make_decision(True, self.name, limit, limit - count, left / _MICROS, None)
+
+
+class _SlidingWindow(_Flat):
+    """Entry ``[previous, current, start, expiry]`` (expiry == start + 2 windows); twin of
+    ``algorithms.sliding_window``."""
+
+    __slots__ = ("ms_capacity", "ms_window")
+
+    def __init__(self, name: str, rule: Rule) -> None:
+        super().__init__(name, rule)
+        self.ms_window = rule.window // 1000
+        self.ms_capacity = rule.limit * self.ms_window
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        window = self.window
+        entry = self.entries.get(identity)
+        if entry is not None and now < entry[3]:
+            previous = entry[0]
+            current = entry[1]
+            start = entry[2]
+            if now >= start + window:
+                # Alive means within two windows of start: the current count becomes the
+                # previous one (the pure function's "two windows later" case is expiry).
+                previous = current
+                current = 0
+                start += window
+        else:
+            previous = current = 0
+            start = now
+        w = self.ms_window
+        weighted = previous * (w - max(0, now - start) // 1000)
+        capacity = self.ms_capacity
+        if weighted + (current + cost) * w > capacity:
+            return _refused(
+                self,
+                max(0, (capacity - weighted - current * w) // w),
+                start + (2 if current > 0 else 1) * window - now,
+                _sliding_retry(previous, current, start, now, cost, self.rule),
+            )
+        current += cost
+        expiry = start + 2 * window
+        if op == CHECK:
+            if entry is None:
+                self._insert(identity, [previous, current, start, expiry], now)
+            else:
+                entry[0] = previous
+                entry[1] = current
+                entry[2] = start
+                entry[3] = expiry
+        return make_decision(
+            True,
+            self.name,
+            self.capacity,
+            (capacity - weighted - current * w) // w,
+            (expiry - now) / _MICROS,
+            None,
+        )
+
+
+class _TokenBucket(_Flat):
+    """Entry ``[level, last, expiry]``; twin of ``algorithms.token_bucket``. The expiry is
+    kept (not derived from ``last``) because time may step back: ``last`` then stays ahead
+    of the instant the entry was written."""
+
+    __slots__ = ()
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        rate = self.rate
+        interval = self.interval
+        full = self.capacity * interval
+        entry = self.entries.get(identity)
+        if entry is not None and now < entry[2]:
+            level = entry[0]
+            last = entry[1]
+            if now > last:
+                if now - last >= -((level - full) // rate):
+                    level = full
+                else:
+                    level += (now - last) * rate
+                last = now
+        else:
+            level = full
+            last = now
+        need = cost * interval
+        if level < need:
+            return _refused(
+                self, level // interval, -((level - full) // rate), -((level - need) // rate)
+            )
+        level -= need
+        reset = -((level - full) // rate)
+        if op == CHECK:
+            if entry is None:
+                self._insert(identity, [level, last, now + reset], now)
+            else:
+                entry[0] = level
+                entry[1] = last
+                entry[2] = now + reset
+        return make_decision(
+            True, self.name, self.capacity, level // interval, reset / _MICROS, None
+        )
+
+
+class _Gcra(_Flat):
+    """Entry ``[tat, remainder, expiry]``; twin of ``algorithms.gcra``."""
+
+    __slots__ = ()
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        rate = self.rate
+        interval = self.interval
+        entry = self.entries.get(identity)
+        ahead = 0
+        if entry is not None and now < entry[2]:
+            tat = entry[0]
+            if tat > now or (tat == now and entry[1] > 0):
+                ahead = (tat - now) * rate + entry[1]
+        full = self.capacity * interval
+        after = ahead + cost * interval
+        if after > full:
+            return _refused(
+                self,
+                max(0, (full - ahead) // interval),
+                -(-ahead // rate),
+                -((full - after) // rate),
+            )
+        reset = -(-after // rate)
+        if op == CHECK:
+            tat = now + after // rate
+            if entry is None:
+                self._insert(identity, [tat, after % rate, now + reset], now)
+            else:
+                entry[0] = tat
+                entry[1] = after % rate
+                entry[2] = now + reset
+        return make_decision(
+            True, self.name, self.capacity, (full - after) // interval, reset / _MICROS, None
+        )
+
+
+class _SlidingLog(_Table[list[Any]]):
+    """Entry ``[log, expiry]``: a :class:`._memory_log.SlidingLog`, which decides like
+    ``algorithms.sliding_log`` in O(cost) instead of copying the whole log every time."""
+
+    __slots__ = ()
+
+    def state(self, identity: str, now: int) -> Sequence[int]:
+        entry = self.entries.get(identity)
+        if entry is None or now >= entry[1]:
+            return ()
+        log: SlidingLog = entry[0]
+        return log.state()
+
+    def entry(self, state: tuple[int, ...], expiry: int) -> list[Any]:
+        return [SlidingLog.from_state(state), expiry]
+
+    def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
+        entry = self.entries.get(identity)
+        if entry is None or now >= entry[1]:
+            log = SlidingLog()
+            entry = None
+        else:
+            log = entry[0]
+        outcome = log.decide(now, cost, self.rule, op == CHECK)
+        if outcome.allowed and op == CHECK:
+            log.compact()
+            if entry is None:
+                self._insert(identity, [log, now + outcome.ttl], now)
+            else:
+                entry[1] = now + outcome.ttl
+        return self.decision(outcome)
+
+
+# Per algorithm, the table class that decides it; the base class runs the pure function.
+_TABLES: dict[str, type[_Table[Any]]] = {
+    "sliding_log": _SlidingLog,
+    "fixed_window": _FixedWindow,
+    "sliding_window": _SlidingWindow,
+    "token_bucket": _TokenBucket,
+    "gcra": _Gcra,
+}
+
+
+def table_for(name: str, rule: Rule) -> _Table[Any]:
+    return _TABLES.get(ALGORITHM_CODES[rule.algorithm], _Pure)(name, rule)
 
 
 class MemoryStore:
-    """Keeps each key's state with its expiry; thread-safe; expired entries are swept as the
-    dict grows, so memory stays proportional to the live keys. Executes calls exactly as
-    ``lua/_main.lua`` does, groups (all-or-nothing) included.
+    """Keeps each policy's states with their expiries; thread-safe (one lock around each
+    operation, clock read included, so decisions are serialized in time order). Expired
+    entries are swept as a table grows, so memory stays proportional to the live identities.
+    ``check_many`` is all or nothing, exactly as ``lua/_main.lua`` decides a group.
 
-    ``clock`` gives integer microseconds (monotonic by default, injectable for tests).
+    ``clock`` gives integer microseconds (monotonic by default, injectable for tests). The
+    store learns the limiter's policies from its :class:`~ratewall.core.Core`
+    (:meth:`attach`), whose errors it raises for bad calls.
     """
 
     def __init__(self, clock: Callable[[], int]) -> None:
         self._clock = clock
-        self._data: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._sweep_at = 1024
+        self._tables: dict[str, _Table[Any]] = {}
+        self._reject: Callable[[object, str, object], NoReturn] = _unattached
+
+    def attach(self, core: Core) -> None:
+        """Make one table per policy of ``core``."""
+        self._tables = {name: table_for(name, rule) for name, rule in core.rules.items()}
+        self._reject = core.reject
 
     def __len__(self) -> int:
-        return len(self._data)
+        return sum(len(table.entries) for table in self._tables.values())
 
-    def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
-        """Decide each request (all or nothing) in order; one reply per call."""
+    def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        table = self._tables.get(policy)
+        if (
+            table is None
+            or type(identity) is not str
+            or type(cost) is not int
+            or not 0 < cost <= table.capacity
+        ):
+            self._reject(identity, policy, cost)
+        # acquire/release rather than `with`: half the cost on the hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
+            return table.decide(identity, CHECK, cost, self._clock())
+        finally:
+            lock.release()
+
+    def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        table = self._tables.get(policy)
+        if (
+            table is None
+            or type(identity) is not str
+            or type(cost) is not int
+            or not 0 < cost <= table.capacity
+        ):
+            self._reject(identity, policy, cost)
+        lock = self._lock
+        lock.acquire()
+        try:
+            return table.decide(identity, PEEK, cost, self._clock())
+        finally:
+            lock.release()
+
+    def reset(self, identity: str, policy: str) -> None:
+        table = self._tables.get(policy)
+        if table is None or type(identity) is not str:
+            self._reject(identity, policy, 1)
+        with self._lock:
+            table.forget(identity)
+
+    def check_many(self, items: Sequence[Item]) -> list[Decision]:
+        """Decide ``items`` all or nothing: if any is refused, nothing is consumed."""
+        if not items:
+            raise ValueError("check_many needs at least one (identity, policy) item")
+        if len(items) == 1:
+            item = items[0]
+            return [self.check(item[0], item[1], item[2] if len(item) > 2 else 1)]
+        members: list[tuple[_Table[Any], str, int]] = []
+        for item in items:
+            identity, policy = item[0], item[1]
+            cost = item[2] if len(item) > 2 else 1
+            table = self._tables.get(policy)
+            if (
+                table is None
+                or type(identity) is not str
+                or type(cost) is not int
+                or not 0 < cost <= table.capacity
+            ):
+                self._reject(identity, policy, cost)
+            members.append((table, identity, cost))
         with self._lock:
             now = self._clock()
-            return [self._run_request(request, now) for request in requests]
-
-    async def arun(self, requests: Sequence[Request]) -> list[list[Reply]]:
-        return self.run(requests)
-
-    def run_one(self, call: Call) -> Reply:
-        """One call on its own: the hot path of ``check``."""
-        with self._lock:
-            return self._one(call, self._clock())
-
-    async def arun_one(self, call: Call) -> Reply:
-        return self.run_one(call)
-
-    def _one(self, call: Call, now: int) -> Reply:
-        if call.op == RESET:
-            self._data.pop(call.key, None)
-            return (1, 0, 0, -1, now)
-        state = self._stored(call.key, now)
-        rule = call.rule
-        outcome = FUNCTIONS[rule.algorithm](state, now, call.cost, rule)
-        if not outcome.allowed:
-            return (0, outcome.remaining, outcome.reset, outcome.retry, now, *state)
-        if call.op == CHECK and outcome.state is not None:
-            self._data[call.key] = (outcome.state, now + outcome.ttl)
-            if len(self._data) >= self._sweep_at:
-                self._sweep(now)
-        return (1, outcome.remaining, outcome.reset, -1, now)
-
-    def _stored(self, key: str, now: int) -> tuple[int, ...]:
-        entry = self._data.get(key)
-        return entry[0] if entry is not None and now < entry[1] else ()
-
-    def _run_request(self, calls: Request, now: int) -> list[Reply]:
-        if len(calls) == 1:
-            return [self._one(calls[0], now)]
-        data = self._data
-        pending: dict[str, _Entry] = {}
-        replies: list[Reply] = []
-        before: list[tuple[int, ...]] = []
-        all_allowed = True
-        for call in calls:
-            if call.op == RESET:
-                data.pop(call.key, None)
-                pending.pop(call.key, None)
-                replies.append((1, 0, 0, -1, now))
-                before.append(())
-                continue
-            stored = self._stored(call.key, now)
-            state = pending[call.key][0] if call.key in pending else stored
-            rule = call.rule
-            outcome = FUNCTIONS[rule.algorithm](state, now, call.cost, rule)
-            before.append(stored)
-            replies.append(
-                (int(outcome.allowed), outcome.remaining, outcome.reset, outcome.retry, now)
-            )
-            if not outcome.allowed:
-                all_allowed = False
-            elif call.op == CHECK and outcome.state is not None:
-                pending[call.key] = (outcome.state, now + outcome.ttl)
-        if all_allowed:
-            data.update(pending)
-            if len(data) >= self._sweep_at:
-                self._sweep(now)
-            return replies
-        return [(*reply, *state) for reply, state in zip(replies, before, strict=True)]
-
-    def _sweep(self, now: int) -> None:
-        live = {key: entry for key, entry in self._data.items() if now < entry[1]}
-        self._data = live
-        self._sweep_at = max(1024, 2 * len(live))
+            # A member sees the states its predecessors in the group would write.
+            pending: dict[tuple[str, str], Sequence[int]] = {}
+            writes: list[tuple[_Table[Any], str, tuple[int, ...], int]] = []
+            outcomes: list[Outcome] = []
+            for table, identity, cost in members:
+                key = (table.name, identity)
+                state = pending[key] if key in pending else table.state(identity, now)
+                outcome = table.function(state, now, cost, table.rule)
+                outcomes.append(outcome)
+                if outcome.allowed and outcome.state is not None:
+                    pending[key] = outcome.state
+                    writes.append((table, identity, outcome.state, now + outcome.ttl))
+            if all(outcome.allowed for outcome in outcomes):
+                for table, identity, state, expiry in writes:
+                    table.write(identity, state, expiry, now)
+        return [
+            member[0].decision(outcome) for member, outcome in zip(members, outcomes, strict=True)
+        ]
 
     def close(self) -> None:
         with self._lock:
-            self._data.clear()
+            for table in self._tables.values():
+                table.entries.clear()
 
     async def aclose(self) -> None:
         self.close()
+
+
+def _unattached(identity: object, policy: str, cost: object) -> NoReturn:
+    raise KeyError(f"unknown policy {policy!r}: this memory store serves no limiter yet")
