@@ -6,8 +6,9 @@ with the hiredis parser when it is installed, pools big enough for 512 concurren
 The harness in ``run.py`` only ever sees :class:`SyncLimiter` and :class:`AsyncLimiter`.
 
 Which class of each peer stands for which ratewall algorithm is in ``Library.algorithms``
-(the same mapping as the team's perf baseline, research/perf-baseline.md). A planned ASGI
-mode would add one method per library (its middleware around a bare app) next to ``open_memory``.
+(the same mapping as the team's perf baseline, research/perf-baseline.md). For the ASGI mode
+a library names its middleware-wrapped app (``Library.asgi_app``, a uvicorn factory); only
+ratewall has one, so that mode compares ratewall with the bare app, not with peers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import redis.asyncio
 from ratewall import ALGORITHMS, AsyncRateLimiter, Policy, RateLimiter
 
 __all__ = [
+    "FLOOR_ASGI",
     "FLOOR_MEMORY",
     "FLOOR_REDIS",
     "LIBRARIES",
@@ -47,6 +49,7 @@ POOL_SIZE = 1024
 
 FLOOR_REDIS = "redis-py EVALSHA"
 FLOOR_MEMORY = "dict fixed window"
+FLOOR_ASGI = "bare ASGI app"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class Library(ABC):
     distribution: str
     # ratewall algorithm -> the class or configuration of this library that implements it
     algorithms: Mapping[str, str]
+    # The uvicorn factory (``module:function`` in benchmarks/) of the trivial app behind this
+    # library's ASGI middleware, configured by asgi_apps' environment variables; None: none.
+    asgi_app: str | None = None
 
     @property
     def version(self) -> str:
@@ -133,6 +139,7 @@ class Ratewall(Library):
     name = "ratewall"
     distribution = "ratewall"
     algorithms: Mapping[str, str] = {a: f"Policy(algorithm={a!r})" for a in ALGORITHMS}
+    asgi_app = "asgi_apps:limited"
 
     @staticmethod
     def _policies(spec: LimitSpec) -> dict[str, Policy]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import itertools
@@ -35,7 +36,16 @@ from types import FrameType
 from typing import Any, Final, Literal
 
 import redis
+from asgi_apps import (
+    ALGORITHM_VARIABLE,
+    LIMIT_VARIABLE,
+    WINDOW_VARIABLE,
+    limited_app,
+    memory_limiter,
+)
+from http_load import HttpConnection, UvicornServer, server_description
 from peers import (
+    FLOOR_ASGI,
     FLOOR_MEMORY,
     FLOOR_REDIS,
     LIBRARIES,
@@ -57,7 +67,8 @@ DEFAULT_JSON: Final = HERE / "results" / "latest.json"
 
 # -- what is measured ------------------------------------------------------------------------
 
-Kind = Literal["sync", "async", "memory"]
+Kind = Literal["sync", "async", "memory", "asgi"]
+REDIS_KINDS: Final = frozenset({"sync", "async"})  # the kinds that need the Redis server
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,7 @@ SHAPES: Final = {
 class Mode:
     slug: str  # for --modes and JSON
     label: str  # for the table
-    kind: Kind  # which runner; an "asgi" kind would be one more runner (see README)
+    kind: Kind  # which runner
     shape: str  # key into SHAPES
     concurrency: int = 1
 
@@ -107,6 +118,9 @@ MODES: Final = {
         Mode("memory", "memory", "memory", "allow"),
         Mode("deny", "deny flood", "sync", "deny"),
         Mode("10k", "10k keys", "sync", "keys"),
+        # HTTP requests/s through uvicorn: the app in ratewall's middleware (memory store)
+        # against the same app bare, 16 keep-alive connections of a closed-loop generator.
+        Mode("asgi", "ASGI C=16", "asgi", "allow", 16),
     )
 }
 
@@ -348,13 +362,13 @@ def sync_block(
 
 
 async def async_block(
-    hit: Callable[[str], Awaitable[bool]],
+    hits: Sequence[Callable[[str], Awaitable[bool]]],
     next_key: Callable[[], str],
     seconds: float,
-    concurrency: int,
     at_least: int = 0,
 ) -> Tally:
-    """``concurrency`` coroutines on this loop call ``hit`` for ``seconds``.
+    """One coroutine per entry of ``hits`` on this loop, each calling its own ``hit`` (the
+    same limiter, or one HTTP connection each) for ``seconds``.
 
     Closed-loop throughput over a fixed window: the block ends at its deadline or, if later,
     when every caller's first call has returned (so even a slow library at C=512 completes a
@@ -369,7 +383,7 @@ async def async_block(
     start = clock()
     deadline = start + int(seconds * 1e9)
 
-    async def caller() -> None:
+    async def caller(hit: Callable[[str], Awaitable[bool]]) -> None:
         calls = 0
         now = clock()
         while now < deadline or calls < at_least:
@@ -386,7 +400,7 @@ async def async_block(
             if calls == 1:
                 first_returns.append(now)
 
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(hit) for hit in hits))
     end = max(deadline, *first_returns)
     tally = Tally(elapsed_ns=end - start, completed=len(returned))
     for when, latency, answer in returned:
@@ -482,6 +496,10 @@ class PhaseResult:
     best_peer: str | None = None
     vs_best_peer_raw: float | None = None  # the same from raw decisions/s (drifts)
     wall_seconds: float = 0.0  # the whole phase: setup, sanity check, blocks, count pass
+    # ASGI mode: the limited app's requests/s ÷ the bare app's (1 ÷ x_floor), and the
+    # server and generator CPU behind them (see fill_asgi).
+    vs_bare: float | None = None
+    asgi: dict[str, Any] = field(default_factory=dict)
 
     def fill(self, library: Tally, floor: Tally, floor_name: str, *, server: bool) -> None:
         self.decisions = library.decisions
@@ -505,6 +523,43 @@ class PhaseResult:
             self.scripts_per_decision = scripts / n
             self.commands = {c: k / n for c, k in library.commands.most_common()}
 
+    def fill_asgi(
+        self,
+        tallies: dict[str, Tally],
+        cpu: dict[str, CpuTally],
+        decorated: float,
+        connections: int,
+    ) -> None:
+        """Requests/s ratio, and per app: server CPU µs per request (over every request
+        served during its blocks, including the last ones drained after the deadline) and
+        the CPU share the server and the generator used. The middleware's own cost is the
+        difference of the two apps' server CPU per request."""
+        self.vs_bare = 1 / self.x_floor if self.x_floor else None
+        per_request: dict[str, float | None] = {}
+        for role, used in cpu.items():
+            served = tallies[role].completed + tallies[role].errors
+            per_request[role] = used.server / served * 1e6 if used.server and served else None
+        limited, bare = per_request["library"], per_request["floor"]
+        self.asgi = {
+            "server": server_description(),
+            "connections": connections,
+            "requests_per_s": {"limited": self.decisions_per_s, "bare": self.floor_decisions_per_s},
+            "server_cpu_us_per_request": {"limited": limited, "bare": bare},
+            "middleware_cpu_us_per_request": (
+                limited - bare if limited is not None and bare is not None else None
+            ),
+            "server_cpu_share": {
+                "limited": cpu["library"].fraction(cpu["library"].server),
+                "bare": cpu["floor"].fraction(cpu["floor"].server),
+            },
+            "generator_cpu_share": {
+                "limited": cpu["library"].fraction(cpu["library"].generator),
+                "bare": cpu["floor"].fraction(cpu["floor"].generator),
+            },
+            # Of the limited app's 200 replies (all blocks), those with a RateLimit field.
+            "decorated_fraction": decorated,
+        }
+
     def fill_requests(self, monitor: RequestMonitor, decisions: int) -> None:
         self.counted_decisions = decisions
         if not decisions:
@@ -524,15 +579,32 @@ class PhaseResult:
             wrong = 1 - self.allowed_fraction if self.expected_allowed else self.allowed_fraction
             if wrong > 0:
                 notes.append(f"{wrong:.1%} {'refused' if self.expected_allowed else 'allowed'}")
+        shares = self.asgi.get("generator_cpu_share", {}).values()
+        busiest = max((share for share in shares if share), default=0)
+        if busiest >= GENERATOR_BUSY:
+            notes.append(f"load generator at {busiest:.0%} CPU: it may be the bottleneck")
         return "; ".join(notes) or None
 
 
 @dataclass(slots=True)
 class Context:
-    server: LocalServer
     settings: Settings
-    stats: ServerStats
+    # The Redis server and its stats; None when no phase of the run needs Redis.
+    redis: LocalServer | None = None
+    redis_stats: ServerStats | None = None
     phase_index: int = 0
+
+    @property
+    def server(self) -> LocalServer:
+        if self.redis is None:
+            raise RuntimeError("this run started no Redis server")
+        return self.redis
+
+    @property
+    def stats(self) -> ServerStats:
+        if self.redis_stats is None:
+            raise RuntimeError("this run started no Redis server")
+        return self.redis_stats
 
     @property
     def url(self) -> str:
@@ -656,10 +728,9 @@ async def run_async_phase(
                 counting = step.measured and step.role == "library"
                 with Window(ctx.stats if counting else None) as window:
                     sample = await async_block(
-                        hits[step.role],
+                        [hits[step.role]] * mode.concurrency,
                         keys[step.role],
                         step.seconds,
-                        mode.concurrency,
                         at_least=0 if step.measured else ctx.settings.warmup_calls,
                     )
                 if step.measured:
@@ -677,6 +748,125 @@ async def run_async_phase(
         await floor.aclose()
 
 
+ASGI_BARE: Final = "asgi_apps:bare"  # the floor of the ASGI mode: the app without middleware
+# A generator using more than this share of its CPU may be what limits the request rate.
+GENERATOR_BUSY: Final = 0.9
+
+
+async def _check_asgi(spec: LimitSpec) -> None:
+    """The limited app, built in this process by the factory uvicorn uses, with limit 3:
+    200, 200, 200, then 429 (the middleware is there and limits)."""
+    limiter = memory_limiter(spec.algorithm, SANITY_LIMIT, 86_400)
+    app = limited_app(limiter)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    try:
+        for _ in SANITY_EXPECTED:
+            await app(scope, receive, send)
+    finally:
+        await limiter.aclose()
+    if statuses != [200] * SANITY_LIMIT + [429]:
+        raise MisconfiguredError(f"limit {SANITY_LIMIT} answered {statuses}")
+
+
+@dataclass(slots=True)
+class CpuTally:
+    """Wall and CPU time of one role's measured blocks: the server's and the generator's."""
+
+    wall: float = 0.0
+    server: float | None = 0.0  # None: the platform does not report it
+    generator: float = 0.0
+
+    def fraction(self, seconds: float | None) -> float | None:
+        return seconds / self.wall if seconds is not None and self.wall else None
+
+
+async def run_asgi_phase(
+    ctx: Context, library: Library, spec: LimitSpec, mode: Mode, result: PhaseResult
+) -> None:
+    """Two uvicorn processes, the limited app (L) and the bare one (F), driven in turns by the
+    same closed-loop generator: one keep-alive connection per caller, opened before timing."""
+    if library.asgi_app is None:
+        raise MisconfiguredError(f"{library.name} has no ASGI middleware")
+    await _check_asgi(spec)
+    shape = SHAPES[mode.shape]
+    env = {
+        ALGORITHM_VARIABLE: spec.algorithm,
+        LIMIT_VARIABLE: str(shape.limit),
+        WINDOW_VARIABLE: str(shape.window),
+    }
+    servers = {"library": UvicornServer(library.asgi_app, env), "floor": UvicornServer(ASGI_BARE)}
+    connections: dict[str, list[HttpConnection]] = {}
+    with contextlib.ExitStack() as running:
+        for server in servers.values():
+            running.enter_context(server)
+        try:
+            for role, server in servers.items():
+                connections[role] = [HttpConnection(server.port) for _ in range(mode.concurrency)]
+                await asyncio.gather(*(c.open() for c in connections[role]))
+            keys = _cycle(shape.keys)  # unused by HTTP: the identity is the client address
+            tallies = {"library": Tally(), "floor": Tally()}
+            cpu = {"library": CpuTally(), "floor": CpuTally()}
+            for step in schedule(ctx.settings, mode.concurrency):
+                server = servers[step.role]
+                server_before = server.cpu_seconds()
+                generator_before = time.process_time()
+                began = time.perf_counter()
+                sample = await async_block(
+                    [c.hit for c in connections[step.role]],
+                    keys,
+                    step.seconds,
+                    at_least=0 if step.measured else ctx.settings.warmup_calls,
+                )
+                if not step.measured:
+                    continue
+                server_after = server.cpu_seconds()
+                tallies[step.role].add(sample)
+                used = cpu[step.role]
+                used.wall += time.perf_counter() - began
+                used.generator += time.process_time() - generator_before
+                if used.server is not None and server_before is not None and server_after:
+                    used.server += server_after - server_before
+                else:
+                    used.server = None
+            decorated = {
+                role: sum(c.decorated for c in conns) for role, conns in connections.items()
+            }
+            ok = sum(c.ok for c in connections["library"])
+            if not decorated["library"] or decorated["floor"]:
+                raise MisconfiguredError(
+                    f"responses with a RateLimit field: {decorated['library']} from the "
+                    f"limited app, {decorated['floor']} from the bare one"
+                )
+            result.fill(tallies["library"], tallies["floor"], FLOOR_ASGI, server=False)
+            result.fill_asgi(tallies, cpu, decorated["library"] / ok, mode.concurrency)
+        finally:
+            for conns in connections.values():
+                for connection in conns:
+                    await connection.close()
+
+
 def run_phase(ctx: Context, library: Library, algorithm: str, mode: Mode) -> PhaseResult:
     shape = SHAPES[mode.shape]
     result = PhaseResult(
@@ -688,13 +878,15 @@ def run_phase(ctx: Context, library: Library, algorithm: str, mode: Mode) -> Pha
         expected_allowed=shape.expect_allowed,
     )
     spec = LimitSpec(algorithm, shape.limit, shape.window, ctx.prefix(library.name))
-    if mode.kind != "memory":
+    if mode.kind in REDIS_KINDS:
         ctx.stats.flush()  # every phase starts from an empty keyspace
     gc.collect()
     began = time.monotonic()
     try:
         if mode.kind == "async":
             asyncio.run(run_async_phase(ctx, library, spec, mode, result))
+        elif mode.kind == "asgi":
+            asyncio.run(run_asgi_phase(ctx, library, spec, mode, result))
         else:
             run_sync_phase(ctx, library, spec, mode, result)
     except MisconfiguredError as error:
@@ -734,7 +926,7 @@ class Target:
 
     label: str
     mode: str
-    metric: Literal["vs_best_peer", "x_floor", "commands_per_decision"]
+    metric: Literal["vs_best_peer", "x_floor", "commands_per_decision", "vs_bare"]
     bound: float
     at_least: bool
 
@@ -753,6 +945,13 @@ TARGETS: Final = (
     ),
     Target("deny flood: ≥ 20× the best peer", "deny", "vs_best_peer", 20.0, at_least=True),
     Target("memory: ≥ 2× the fastest peer", "memory", "vs_best_peer", 2.0, at_least=True),
+    Target(
+        "ASGI (memory store): ≥ 0.9× the bare app's requests/s",
+        "asgi",
+        "vs_bare",
+        0.9,
+        at_least=True,
+    ),
 )
 
 
@@ -846,6 +1045,28 @@ def markdown(
                 f"| {_latency(_median([r.floor_p50_us for r in rows]), mode.slug)} "
                 f"| {_latency(_median([r.floor_p99_us for r in rows]), mode.slug)} |"
             )
+    asgi = [r for r in results if r.mode == "asgi" and r.status == "ok" and r.asgi]
+    if asgi:
+        lines += [
+            "",
+            f"ASGI middleware under {asgi[0].asgi['server']}, one worker, "
+            f"{asgi[0].asgi['connections']} keep-alive connections (server CPU per request "
+            "from /proc; the generator's share of one core shows it is not the bottleneck):",
+            "",
+            "| algorithm | bare req/s | with middleware req/s | with ÷ bare "
+            "| server CPU µs/req bare | with | middleware µs/req | generator CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in asgi:
+            cpu = r.asgi["server_cpu_us_per_request"]
+            share = r.asgi["generator_cpu_share"]
+            busiest = max((v for v in share.values() if v is not None), default=None)
+            lines.append(
+                f"| {r.algorithm} | {_num(r.floor_decisions_per_s)} | {_num(r.decisions_per_s)} "
+                f"| **{_ratio(r.vs_bare)}** | {_num(cpu['bare'], 1)} | {_num(cpu['limited'], 1)} "
+                f"| {_num(r.asgi['middleware_cpu_us_per_request'], 1)} "
+                f"| {'—' if busiest is None else f'{busiest:.0%}'} |"
+            )
     if targets:
         lines += [
             "",
@@ -903,6 +1124,11 @@ def _describe(r: PhaseResult) -> str:
         f"p50 {_latency(r.p50_us, r.mode)} µs",
         f"p99 {_latency(r.p99_us, r.mode)} µs",
     ]
+    if r.vs_bare is not None:
+        parts.append(f"with ÷ bare {r.vs_bare:.3f}")
+        middleware = r.asgi.get("middleware_cpu_us_per_request")
+        if middleware is not None:
+            parts.append(f"middleware {middleware:.1f} µs/req")
     if r.round_trips_per_decision is not None:
         parts.append(
             f"RT/dec {_num(r.round_trips_per_decision, 3)} "
@@ -1001,38 +1227,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         for slug in args.modes
         for name in args.libraries
         if algorithm in LIBRARIES[name].algorithms
+        # Only a library with ASGI middleware has an ASGI phase (of the peers, none).
+        if MODES[slug].kind != "asgi" or LIBRARIES[name].asgi_app is not None
     ]
-    binary = _pick_server(args.server)
+    needs_redis = any(mode.kind in REDIS_KINDS for _, mode, _ in phases)
+    binary = _pick_server(args.server) if needs_redis else None
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
         "command": " ".join(
             ["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
         ),
-        "server": f"{binary.kind} {binary.version}",
+        "server": f"{binary.kind} {binary.version}" if binary else "no Redis server",
         "machine": _machine(),
         "python": platform.python_version(),
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "settings": asdict(settings),
         "versions": {
             name: package_version(name)
-            for name in ("ratewall", "redis", "hiredis", "limits", "throttled-py", "pyrate-limiter")
+            for name in (
+                "ratewall",
+                "redis",
+                "hiredis",
+                "limits",
+                "throttled-py",
+                "pyrate-limiter",
+                "uvicorn",
+            )
         },
     }
-    estimate = sum(settings.phase_seconds(mode.concurrency) + 0.5 for _, mode, _ in phases)
-    _progress(
-        f"{len(phases)} phases on {meta['server']} ({binary.path}); about {estimate / 60:.1f} min"
+    # Setup per phase: ~0.5 s, and ~2 s more to start the two uvicorn processes of an ASGI one.
+    estimate = sum(
+        settings.phase_seconds(mode.concurrency) + (2.5 if mode.kind == "asgi" else 0.5)
+        for _, mode, _ in phases
     )
+    where = f"{meta['server']} ({binary.path})" if binary else meta["server"]
+    _progress(f"{len(phases)} phases on {where}; about {estimate / 60:.1f} min")
     # Ctrl-C works even when started in the background (where SIGINT is ignored by default).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
-    server = LocalServer(binary)
+    server = LocalServer(binary) if binary else None
     results: list[PhaseResult] = []
     interrupted = False
     stats: ServerStats | None = None
     try:
-        server.start()
-        stats = ServerStats(server.url)
-        ctx = Context(server, settings, stats)
+        if server is not None:
+            server.start()
+            stats = ServerStats(server.url)
+        ctx = Context(settings, server, stats)
         for index, (algorithm, mode, library) in enumerate(phases, 1):
             ctx.phase_index = index
             elapsed = (datetime.now(UTC) - started).total_seconds()
@@ -1050,7 +1291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if stats is not None:
             stats.close()
-        server.stop()
+        if server is not None:
+            server.stop()
     meta["wall_seconds"] = (datetime.now(UTC) - started).total_seconds()
     meta["interrupted"] = interrupted
     compare_with_peers(results)

@@ -625,3 +625,39 @@ async def test_from_config_with_a_routes_section(tmp_path: Path, clock: FakeCloc
     app = RateLimitMiddleware.from_config(asgi_app(), path, clock=clock)
     async with client(app) as http:
         assert [(await login(http)).status_code for _ in range(3)] == [200, 200, 429]
+
+
+class ManyOnly(AsyncRateLimiter):
+    """A real limiter that the middleware must ask through ``check_many``."""
+
+    asked = 0
+
+    async def check_many(self, items: Sequence[Any]) -> list[Decision]:
+        ManyOnly.asked += 1
+        return await super().check_many(items)
+
+
+async def test_one_limit_decided_by_check_answers_as_check_many_would() -> None:
+    """A one-limit route on a plain limiter takes ``check``; the responses, headers and all,
+    must be those of ``check_many``, allowed and refused alike."""
+    exchanges: list[list[tuple[int, str | None, str | None, str | None]]] = []
+    for kind in (AsyncRateLimiter, ManyOnly):
+        clock = FakeClock()
+        limiter = kind(POLICIES, clock=clock)
+        async with client(RateLimitMiddleware(asgi_app(), limiter, SEED)) as http:
+            seen = []
+            for _ in range(7):
+                response = await login(http)
+                clock.advance(2.5)
+                seen.append(
+                    (
+                        response.status_code,
+                        response.headers.get("RateLimit-Policy"),
+                        response.headers.get("RateLimit"),
+                        response.headers.get("Retry-After"),
+                    )
+                )
+            exchanges.append(seen)
+    assert ManyOnly.asked == 7
+    assert exchanges[0] == exchanges[1]
+    assert [status for status, *_ in exchanges[0]] == [200] * 5 + [429] * 2

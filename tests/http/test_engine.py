@@ -6,10 +6,11 @@ import json
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from ratewall import ConfigError, Decision, Policy, RateLimiter, StoreError
+from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, RateLimiter, StoreError
 from ratewall.http import (
     PASS,
     Check,
@@ -23,7 +24,7 @@ from ratewall.http import (
     Route,
     RouteLimit,
 )
-from ratewall.http.engine import LogThrottle, encode_headers, routes_from_config
+from ratewall.http.engine import LogThrottle, checks_singly, encode_headers, routes_from_config
 from ratewall.testing import FakeClock
 
 from ._support import parse_sf_list, ratelimit_members
@@ -424,3 +425,45 @@ def test_routes_from_config() -> None:
         routes_from_config(config, [LOGIN], None)
     with pytest.raises(ConfigError, match="has no routes"):
         routes_from_config(no_routes, None, None)
+
+
+@pytest.mark.parametrize("route", [LOGIN, Route("/login", [RouteLimit("login", ClientIP())])])
+def test_an_allowed_pass_carries_its_headers_encoded(route: Route) -> None:
+    """The ASGI middleware sends ``Pass.encoded`` as it is: it must be the headers' encoding."""
+    http = engine(route)
+    check = check_of(http.start(login_request()))
+    decisions = [allowed(limit.policy, 3) for limit in route.limits]
+    outcome = http.finish(check, decisions)
+    assert isinstance(outcome, Pass)
+    assert list(outcome.headers) == http.response_headers(check, decisions)
+    assert outcome.encoded == encode_headers(outcome.headers)
+
+
+def test_overridden_response_headers_are_not_pre_encoded() -> None:
+    class Custom(HttpLimiter):
+        def response_headers(
+            self, check: Check, decisions: Sequence[Decision]
+        ) -> list[tuple[str, str]]:
+            return [("X-Quota", str(decisions[0].remaining))]
+
+    http = Custom([LOGIN], POLICIES)
+    check = check_of(http.start(login_request()))
+    outcome = http.finish(check, [allowed("login", 2), allowed("login_ip", 7)])
+    assert outcome == Pass((("X-Quota", "2"),))
+    assert isinstance(outcome, Pass)
+    assert outcome.encoded is None
+
+
+def test_checks_singly_only_for_a_limiter_whose_check_methods_are_its_own() -> None:
+    class Counting(AsyncRateLimiter):
+        pass
+
+    class Overriding(AsyncRateLimiter):
+        async def check_many(self, items: Sequence[Any], /) -> list[Decision]:
+            return await super().check_many(items)
+
+    assert checks_singly(AsyncRateLimiter(POLICIES))
+    assert checks_singly(Counting(POLICIES))
+    assert not checks_singly(Overriding(POLICIES))
+    assert not checks_singly(RateLimiter(POLICIES))
+    assert not checks_singly(SimpleNamespace(check_many=None, check=None))

@@ -6,12 +6,16 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ratewall import Decision, Policy
+from ratewall.http.engine import encode_headers
 from ratewall.http.headers import (
     QUOTA_EXCEEDED,
     most_restrictive,
     problem_body,
+    rate_limit_fields,
     rate_limit_headers,
     ratelimit_field,
     ratelimit_policy_field,
@@ -185,3 +189,40 @@ def test_problem_body_is_a_quota_exceeded_problem() -> None:
     assert "violated-policies" not in json.loads(
         problem_body(status=400, title="Bad Request", detail="x")
     )
+
+
+names = st.sampled_from(sorted(POLICIES))
+seconds = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=0, max_value=10**6),
+    st.just(0.0),
+    st.integers(min_value=-5, max_value=10**16),
+)
+
+
+@st.composite
+def decisions(draw: st.DrawFn) -> Decision:
+    name = draw(names)
+    allowed = draw(st.booleans())
+    return Decision(
+        allowed,
+        name,
+        draw(st.integers(min_value=1, max_value=10**16)),
+        draw(st.one_of(st.integers(min_value=-(10**16), max_value=10**16), st.just(0))),
+        draw(seconds),
+        None if allowed else draw(st.one_of(st.none(), seconds)),
+    )
+
+
+@given(st.lists(decisions(), min_size=1, max_size=3, unique_by=lambda d: d.policy))
+def test_rate_limit_fields_are_the_encoded_rate_limit_headers(
+    chosen: list[Decision],
+) -> None:
+    """The hot path's fields, text and bytes, are exactly the general path's."""
+    headers, encoded = rate_limit_fields(chosen, POLICIES)
+    assert list(headers) == rate_limit_headers(chosen, POLICIES)
+    assert encoded == encode_headers(headers)
+
+
+def test_rate_limit_fields_of_no_decisions_are_none() -> None:
+    assert rate_limit_fields([], POLICIES) == ((), [])

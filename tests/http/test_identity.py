@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pytest
 
@@ -514,3 +515,54 @@ def test_long_identities_are_used_whole() -> None:
     )
     assert source(first) != source(second)
     assert source(first) == "a" * 10_000 + "1"
+
+
+def test_asgi_headers_are_a_read_only_snapshot() -> None:
+    raw = [(b"X-User-ID", b"a"), (b"x-user-id", b"b"), (b"Accept", b"*/*")]
+    request = Request.from_asgi_scope({"type": "http", "headers": raw})
+    raw.append((b"x-late", b"added by the app afterwards"))
+    assert request.headers == {"x-user-id": ("a", "b"), "accept": ("*/*",)}
+    assert dict(request.headers) == {"x-user-id": ("a", "b"), "accept": ("*/*",)}
+    assert len(request.headers) == 2
+    assert "x-late" not in request.headers
+    assert request.headers.get("x-late") is None
+    assert request.headers.get("x-late", ("default",)) == ("default",)
+    assert request.header_values("X-User-ID") == ("a", "b")
+    assert repr(request.headers) == repr(MappingProxyType(dict(request.headers)))
+    with pytest.raises(TypeError):
+        request.headers["x"] = ("y",)  # type: ignore[index]
+
+
+PEERS = [
+    "203.0.113.7",
+    " 203.0.113.7 ",
+    "2001:db8:1:2:3:4:5:6",
+    "::ffff:192.0.2.1",
+    "[2001:db8::1]:8080",
+    "192.0.2.1:5000",
+    "unix:/run/app.sock",
+    "testclient",
+    "",
+    None,
+]
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_client_ip_trusting_nobody_answers_as_the_full_walk_does(peer: str | None) -> None:
+    """Trusting no proxy, the identity is cached per peer; a ClientIP that trusts only a
+    network no peer here belongs to takes the full walk, and must agree."""
+    forwarded = {"x-forwarded-for": "198.51.100.1"}
+    cached = ClientIP(ipv6_prefix=48)
+    walked = ClientIP(trusted_proxies=["192.0.2.255/32"], ipv6_prefix=48)
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        request = Request("GET", "/", forwarded, client=peer)
+        assert cached(request) == walked(request)
+
+
+def test_client_ip_cache_stays_bounded() -> None:
+    source = ClientIP()
+    for index in range(5000):
+        assert source(Request("GET", "/", client=f"10.0.{index // 256}.{index % 256}")) == (
+            f"10.0.{index // 256}.{index % 256}"
+        )
+    assert len(source._peers) <= 4096

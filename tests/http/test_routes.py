@@ -283,3 +283,29 @@ def test_parse_routes_errors(data: Any, field: str, message: str) -> None:
     assert caught.value.source == "limits.yaml"
     assert caught.value.field == field
     assert str(caught.value).startswith(f"limits.yaml: {field}: ")
+
+
+def test_a_patterned_route_before_an_exact_one_still_wins() -> None:
+    """Exact paths are found by a dict lookup; the table order must still decide."""
+    below = Route("/api/*", [])
+    exact = Route("/api/login", [limit()])
+    exact_again = Route("/api/login", [limit("api")])
+    table = RouteTable([below, exact, exact_again, Route("*", [limit("small")])])
+    found = table.match("POST", "/api/login")
+    assert found is not None
+    assert found.route is below
+
+
+def test_an_exact_route_of_another_method_falls_through_to_the_next_candidate() -> None:
+    post = Route("/login", [limit()], method="POST")
+    get = Route("/login", [limit("api")], method="GET")
+    anything = Route("*", [limit("small")])
+    table = RouteTable([post, get, anything])
+    for method, expected in (("POST", post), ("GET", get), ("HEAD", get), ("PUT", anything)):
+        found = table.match(method, "/login")
+        assert found is not None
+        assert found.route is expected, method
+    found = table.match("POST", "/other")
+    assert found is not None
+    assert found.route is anything
+    assert RouteTable([post]).match("POST", "/other") is None

@@ -40,22 +40,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeGuard
 
 from ..decision import Decision
 from ..errors import ConfigError, StoreError
+from ..limiter import AsyncRateLimiter
 from ..policy import Policy
 from .headers import (
     PROBLEM_CONTENT_TYPE,
     QUOTA_EXCEEDED,
     TEMPORARY_REDUCED_CAPACITY,
     problem_body,
+    rate_limit_fields,
     rate_limit_headers,
     retry_after,
 )
@@ -76,6 +79,7 @@ __all__ = [
     "Respond",
     "Step",
     "SyncLimiter",
+    "checks_singly",
     "encode_headers",
     "fallback_response",
     "routes_from_config",
@@ -111,6 +115,11 @@ class Pass:
     """Let the request through; add ``headers`` to the application's response."""
 
     headers: Headers = ()
+    # The same headers as encode_headers() gives them, when the engine built both at once
+    # (the allowed request's hot path); None: encode ``headers``.
+    encoded: list[tuple[bytes, bytes]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,34 @@ Outcome = Pass | Respond
 Step = Check | Pass | Respond
 
 PASS: Final = Pass()
+
+# Frozen dataclasses built per request without their __init__ (each field through its slot,
+# as ratewall.decision.make_decision does): a third of the cost. Equal in every way.
+_CHECK_SETTERS: Final = tuple(
+    Check.__dict__[name].__set__ for name in ("request", "route", "limits", "items")
+)
+_PASS_HEADERS: Final = Pass.__dict__["headers"].__set__
+_PASS_ENCODED: Final = Pass.__dict__["encoded"].__set__
+
+
+def _check(
+    request: Request, route: Route, limits: tuple[RouteLimit, ...], items: tuple[Item, ...]
+) -> Check:
+    check = object.__new__(Check)
+    set_request, set_route, set_limits, set_items = _CHECK_SETTERS
+    set_request(check, request)
+    set_route(check, route)
+    set_limits(check, limits)
+    set_items(check, items)
+    return check
+
+
+def _encoded_pass(headers: Headers, encoded: list[tuple[bytes, bytes]]) -> Pass:
+    outcome = object.__new__(Pass)
+    _PASS_HEADERS(outcome, headers)
+    _PASS_ENCODED(outcome, encoded)
+    return outcome
+
 
 NO_HEADERS: Final = "the response goes out without rate-limit headers"
 PLAIN_REFUSAL: Final = "a plain refusal is sent"
@@ -258,6 +295,9 @@ class HttpLimiter:
         self.headers_on_allowed = headers_on_allowed
         self.client_ip = client_ip if client_ip is not None else ClientIP()
         self.log = log if log is not None else LogThrottle()
+        # What response_headers() gives for allowed requests is then known: finish() builds
+        # it, and its encoded form, directly.
+        self._default_headers = type(self).response_headers is HttpLimiter.response_headers
         self._validate()
 
     def _validate(self) -> None:
@@ -294,38 +334,84 @@ class HttpLimiter:
                 return PASS
             route, params = found
             if params:
-                request = dataclasses.replace(request, path_params=params)
-            limits: list[RouteLimit] = []
+                request = (
+                    request._with_path_params(params)
+                    if type(request) is Request
+                    else dataclasses.replace(request, path_params=params)
+                )
             items: list[Item] = []
+            skipped = False
             for limit in route.limits:
-                identity = self._identity(limit, request)
-                if isinstance(identity, _Reject):
+                # The source is called here, not in a helper: this runs for every limit of
+                # every request, and usually simply finds the client.
+                try:
+                    value = limit.identity(request)
+                except Exception as error:  # noqa: BLE001 - logged; the limit is skipped
+                    self._broken_identity(limit, error)
+                    identity = None
+                else:
+                    identity = (
+                        value
+                        if type(value) is str and value
+                        else self._resolve_identity(limit, request, value)
+                    )
+                if identity is None:
+                    skipped = True
+                elif isinstance(identity, _Reject):
                     return self._contained(
                         functools.partial(self.missing_identity, limit),
                         "missing_identity",
                         fallback=_plain(400, "Bad Request"),
                     )
-                if identity is not None:
-                    limits.append(limit)
+                else:
                     items.append((identity, limit.policy, limit.cost))
             if not items:
                 return PASS
-            return Check(request, route, tuple(limits), tuple(items))
+            limits = route.limits  # a tuple (see Route)
+            if skipped:
+                policies = {policy for _, policy, _ in items}
+                limits = tuple(limit for limit in limits if limit.policy in policies)
+            return _check(request, route, limits, tuple(items))  # type: ignore[arg-type]
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return self.internal_error("start", error)
 
     def finish(self, check: Check, decisions: Sequence[Decision]) -> Outcome:
         """The outcome of the limiter's ``decisions`` for ``check`` (one per item)."""
+        if (
+            type(decisions) is list
+            and len(decisions) == 1 == len(check.items)
+            and self._default_headers
+            and self.headers_on_allowed
+            and not self.legacy_headers
+        ):
+            # Most requests: one limit, allowed. The same Pass as below, built directly.
+            decision = decisions[0]
+            if type(decision) is Decision and decision.allowed and not decision.degraded:
+                try:
+                    headers, encoded = rate_limit_fields(decisions, self.policies)
+                    return _encoded_pass(headers, encoded)
+                except Exception:  # noqa: BLE001, S110 - the general path below reports it
+                    pass
         try:
-            decisions = list(decisions)
-            if len(decisions) != len(check.items) or not all(
-                isinstance(decision, Decision) for decision in decisions
-            ):
+            # Typed as what a buggy or foreign limiter may really return.
+            answers: list[object] = list(decisions)
+            refused: list[Decision] = []
+            degraded: list[str] = []
+            # One pass: check the decisions and sort out the refused and degraded ones.
+            valid = len(answers) == len(check.items)
+            for decision in answers:
+                if not isinstance(decision, Decision):
+                    valid = False
+                    break
+                if not decision.allowed:
+                    refused.append(decision)
+                if decision.degraded:
+                    degraded.append(decision.policy)
+            if not valid:
                 raise TypeError(
-                    f"the limiter returned {decisions!r:.200} for {len(check.items)} items"
+                    f"the limiter returned {answers!r:.200} for {len(check.items)} items"
                 )
-            refused = [decision for decision in decisions if not decision.allowed]
-            degraded = [decision.policy for decision in decisions if decision.degraded]
+            decisions = answers  # type: ignore[assignment]  # every one a Decision
         except Exception as error:  # noqa: BLE001 - nonsense from the limiter: fail open
             return self.internal_error("decisions", error)
         if degraded:
@@ -341,6 +427,12 @@ class HttpLimiter:
         if not refused:
             if not self.headers_on_allowed:
                 return PASS
+            if not degraded and not self.legacy_headers and self._default_headers:
+                try:
+                    headers, encoded = rate_limit_fields(decisions, self.policies)
+                    return _encoded_pass(headers, encoded)
+                except Exception:  # noqa: BLE001, S110 - the general path below reports it
+                    pass
             try:
                 return Pass(tuple(self.response_headers(check, decisions)))
             except Exception as error:  # noqa: BLE001 - the response goes out without them
@@ -414,7 +506,14 @@ class HttpLimiter:
         """The RateLimit fields for ``decisions`` (degraded ones are left out: their numbers
         are not the store's). On a refused request nothing was consumed, so the policies
         that would have allowed it report their quota before the request."""
-        refused = any(not decision.allowed for decision in decisions)
+        refused = False
+        degraded = False
+        for decision in decisions:
+            refused = refused or not decision.allowed
+            degraded = degraded or decision.degraded
+        if not refused and not degraded and len(decisions) == len(check.items):
+            # The usual case: every decision is shown as it is.
+            return rate_limit_headers(decisions, self.policies, legacy=self.legacy_headers)
         shown: list[Decision] = []
         for decision, (_, _, cost) in zip(decisions, check.items, strict=True):
             if decision.degraded:
@@ -470,22 +569,29 @@ class HttpLimiter:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _identity(self, limit: RouteLimit, request: Request) -> str | _Reject | None:
-        try:
-            value = limit.identity(request)
-            if value is not None and not isinstance(value, str):
+    def _broken_identity(self, limit: RouteLimit, error: Exception) -> None:
+        """Log that ``limit``'s identity source failed; the limit is skipped."""
+        self.log.log(
+            logging.ERROR,
+            ("identity", limit.policy, type(error).__name__),
+            "identity source %r of policy %r failed (%s); the limit is skipped",
+            limit.identity,
+            limit.policy,
+            type(error).__name__,
+            exc_info=error,
+        )
+
+    def _resolve_identity(
+        self, limit: RouteLimit, request: Request, value: object
+    ) -> str | _Reject | None:
+        """The identity for what ``limit``'s source returned, when that is not simply a
+        non-empty string: none (the route's missing-identity rule applies) or nonsense."""
+        if value is not None and not isinstance(value, str):
+            try:
                 raise TypeError(f"identity source returned {type(value).__name__}, not str or None")
-        except Exception as error:
-            self.log.log(
-                logging.ERROR,
-                ("identity", limit.policy, type(error).__name__),
-                "identity source %r of policy %r failed (%s); the limit is skipped",
-                limit.identity,
-                limit.policy,
-                type(error).__name__,
-                exc_info=error,
-            )
-            return None
+            except TypeError as error:  # raised, so that the log shows where
+                self._broken_identity(limit, error)
+                return None
         if value:
             return value
         if limit.on_missing_identity == "skip":
@@ -591,18 +697,45 @@ def fallback_response(outcome: Respond) -> Respond:
     return _plain(status, title, wait)
 
 
+# Names that were encoded and checked before: the same few come back on every response.
+_ENCODED_NAMES: dict[str, bytes] = {}
+_MAX_ENCODED_NAMES: Final = 256
+_UNSAFE_NAME: Final = re.compile("[\r\n\0 :]")
+_UNSAFE_VALUE: Final = re.compile("[\r\n\0]")
+
+
+def _encode_name(name: str) -> bytes:
+    raw_name = name.lower().encode("latin-1")
+    if not raw_name or _UNSAFE_NAME.search(name):
+        raise ValueError(f"header {name!r} cannot be sent as is")
+    if len(_ENCODED_NAMES) < _MAX_ENCODED_NAMES:
+        _ENCODED_NAMES[name] = raw_name
+    return raw_name
+
+
+def checks_singly(limiter: object) -> TypeGuard[AsyncRateLimiter]:
+    """Whether a one-item request may be decided by ``await limiter.check(*item)`` instead
+    of ``check_many``: for a ratewall limiter whose two methods are its own, the decision is
+    the same (for one item, all or nothing is the item itself) and the single-key path
+    shorter. Most routes apply one limit; any other limiter is always asked ``check_many``."""
+    kind = type(limiter)
+    return (
+        isinstance(limiter, AsyncRateLimiter)
+        and kind.check_many is _ASYNC_CHECK_MANY  # type: ignore[attr-defined]
+        and kind.check is _ASYNC_CHECK  # type: ignore[attr-defined]
+    )
+
+
 def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Header pairs as lowercase Latin-1 bytes; :class:`ValueError` for anything that could
     not go on the wire safely (non-Latin-1 text, CR, LF or NUL, an empty name)."""
     encoded: list[tuple[bytes, bytes]] = []
     for name, value in headers:
-        raw_name = name.lower().encode("latin-1")
+        raw_name = _ENCODED_NAMES.get(name) if type(name) is str else None
+        if raw_name is None:
+            raw_name = _encode_name(name)
         raw_value = value.encode("latin-1")
-        if (
-            not raw_name
-            or any(char in raw_name for char in b"\r\n\0 :")
-            or any(char in raw_value for char in b"\r\n\0")
-        ):
+        if _UNSAFE_VALUE.search(value):
             raise ValueError(f"header {name!r} cannot be sent as is")
         encoded.append((raw_name, raw_value))
     return encoded
@@ -635,3 +768,7 @@ def routes_from_config(
     if client_ip is None:
         client_ip = getattr(config, "client_ip", None)
     return parse_routes(raw, source=source, policies=policies, client_ip=client_ip)
+
+
+_ASYNC_CHECK_MANY: Final = AsyncRateLimiter.check_many
+_ASYNC_CHECK: Final = AsyncRateLimiter.check

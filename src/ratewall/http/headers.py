@@ -25,6 +25,7 @@ of the ``violated-policies``. Bodies never contain keys, identities or store err
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "TEMPORARY_REDUCED_CAPACITY",
     "most_restrictive",
     "problem_body",
+    "rate_limit_fields",
     "rate_limit_headers",
     "ratelimit_field",
     "ratelimit_policy_field",
@@ -98,25 +100,44 @@ def _reset_seconds(decision: Decision) -> int:
     return whole_seconds(decision.reset_after)
 
 
+# The members that repeat on every response of a policy are built once (bounded caches:
+# policy names and limits are few; exceptions are not cached, so bad names still raise).
+@functools.lru_cache(maxsize=1024)
+def _policy_member(name: str, limit: int, window_us: int) -> str:
+    window = max(1, -(-window_us // 1_000_000))  # window_seconds() of the policy
+    return f"{sf_string(name)};q={sf_integer(limit)};w={sf_integer(window)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_item(name: str) -> str:
+    return sf_string(name)
+
+
 def ratelimit_policy_field(decisions: Sequence[Decision], policies: Mapping[str, Policy]) -> str:
     """The ``RateLimit-Policy`` value: one ``"name";q=..;w=..`` member per decision.
 
     ``policies`` maps each decision's policy name to its :class:`~ratewall.Policy` (for ``w``).
     """
     return ", ".join(
-        f"{sf_string(d.policy)};q={sf_integer(d.limit)};"
-        f"w={sf_integer(window_seconds(policies[d.policy]))}"
-        for d in decisions
+        [_policy_member(d.policy, d.limit, policies[d.policy].window_us) for d in decisions]
     )
+
+
+def _ratelimit_member(decision: Decision) -> str:
+    remaining: int | str = decision.remaining
+    if not 0 <= decision.remaining <= _SF_INTEGER_MAX:
+        remaining = sf_integer(max(0, decision.remaining))
+    # _reset_seconds() inlined for the common case: a finite positive time in range.
+    wait = decision.reset_after
+    if not decision.allowed and decision.retry_after is not None:
+        wait = decision.retry_after
+    reset = math.ceil(wait) if 0 < wait <= _SF_INTEGER_MAX else whole_seconds(wait)
+    return f"{_name_item(decision.policy)};r={remaining};t={reset}"
 
 
 def ratelimit_field(decisions: Sequence[Decision]) -> str:
     """The ``RateLimit`` value: one ``"name";r=..;t=..`` member per decision."""
-    return ", ".join(
-        f"{sf_string(d.policy)};r={sf_integer(max(0, d.remaining))};"
-        f"t={sf_integer(_reset_seconds(d))}"
-        for d in decisions
-    )
+    return ", ".join([_ratelimit_member(d) for d in decisions])
 
 
 def retry_after(decisions: Sequence[Decision]) -> int:
@@ -174,6 +195,78 @@ def rate_limit_headers(
             ("X-RateLimit-Reset", str(_reset_seconds(binding))),
         ]
     return headers
+
+
+_UNSAFE_VALUE: Final = re.compile("[\r\n\0]")  # what no field value may carry
+
+
+# Per (policy, q, window): its RateLimit-Policy member as text and bytes, and its name as an
+# sf-string, all checked once; bounded, as policies are few (a nonsensical limiter could vary q).
+_Members = tuple[str, bytes, str]
+_MEMBERS: dict[tuple[str, int, int], _Members] = {}
+_MAX_MEMBERS: Final = 1024
+
+
+def _members(key: tuple[str, int, int]) -> _Members:
+    member = _policy_member(*key)
+    if _UNSAFE_VALUE.search(member):  # only a nonsensical limit could put these there
+        raise ValueError(f"RateLimit-Policy member {member!r} cannot be sent as is")
+    members = (member, member.encode("latin-1"), _name_item(key[0]))
+    if len(_MEMBERS) >= _MAX_MEMBERS:
+        _MEMBERS.clear()
+    _MEMBERS[key] = members
+    return members
+
+
+def _state_member(decision: Decision, item: str) -> str:
+    """:func:`_ratelimit_member` for a decision whose name item is known; its fast case,
+    an int ``r`` and a finite positive ``t`` in range, is digits only."""
+    remaining = decision.remaining
+    wait = decision.reset_after
+    if not decision.allowed and decision.retry_after is not None:
+        wait = decision.retry_after
+    if type(remaining) is int and 0 <= remaining <= _SF_INTEGER_MAX and 0 < wait <= _SF_INTEGER_MAX:
+        return f"{item};r={remaining};t={math.ceil(wait)}"
+    member = _ratelimit_member(decision)
+    if _UNSAFE_VALUE.search(member):
+        raise ValueError(f"RateLimit member {member!r} cannot be sent as is")
+    return member
+
+
+def rate_limit_fields(
+    decisions: Sequence[Decision], policies: Mapping[str, Policy]
+) -> tuple[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]]:
+    """``rate_limit_headers(decisions, policies)`` (without the legacy fields), and the same
+    fields encoded as ``encode_headers`` of :mod:`ratewall.http.engine` would encode them.
+
+    The hot path of every allowed request builds both at once, from members computed once
+    per policy. Raises :class:`ValueError` (or whatever nonsense in the decisions causes)
+    when a value could not be sent; the caller then takes the general path, which reports it.
+    """
+    if len(decisions) == 1:
+        decision = decisions[0]
+        key = (decision.policy, decision.limit, policies[decision.policy].window_us)
+        policy_value, policy_raw, item = _MEMBERS.get(key) or _members(key)
+        state_value = _state_member(decision, item)
+    elif decisions:
+        policy_members: list[str] = []
+        raw_members: list[bytes] = []
+        state_members: list[str] = []
+        for decision in decisions:
+            key = (decision.policy, decision.limit, policies[decision.policy].window_us)
+            member, raw, item = _MEMBERS.get(key) or _members(key)
+            policy_members.append(member)
+            raw_members.append(raw)
+            state_members.append(_state_member(decision, item))
+        policy_value = ", ".join(policy_members)
+        policy_raw = b", ".join(raw_members)
+        state_value = ", ".join(state_members)
+    else:
+        return (), []
+    return (
+        (("RateLimit-Policy", policy_value), ("RateLimit", state_value)),
+        [(b"ratelimit-policy", policy_raw), (b"ratelimit", state_value.encode("latin-1"))],
+    )
 
 
 def problem_body(

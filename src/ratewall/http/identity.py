@@ -29,10 +29,10 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from ..errors import ConfigError
 
@@ -57,6 +57,57 @@ _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_T = TypeVar("_T")
+
+
+class _ASGIHeaders(Mapping[str, tuple[str, ...]]):
+    """An ASGI scope's header fields as :attr:`Request.headers`, decoded on first use.
+
+    Most routes never read a header (the client address is the default identity), and
+    decoding every field of every request costs more than the rest of the rate-limit work.
+    Read-only, like the ``MappingProxyType`` other requests have.
+    """
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._raw = raw
+        self._decoded: dict[str, tuple[str, ...]] | None = None
+
+    def _fields(self) -> dict[str, tuple[str, ...]]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = {}
+            for raw_name, raw_value in self._raw:
+                name = raw_name.decode("latin-1").lower()
+                decoded[name] = (*decoded.get(name, ()), raw_value.decode("latin-1"))
+            self._decoded = decoded
+        return decoded
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._fields()[name]
+
+    @overload
+    def get(self, name: str, /) -> tuple[str, ...] | None: ...
+
+    @overload
+    def get(self, name: str, default: tuple[str, ...] | _T, /) -> tuple[str, ...] | _T: ...
+
+    def get(self, name: str, default: object = None, /) -> object:
+        return self._fields().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fields()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    def __repr__(self) -> str:
+        return f"mappingproxy({self._fields()!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,23 +163,35 @@ class Request:
         *,
         method: str,
         path: str,
-        headers: dict[str, tuple[str, ...]],
+        headers: Mapping[str, tuple[str, ...]],
         client: str | None,
         user: str | None,
+        path_params: Mapping[str, str] = _EMPTY,
     ) -> Request:
-        """A request from headers already in normal form (lowercase names, tuples of
-        values): the adapters' fast path, skipping the constructor's normalisation."""
+        """A request from a read-only mapping of headers already in normal form (lowercase
+        names, tuples of values): the adapters' fast path, skipping the constructor's
+        normalisation."""
         request = object.__new__(cls)
-        for name, value in (
-            ("method", method),
-            ("path", path),
-            ("headers", MappingProxyType(headers)),
-            ("client", client),
-            ("path_params", _EMPTY),
-            ("user", user),
-        ):
-            object.__setattr__(request, name, value)
+        set_method, set_path, set_headers, set_client, set_params, set_user = _SETTERS
+        set_method(request, method)
+        set_path(request, path)
+        set_headers(request, headers)
+        set_client(request, client)
+        set_params(request, path_params)
+        set_user(request, user)
         return request
+
+    def _with_path_params(self, path_params: Mapping[str, str]) -> Request:
+        """This request with the route's captures: ``dataclasses.replace`` without
+        normalising the (already normal, immutable) headers again."""
+        return self._normalised(
+            method=self.method,
+            path=self.path,
+            headers=self.headers,  # type: ignore[arg-type]  # normal form, see __post_init__
+            client=self.client,
+            user=self.user,
+            path_params=MappingProxyType(dict(path_params)),
+        )
 
     @classmethod
     def from_asgi_scope(cls, scope: Mapping[str, Any]) -> Request:
@@ -140,19 +203,23 @@ class Request:
         ``user`` comes from ``scope["user"]`` (Starlette's ``AuthenticationMiddleware``):
         a string, or an object's ``identity``/``username``, unless it is unauthenticated.
         """
-        headers: dict[str, tuple[str, ...]] = {}
-        for raw_name, raw_value in scope.get("headers") or ():
-            name = raw_name.decode("latin-1").lower()
-            headers[name] = (*headers.get(name, ()), raw_value.decode("latin-1"))
+        # Built field by field rather than through _normalised(): this runs for every
+        # request, and a call with keyword arguments costs as much as the rest.
+        request = object.__new__(cls)
+        set_method, set_path, set_headers, set_client, set_params, set_user = _SETTERS
+        set_method(request, str(scope.get("method", "GET")))
+        path = str(scope.get("path", ""))
+        root_path = scope.get("root_path")
+        set_path(request, _route_path(path, str(root_path)) if root_path else path)
+        # A snapshot: what the application later does to the scope cannot change it.
+        set_headers(request, _ASGIHeaders(tuple(scope.get("headers") or ())))
         client = scope.get("client")
         host = client[0] if client else None
-        return cls._normalised(
-            method=str(scope.get("method", "GET")),
-            path=_route_path(str(scope.get("path", "")), str(scope.get("root_path") or "")),
-            headers=headers,
-            client=str(host) if host else None,
-            user=_user_identity(scope.get("user")),
-        )
+        set_client(request, str(host) if host else None)
+        set_params(request, _EMPTY)
+        user = scope.get("user")
+        set_user(request, _user_identity(user) if user is not None else None)
+        return request
 
     @classmethod
     def from_wsgi_environ(cls, environ: Mapping[str, Any]) -> Request:
@@ -179,10 +246,17 @@ class Request:
         return cls._normalised(
             method=str(environ.get("REQUEST_METHOD", "GET")),
             path=str(path),
-            headers=headers,
+            headers=MappingProxyType(headers),
             client=remote if isinstance(remote, str) and remote else None,
             user=user if isinstance(user, str) and user else None,
         )
+
+
+# Fill a frozen Request without its __init__, each field through its slot (the fastest way).
+_SETTERS: Final = tuple(
+    Request.__dict__[name].__set__
+    for name in ("method", "path", "headers", "client", "path_params", "user")
+)
 
 
 def _route_path(path: str, root_path: str) -> str:
@@ -472,6 +546,20 @@ def _grouped(address: IPAddress, prefix: int) -> str:
     return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
+_UNSEEN: Final = object()
+_MAX_PEERS: Final = 4096
+
+
+def _peer_identity(client: str | None, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
+    """What :class:`ClientIP` trusting no proxy answers for a peer: its address grouped by
+    prefix; a peer that is not an IP address is its own identity; no peer is ``None``."""
+    peer_text = (client or "").strip()[:MAX_VALUE_LENGTH]
+    peer = _parse_address(peer_text) if peer_text else None
+    if peer is None:
+        return peer_text or None
+    return _grouped(peer, ipv6_prefix if peer.version == 6 else ipv4_prefix)
+
+
 def _network(spec: str) -> IPNetwork:
     try:
         return ipaddress.ip_network(spec.strip(), strict=False)
@@ -515,6 +603,9 @@ class ClientIP:
     header: ForwardedHeader = "x-forwarded-for"
     _networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     _trust_unix: bool = field(init=False, repr=False, compare=False)
+    _trusts_nobody: bool = field(init=False, repr=False, compare=False)
+    # Trusting no proxy, the identity depends on the peer alone: the recent peers' identities.
+    _peers: dict[str | None, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.trusted_proxies, str):
@@ -524,6 +615,8 @@ class ClientIP:
         object.__setattr__(self, "trusted_proxies", specs)
         object.__setattr__(self, "_networks", networks)
         object.__setattr__(self, "_trust_unix", len(networks) != len(specs))
+        object.__setattr__(self, "_trusts_nobody", not specs)
+        object.__setattr__(self, "_peers", {})
         for name, value, top in (
             ("ipv6_prefix", self.ipv6_prefix, 128),
             ("ipv4_prefix", self.ipv4_prefix, 32),
@@ -536,6 +629,15 @@ class ClientIP:
             )
 
     def __call__(self, request: Request) -> str | None:
+        if self._trusts_nobody:
+            peer_key = request.client
+            identity = self._peers.get(peer_key, _UNSEEN)
+            if identity is _UNSEEN:
+                identity = _peer_identity(peer_key, self.ipv4_prefix, self.ipv6_prefix)
+                if len(self._peers) >= _MAX_PEERS:  # bounded: peers can churn, never grow it
+                    self._peers.clear()
+                self._peers[peer_key] = identity
+            return identity  # type: ignore[return-value]
         # A peer that is not an IP address (none, a unix socket path, a test client's name)
         # is trusted only as "unix", and is its own identity when nothing better is known.
         peer_text = (request.client or "").strip()[:MAX_VALUE_LENGTH]

@@ -146,6 +146,13 @@ class Route:
     method: str = "*"
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Compiled for the per-request path: the methods that match (None: any), the one path an
+    # exact pattern matches (None otherwise), whether the pattern matches every path, and
+    # the RouteMatch of a request without captures (immutable, so shared).
+    _methods: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    _exact: str | None = field(init=False, repr=False, compare=False)
+    _any_path: bool = field(init=False, repr=False, compare=False)
+    _plain_match: RouteMatch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         regex, names = _compile(self.path)
@@ -174,17 +181,33 @@ class Route:
         object.__setattr__(self, "limits", limits)
         object.__setattr__(self, "_regex", regex)
         object.__setattr__(self, "_names", names)
+        # A GET route also matches HEAD (see the module docs).
+        methods = (
+            None if method == "*" else frozenset({method, "HEAD"} if method == "GET" else {method})
+        )
+        object.__setattr__(self, "_methods", methods)
+        exact = not names and self.path != "*" and not self.path.endswith("/*")
+        object.__setattr__(self, "_exact", self.path if exact else None)
+        object.__setattr__(self, "_any_path", self.path == "*")
+        object.__setattr__(self, "_plain_match", RouteMatch(self, _NO_PARAMS))
 
     def match(self, method: str, path: str) -> Mapping[str, str] | None:
         """The path parameters if this route matches, else ``None``."""
-        if self.method != "*":
-            wanted = method.upper()
-            if wanted != self.method and not (wanted == "HEAD" and self.method == "GET"):
-                return None
+        found = self._match(method, path)
+        return found.path_params if found is not None else None
+
+    def _match(self, method: str, path: str) -> RouteMatch | None:
+        methods = self._methods
+        if methods is not None and method not in methods and method.upper() not in methods:
+            return None
+        if self._exact is not None:
+            return self._plain_match if path == self._exact else None
+        if self._any_path:
+            return self._plain_match
         found = self._regex.fullmatch(path)
         if found is None:
             return None
-        return found.groupdict() if self._names else _NO_PARAMS
+        return RouteMatch(self, found.groupdict()) if self._names else self._plain_match
 
 
 _NO_PARAMS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -200,7 +223,7 @@ class RouteMatch(NamedTuple):
 class RouteTable:
     """An immutable, ordered collection of routes; :meth:`match` finds the first that fits."""
 
-    __slots__ = ("_routes",)
+    __slots__ = ("_by_path", "_patterned", "_routes")
 
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         checked = tuple(routes)
@@ -208,6 +231,13 @@ class RouteTable:
             if not isinstance(route, Route):
                 raise TypeError(f"a RouteTable holds Route objects, got {route!r}")
         self._routes = checked
+        # A request can only match the exact routes for its own path and the patterned ones:
+        # one dict lookup finds those candidates, still in table order (first match wins).
+        self._patterned = tuple(route for route in checked if route._exact is None)
+        self._by_path = {
+            path: tuple(route for route in checked if route._exact in (None, path))
+            for path in {route._exact for route in checked if route._exact is not None}
+        }
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -222,10 +252,10 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> RouteMatch | None:
         """The first route matching ``method`` and ``path`` with its captures, or ``None``."""
-        for route in self._routes:
-            params = route.match(method, path)
-            if params is not None:
-                return RouteMatch(route, params)
+        for route in self._by_path.get(path, self._patterned):
+            found = route._match(method, path)
+            if found is not None:
+                return found
         return None
 
     def policy_names(self) -> frozenset[str]:
