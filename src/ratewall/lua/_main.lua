@@ -97,6 +97,15 @@ local function run(KEYS, ARGV)
     return state
   end
 
+  local function log_for(key)
+    local log = logs[key]
+    if log == nil then
+      log = log_load(key)
+      logs[key] = log
+    end
+    return log
+  end
+
   -- Decides KEYS[first..last], one group, filling `replies`.
   local function run_group(first, last, replies)
     local pending, pending_ttl, order, before = {}, {}, {}, {}
@@ -122,9 +131,7 @@ local function run(KEYS, ARGV)
         if op == 3 then
           -- What would remain after `cost` sizes the slice; taking it all is then allowed.
           if rule[1] == log_decide then
-            local log = logs[key] or log_load(key)
-            logs[key] = log
-            allowed, remaining = log_decide(log, now, cost, rule[2], rule[3], false)
+            allowed, remaining = log_decide(log_for(key), now, cost, rule[2], rule[3], false)
           else
             allowed, remaining = rule[1](pending[key] or current(key, rule[1]), now, cost,
                                          rule[2], rule[3], rule[4], rule[5], rule[6])
@@ -135,11 +142,7 @@ local function run(KEYS, ARGV)
           end
         end
         if rule[1] == log_decide then
-          local log = logs[key]
-          if log == nil then
-            log = log_load(key)
-            logs[key] = log
-          end
+          local log = log_for(key)
           if saved[key] == nil then
             saved[key] = log_checkpoint(log)
             saved_order[#saved_order + 1] = key

@@ -388,6 +388,7 @@ class MemoryStore:
         return sum(len(table.entries) for table in self._tables.values())
 
     def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        # The hot path: _table's validation inlined, and the lock without a `with` block.
         table = self._tables.get(policy)
         if (
             table is None
@@ -396,7 +397,6 @@ class MemoryStore:
             or not 0 < cost <= table.capacity
         ):
             self._reject(identity, policy, cost)
-        # acquire/release rather than `with`: half the cost on the hot path.
         lock = self._lock
         lock.acquire()
         try:
@@ -405,6 +405,12 @@ class MemoryStore:
             lock.release()
 
     def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+        table = self._table(identity, policy, cost)
+        with self._lock:
+            return table.decide(identity, PEEK, cost, self._clock())
+
+    def _table(self, identity: object, policy: str, cost: object) -> _Table[Any]:
+        """The policy's table, once the call is valid (``check`` inlines this check)."""
         table = self._tables.get(policy)
         if (
             table is None
@@ -413,12 +419,7 @@ class MemoryStore:
             or not 0 < cost <= table.capacity
         ):
             self._reject(identity, policy, cost)
-        lock = self._lock
-        lock.acquire()
-        try:
-            return table.decide(identity, PEEK, cost, self._clock())
-        finally:
-            lock.release()
+        return table
 
     def reset(self, identity: str, policy: str) -> None:
         table = self._tables.get(policy)
@@ -438,15 +439,7 @@ class MemoryStore:
         for item in items:
             identity, policy = item[0], item[1]
             cost = item[2] if len(item) > 2 else 1
-            table = self._tables.get(policy)
-            if (
-                table is None
-                or type(identity) is not str
-                or type(cost) is not int
-                or not 0 < cost <= table.capacity
-            ):
-                self._reject(identity, policy, cost)
-            members.append((table, identity, cost))
+            members.append((self._table(identity, policy, cost), identity, cost))
         with self._lock:
             now = self._clock()
             # A member sees the states its predecessors in the group would write.
