@@ -241,16 +241,23 @@ class RequestMonitor:
 
 class ServerStats:
     """The server's own count of executed commands (``INFO commandstats``), which includes the
-    commands run inside scripts. Each snapshot's INFO shows up in the next one: subtracted."""
+    commands run inside scripts, and the CPU time its process has used (``INFO cpu``). Each
+    snapshot's INFO shows up in the next one: subtracted."""
 
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url)
 
-    def commands(self) -> Counter[str]:
-        info = self._client.info("commandstats")
-        return Counter(
-            {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in info.items()}
+    def snapshot(self) -> tuple[Counter[str], float]:
+        """Commands run so far, by name, and the server's CPU seconds (user + system)."""
+        info = self._client.info("cpu", "commandstats")
+        commands = Counter(
+            {
+                name.removeprefix("cmdstat_"): int(stats["calls"])
+                for name, stats in info.items()
+                if name.startswith("cmdstat_")
+            }
         )
+        return commands, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     def flush(self) -> None:
         self._client.flushall()
@@ -263,22 +270,26 @@ class ServerStats:
 
 
 class Window:
-    """Server commands executed during one library block."""
+    """Server commands executed, and server CPU used, during one block. The server runs
+    nothing but the benchmark, so its CPU time is what the block's calls cost it (and its
+    own housekeeping, the same for every block)."""
 
     def __init__(self, stats: ServerStats | None) -> None:
         self._stats = stats
         self.commands: Counter[str] = Counter()
+        self.cpu_seconds = 0.0
 
     def __enter__(self) -> Window:
-        self._before = self._stats.commands() if self._stats else Counter()
+        self._before = self._stats.snapshot() if self._stats else (Counter(), 0.0)
         return self
 
     def __exit__(self, *_: object) -> None:
         if self._stats is not None:
-            delta = self._stats.commands()
-            delta.subtract(self._before)
+            delta, cpu = self._stats.snapshot()
+            delta.subtract(self._before[0])
             delta["info"] -= 1  # the snapshot taken on entry
             self.commands = +delta
+            self.cpu_seconds = cpu - self._before[1]
 
 
 # -- timed blocks ----------------------------------------------------------------------------
@@ -302,6 +313,7 @@ class Tally:
     # server ran their commands, so commands per decision divide by this.
     completed: int = 0
     commands: Counter[str] = field(default_factory=Counter)  # server-side, library blocks
+    server_cpu_seconds: float = 0.0  # the Redis server's CPU time over the measured blocks
 
     def add(self, other: Tally) -> None:
         self.decisions += other.decisions
@@ -312,6 +324,7 @@ class Tally:
         self.first_error = self.first_error or other.first_error
         self.error_kind = self.error_kind or other.error_kind
         self.completed += other.completed
+        self.server_cpu_seconds += other.server_cpu_seconds
 
     def failed(self, error: Exception) -> None:
         self.errors += 1
@@ -459,6 +472,10 @@ SANITY_LIMIT: Final = 3
 SANITY_EXPECTED: Final = [True] * SANITY_LIMIT + [False]
 
 
+# Every command that runs a script: ratewall's FCALL, everyone's EVALSHA and EVAL.
+SCRIPT_COMMANDS: Final = ("fcall", "fcall_ro", "evalsha", "eval", "evalsha_ro", "eval_ro")
+
+
 @dataclass(slots=True)
 class PhaseResult:
     algorithm: str
@@ -491,6 +508,10 @@ class PhaseResult:
     requests: dict[str, float] = field(default_factory=dict)  # per decision, by command
     commands_per_decision: float | None = None
     scripts_per_decision: float | None = None
+    # The Redis server's CPU time (INFO cpu) over the measured blocks ÷ the calls that
+    # completed in them: what one decision costs the shared server, whatever its commands.
+    server_us_per_decision: float | None = None
+    floor_server_us_per_decision: float | None = None
     commands: dict[str, float] = field(default_factory=dict)  # per decision, by command
     vs_best_peer: float | None = None  # ratewall rows: best peer's ×floor ÷ ours
     best_peer: str | None = None
@@ -519,9 +540,12 @@ class PhaseResult:
         if server and library.completed:
             n = library.completed
             self.commands_per_decision = sum(library.commands.values()) / n
-            scripts = sum(library.commands[c] for c in ("evalsha", "eval", "evalsha_ro", "eval_ro"))
+            scripts = sum(library.commands[c] for c in SCRIPT_COMMANDS)
             self.scripts_per_decision = scripts / n
             self.commands = {c: k / n for c, k in library.commands.most_common()}
+            self.server_us_per_decision = library.server_cpu_seconds / n * 1e6
+        if server and floor.completed:
+            self.floor_server_us_per_decision = floor.server_cpu_seconds / floor.completed * 1e6
 
     def fill_asgi(
         self,
@@ -686,12 +710,12 @@ def run_sync_phase(
             keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
             tallies = {"library": Tally(), "floor": Tally()}
             for step in schedule(ctx.settings):
-                counting = step.measured and step.role == "library"
-                with Window(stats if counting else None) as window:
+                with Window(stats if step.measured else None) as window:
                     sample = sync_block(hits[step.role], keys[step.role], step.seconds, chunk)
                 if step.measured:
+                    sample.server_cpu_seconds = window.cpu_seconds
                     tallies[step.role].add(sample)
-                if counting:
+                if step.measured and step.role == "library":
                     tallies["library"].commands.update(window.commands)
             result.fill(tallies["library"], tallies["floor"], floor_name, server=stats is not None)
             if stats is not None:
@@ -725,8 +749,7 @@ async def run_async_phase(
             keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
             tallies = {"library": Tally(), "floor": Tally()}
             for step in schedule(ctx.settings, mode.concurrency):
-                counting = step.measured and step.role == "library"
-                with Window(ctx.stats if counting else None) as window:
+                with Window(ctx.stats if step.measured else None) as window:
                     sample = await async_block(
                         [hits[step.role]] * mode.concurrency,
                         keys[step.role],
@@ -734,8 +757,9 @@ async def run_async_phase(
                         at_least=0 if step.measured else ctx.settings.warmup_calls,
                     )
                 if step.measured:
+                    sample.server_cpu_seconds = window.cpu_seconds
                     tallies[step.role].add(sample)
-                if counting:
+                if step.measured and step.role == "library":
                     tallies["library"].commands.update(window.commands)
             result.fill(tallies["library"], tallies["floor"], FLOOR_REDIS, server=True)
             calls = max(ctx.settings.count_calls, mode.concurrency)
@@ -1007,14 +1031,14 @@ def markdown(
         f"{meta['wall_seconds'] / 60:.1f} min",
         "",
         "| algorithm | mode | library | decisions/s | p50 µs | p99 µs | RT/dec | cmds/dec "
-        "| ×floor | ours ÷ best peer |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Redis CPU µs/dec | ×floor | ours ÷ best peer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r.status != "ok":
             lines.append(
                 f"| {r.algorithm} | {r.mode_label} | {r.library} | {r.status}: {r.error} "
-                "| | | | | | |"
+                "| | | | | | | |"
             )
             continue
         versus = ""
@@ -1027,23 +1051,29 @@ def markdown(
             f"| {r.algorithm} | {r.mode_label} | {r.library} | {_num(r.decisions_per_s)}{note} "
             f"| {_latency(r.p50_us, r.mode)} | {_latency(r.p99_us, r.mode)} "
             f"| {_num(r.round_trips_per_decision, 2)} | {_num(r.commands_per_decision, 2)} "
-            f"| {_ratio(r.x_floor)} | {versus} |"
+            f"| {_num(r.server_us_per_decision, 1)} | {_ratio(r.x_floor)} | {versus} |"
         )
     lines += [
         "",
         "Floors (medians over the phases of each mode; each phase's own floor is in the JSON):",
         "",
-        "| mode | floor | decisions/s | p50 µs | p99 µs |",
-        "|---|---|---:|---:|---:|",
+        "| mode | floor | decisions/s | p50 µs | p99 µs | Redis CPU µs/call |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for mode in MODES.values():
         rows = [r for r in results if r.mode == mode.slug and r.status == "ok"]
+        server = [
+            r.floor_server_us_per_decision
+            for r in rows
+            if r.floor_server_us_per_decision is not None
+        ]
         if rows:
             lines.append(
                 f"| {mode.label} | {rows[0].floor} "
                 f"| {_num(_median([r.floor_decisions_per_s for r in rows]))} "
                 f"| {_latency(_median([r.floor_p50_us for r in rows]), mode.slug)} "
-                f"| {_latency(_median([r.floor_p99_us for r in rows]), mode.slug)} |"
+                f"| {_latency(_median([r.floor_p99_us for r in rows]), mode.slug)} "
+                f"| {_num(_median(server), 1) if server else '—'} |"
             )
     asgi = [r for r in results if r.mode == "asgi" and r.status == "ok" and r.asgi]
     if asgi:
@@ -1132,7 +1162,8 @@ def _describe(r: PhaseResult) -> str:
     if r.round_trips_per_decision is not None:
         parts.append(
             f"RT/dec {_num(r.round_trips_per_decision, 3)} "
-            f"cmds/dec {_num(r.commands_per_decision, 2)}"
+            f"cmds/dec {_num(r.commands_per_decision, 2)} "
+            f"Redis CPU {_num(r.server_us_per_decision, 1)} µs/dec"
         )
     if r.anomaly:
         parts.append(f"⚠ {r.anomaly}")

@@ -10,6 +10,7 @@ that checked nothing look green.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,12 +107,16 @@ def redis_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
 
 @pytest.fixture
 def redis_url(redis_server: LocalServer) -> str:
-    """The shared server's URL, emptied of keys and cached scripts for this test."""
+    """The shared server's URL, emptied of keys, cached scripts and function libraries
+    for this test."""
     # A bounded timeout: a server left paused by a broken test fails here, loudly,
     # rather than hanging until the per-test timeout.
     with redis.Redis.from_url(redis_server.url, socket_timeout=5.0) as client:
         client.flushall()
         client.script_flush()
+        # ratewall's function library too (a server without functions has none to flush).
+        with contextlib.suppress(redis.ResponseError):
+            client.function_flush()
     return redis_server.url
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -15,15 +15,11 @@ from ratewall import AsyncRateLimiter, Decision, Policy, StoreError
 from ratewall._server import LocalServer
 from ratewall.testing import FakeClock
 
+from ._stats import script_calls
+
 DAY = 86_400
 # Generous: these tests count round trips and check replies, they do not time anything.
 TIMEOUT = 5.0
-
-
-def _script_calls(client: redis.Redis) -> int:
-    """Script calls the server has run since the last CONFIG RESETSTAT."""
-    stats = cast("dict[str, dict[str, Any]]", client.info("commandstats"))
-    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
 
 
 async def _warm(limiter: AsyncRateLimiter, client: redis.Redis, policy: str) -> None:
@@ -37,7 +33,7 @@ async def test_a_lone_call_is_one_script_call(redis_url: str, redis_client: redi
         await _warm(limiter, redis_client, "p")
         for expected in range(4, 1, -1):
             assert (await limiter.check("user_1", "p")).remaining == expected
-        assert _script_calls(redis_client) == 3
+        assert script_calls(redis_client) == 3
 
 
 async def test_concurrent_callers_share_script_calls(
@@ -54,7 +50,7 @@ async def test_concurrent_callers_share_script_calls(
         # The first goes alone; the 63 that queue behind it in the same loop turn leave in
         # even shares of the two script calls that may be in flight: 32, then 31 (or 16
         # and 15, if both calls in flight have returned by then).
-        assert _script_calls(redis_client) <= 4
+        assert script_calls(redis_client) <= 4
     assert all(decision.allowed for decision in decisions)
     remaining = sorted(d.remaining for d in decisions)
     # Eight identities, eight calls each: every identity saw 999 down to 992, once each.
@@ -82,7 +78,7 @@ async def test_requests_sharing_a_script_call_stay_all_or_nothing(
         lone, refused, allowed, *singles, last = await asyncio.gather(*calls)
         # 1 call in flight and 16 queued: the first script call after the lone one takes
         # an even share, 8 calls, the two check_many requests first.
-        assert _script_calls(redis_client) <= 4
+        assert script_calls(redis_client) <= 4
         assert lone.allowed
         assert [d.allowed for d in refused] == [False, True]
         assert [d.allowed for d in allowed] == [True, True]

@@ -7,12 +7,9 @@ import redis
 from ratewall import AsyncRateLimiter, Policy, RateLimiter
 from ratewall.testing import FakeClock
 
+from ._stats import script_calls
+
 POLICIES = {"user": Policy(3, 60), "ip": Policy(2, 60, "gcra"), "log": Policy(4, 60, "sliding_log")}
-
-
-def _script_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 def test_check_many_matches_the_memory_store(redis_url: str) -> None:
@@ -53,10 +50,10 @@ def test_a_refused_group_is_then_answered_locally(
         limiter.check_many(items)
         limiter.check_many(items)
         assert not all(d.allowed for d in limiter.check_many(items))
-        calls = _script_calls(redis_client)
+        calls = script_calls(redis_client)
         for _ in range(100):
             assert not all(d.allowed for d in limiter.check_many(items))
-        assert _script_calls(redis_client) == calls
+        assert script_calls(redis_client) == calls
 
 
 async def test_async_check_many(redis_url: str) -> None:

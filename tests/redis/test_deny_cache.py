@@ -16,6 +16,8 @@ import redis
 from ratewall import ALGORITHMS, Decision, Policy, RateLimiter
 from ratewall.testing import FakeClock
 
+from ._stats import script_calls
+
 LIMIT = 5
 WINDOW = "1h"
 POLICY = "login"
@@ -34,11 +36,6 @@ EVERY_ALGORITHM = pytest.mark.parametrize("algorithm", ALGORITHMS)
 
 def _policies(algorithm: str, limit: int = LIMIT, window: str = WINDOW) -> dict[str, Policy]:
     return {POLICY: Policy(limit, window, algorithm)}
-
-
-def _script_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 def _fill(limiter: RateLimiter, identity: str) -> Decision:
@@ -62,9 +59,9 @@ def test_a_refused_flood_on_one_key_costs_one_script_call(
     with RateLimiter(_policies(algorithm), store=redis_url) as limiter:
         for _ in range(LIMIT):
             assert limiter.check("user_123", POLICY).allowed
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         flood = [limiter.check("user_123", POLICY) for _ in range(FLOOD)]
-        calls = _script_calls(redis_client) - before
+        calls = script_calls(redis_client) - before
     assert not any(decision.allowed for decision in flood)
     assert all(d.remaining == 0 and d.retry_after and d.retry_after > 0 for d in flood)
     # The first refusal came from the store and filled the cache; the rest were local.
@@ -82,9 +79,9 @@ def test_a_refused_flood_on_ten_keys_costs_one_script_call_per_key(
         for identity in identities:
             for _ in range(LIMIT):
                 assert limiter.check(identity, POLICY).allowed
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         flood = [limiter.check(identities[n % KEYS], POLICY) for n in range(FLOOD)]
-        calls = _script_calls(redis_client) - before
+        calls = script_calls(redis_client) - before
     assert not any(decision.allowed for decision in flood)
     assert calls <= KEYS, f"{calls} script calls for a refused flood of {FLOOD} on {KEYS} keys"
 
@@ -108,16 +105,16 @@ def test_a_reset_on_another_node_is_seen_at_the_cached_retry_time(
         clock.set(retry_at - 0.001)
         # The store would now grant (the key is gone) ...
         assert node_b.peek("user_123", POLICY).allowed
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         # ... but node A still trusts its snapshot: a stale refusal, never a stale grant.
         stale = node_a.check("user_123", POLICY)
         assert not stale.allowed
-        assert _script_calls(redis_client) == before, "node A asked the store before retry time"
+        assert script_calls(redis_client) == before, "node A asked the store before retry time"
 
         clock.set(retry_at)
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         fresh = node_a.check("user_123", POLICY)
-        assert _script_calls(redis_client) == before + 1, "node A must ask the store now"
+        assert script_calls(redis_client) == before + 1, "node A must ask the store now"
         assert fresh.allowed
         # The store decided on the reset key: a full limit, one unit spent.
         assert fresh.remaining == LIMIT - 1
@@ -140,9 +137,9 @@ def test_a_snapshot_that_would_allow_defers_to_the_store(
             spent_by_b += 1
             assert spent_by_b <= LIMIT
         assert spent_by_b >= 1
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         decision = node_a.check("user_123", POLICY)
-        assert _script_calls(redis_client) == before + 1, "node A must ask the store"
+        assert script_calls(redis_client) == before + 1, "node A must ask the store"
         assert not decision.allowed, "the deny cache granted what the store refuses"
 
 
@@ -155,13 +152,13 @@ def test_a_smaller_cost_that_the_snapshot_allows_asks_the_store(
 ) -> None:
     with RateLimiter(_policies(algorithm), store=redis_url, clock=FakeClock()) as limiter:
         assert limiter.check("user_123", POLICY, cost=3).remaining == 2
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         assert not limiter.check("user_123", POLICY, cost=3).allowed
-        assert _script_calls(redis_client) == before + 1  # the store refused; now cached
+        assert script_calls(redis_client) == before + 1  # the store refused; now cached
         assert not limiter.check("user_123", POLICY, cost=3).allowed
-        assert _script_calls(redis_client) == before + 1  # answered locally
+        assert script_calls(redis_client) == before + 1  # answered locally
         decision = limiter.check("user_123", POLICY, cost=2)
-        assert _script_calls(redis_client) == before + 2  # the snapshot allowed: store asked
+        assert script_calls(redis_client) == before + 2  # the snapshot allowed: store asked
         assert decision.allowed
         assert decision.remaining == 0
 
@@ -177,13 +174,13 @@ def test_a_smaller_cost_is_refused_when_another_node_spent_it(
         assert node_a.check("user_123", POLICY, cost=3).allowed
         assert not node_a.check("user_123", POLICY, cost=3).allowed  # cached: 2 left
         assert node_b.check("user_123", POLICY, cost=2).allowed  # now 0 left
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         decision = node_a.check("user_123", POLICY, cost=2)
-        assert _script_calls(redis_client) == before + 1
+        assert script_calls(redis_client) == before + 1
         assert not decision.allowed, "the deny cache granted what the store refuses"
         # The store's refusal refreshed the snapshot: a single unit is now refused locally.
         assert not node_a.check("user_123", POLICY, cost=1).allowed
-        assert _script_calls(redis_client) == before + 1
+        assert script_calls(redis_client) == before + 1
 
 
 # -- (d) the cache is bounded -------------------------------------------------------------
@@ -201,9 +198,9 @@ def test_the_cache_keeps_at_most_local_cache_size_entries(
             assert len(limiter._core.deny_cache) <= 3
         assert len(limiter._core.deny_cache) == 3
         # An evicted key costs a round trip again, never a wrong answer.
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         assert not any(limiter.check(identity, POLICY).allowed for identity in identities)
-        assert _script_calls(redis_client) - before >= KEYS - 3
+        assert script_calls(redis_client) - before >= KEYS - 3
         assert len(limiter._core.deny_cache) <= 3
 
 
@@ -212,9 +209,9 @@ def test_a_zero_size_cache_remembers_nothing(redis_url: str, redis_client: redis
         _policies("fixed_window"), store=redis_url, local_cache_size=0, clock=FakeClock()
     ) as limiter:
         _fill(limiter, "user_123")
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         assert not any(limiter.check("user_123", POLICY).allowed for _ in range(10))
-        assert _script_calls(redis_client) == before + 10
+        assert script_calls(redis_client) == before + 10
         assert len(limiter._core.deny_cache) == 0
 
 
@@ -243,14 +240,14 @@ def test_threads_sharing_a_limiter_admit_exactly_the_limit(
 
     with RateLimiter(policies, store=redis_url, timeout=STORE_TIMEOUT) as limiter:
         limiter.peek("warmup", POLICY)  # load the script before the start line
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         threads = [threading.Thread(target=flood, args=(result,)) for result in results]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(JOIN_TIMEOUT)
         assert not any(thread.is_alive() for thread in threads)
-        calls = _script_calls(redis_client) - before
+        calls = script_calls(redis_client) - before
     assert errors == []
     decisions = [decision for result in results for decision in result]
     assert len(decisions) == THREADS * CHECKS_PER_THREAD

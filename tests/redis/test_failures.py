@@ -19,8 +19,11 @@ import redis
 from ratewall import ALGORITHMS, AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
 from ratewall._server import LocalServer
 from ratewall.core import BreakerOpenError
+from ratewall.stores._resp import Script
 from ratewall.stores.redis import SCRIPT
 from ratewall.testing import FakeClock
+
+from ._stats import libraries
 
 POLICY = "login"
 LIMIT = 5
@@ -32,6 +35,7 @@ FAILURE_BOUND = 1.0
 FAST_CALLS = 100
 FAST_CALLS_BOUND = 0.05
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+LIBRARY = Script(SCRIPT).library
 
 
 def _policies(failure_mode: str) -> dict[str, Policy]:
@@ -239,37 +243,47 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
         assert limiter.check("user_123", POLICY).allowed
 
 
-# -- (e) scripts flushed ------------------------------------------------------------------
+# -- (e) scripts and functions flushed ---------------------------------------------------
+
+
+def _loaded(client: redis.Redis) -> bool:
+    """ratewall's code is on the server: its function library or its cached script."""
+    return LIBRARY in libraries(client) or client.script_exists(SCRIPT_SHA) == [True]
+
+
+def _flush_code(client: redis.Redis) -> None:
+    client.function_flush()
+    client.script_flush()
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_script_flush_between_two_checks_is_recovered(
+def test_flushed_code_between_two_checks_is_recovered(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
     policies = {POLICY: Policy(LIMIT, 60, algorithm)}
     with RateLimiter(policies, store=redis_url, clock=FakeClock()) as limiter:
         assert limiter.check("user_123", POLICY).remaining == LIMIT - 1
-        assert redis_client.script_exists(SCRIPT_SHA) == [True]
-        redis_client.script_flush()
-        assert redis_client.script_exists(SCRIPT_SHA) == [False]
+        assert _loaded(redis_client)
+        _flush_code(redis_client)
+        assert not _loaded(redis_client)
         decision = limiter.check("user_123", POLICY)
         assert decision.allowed
         assert not decision.degraded
         assert decision.remaining == LIMIT - 2  # the count continued
-        assert redis_client.script_exists(SCRIPT_SHA) == [True]
+        assert _loaded(redis_client)
 
 
-async def test_async_script_flush_between_two_checks_is_recovered(
+async def test_async_flushed_code_between_two_checks_is_recovered(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     async with AsyncRateLimiter(POLICIES, store=redis_url, clock=FakeClock()) as limiter:
         assert (await limiter.check("user_123", POLICY)).remaining == LIMIT - 1
-        redis_client.script_flush()
-        assert redis_client.script_exists(SCRIPT_SHA) == [False]
+        _flush_code(redis_client)
+        assert not _loaded(redis_client)
         decision = await limiter.check("user_123", POLICY)
         assert decision.allowed
         assert decision.remaining == LIMIT - 2
-        assert redis_client.script_exists(SCRIPT_SHA) == [True]
+        assert _loaded(redis_client)
 
 
 # -- (f) a restart ------------------------------------------------------------------------

@@ -17,13 +17,10 @@ from ratewall.core import CHECK, LEASE, Call
 from ratewall.stores.redis import RedisStore
 from ratewall.testing import FakeClock
 
+from ._stats import script_calls
+
 START_US = 1_700_000_000_000_000
 TIMEOUT = 5.0  # these tests are about counts, not latency
-
-
-def _script_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 @pytest.mark.slow
@@ -89,9 +86,9 @@ def test_a_hot_key_costs_one_script_call_per_lease(
     policies = {"api": Policy(1_000_000, 3600, lease=50)}
     with RateLimiter(policies, store=redis_url, timeout=TIMEOUT) as limiter:
         limiter.check("warm-up", "api")  # loads the script (a NOSCRIPT reply counts too)
-        before = _script_calls(redis_client)
+        before = script_calls(redis_client)
         decisions = [limiter.check("hot", "api") for _ in range(1000)]
-        calls = _script_calls(redis_client) - before
+        calls = script_calls(redis_client) - before
     assert all(d.allowed for d in decisions)
     assert calls == 1000 // 50
     # The store counted every leased unit: 20 leases of 50.

@@ -32,6 +32,8 @@ from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
 from ratewall._server import LocalServer, ServerBinary, _die_with_parent_hook
 from ratewall.testing import FakeClock
 
+from ._stats import script_calls
+
 LOOPBACK: Final = "127.0.0.1"
 # Creating the cluster (or waiting for the sentinel) must finish within this.
 BOOT_TIMEOUT_S: Final = 20.0
@@ -451,17 +453,6 @@ def sentinel_url(sentinel_master: tuple[LocalServer, Sentinel]) -> str:
 # -- observing the store --------------------------------------------------------------------
 
 
-def _script_calls(clients: list[redis.Redis]) -> int:
-    """Script executions that ran on these servers (a NOSCRIPT reply does not count)."""
-    total = 0
-    for client in clients:
-        stats: dict[str, dict[str, Any]] = client.info("commandstats")
-        for name in ("cmdstat_evalsha", "cmdstat_eval"):
-            entry = stats.get(name, {})
-            total += entry.get("calls", 0) - entry.get("failed_calls", 0)
-    return total
-
-
 class Observer:
     """Checks each step of the flow on a topology against the same step on the standalone
     server (``reference``, same kind, same clock): the same answers, and byte for byte the
@@ -474,7 +465,7 @@ class Observer:
         self.reader = reader
         self.servers = servers
         self.reference = reference
-        self.calls = _script_calls(servers)
+        self.calls = script_calls(*servers)
         self.value: bytes | str | None = None
         self.pttl = -2
         assert reader.exists(KEY) == 0
@@ -482,7 +473,7 @@ class Observer:
 
     def after(self, step: Step, decision: Decision, on_standalone: Decision) -> None:
         where = f"at +{step.at}s"
-        calls = _script_calls(self.servers)
+        calls = script_calls(*self.servers)
         value = self.reader.get(KEY)
         pttl: int = self.reader.pttl(KEY)
         assert decision == step.decision, where
@@ -616,11 +607,11 @@ async def _burst(url: str, clients: list[redis.Redis], *, warm_up: bool) -> Burs
     async with AsyncRateLimiter(DAILY, store=url, timeout=TIMEOUT_S) as limiter:
         if warm_up:
             assert (await limiter.peek("warm-up", "daily")).allowed
-        calls = _script_calls(clients)
+        calls = script_calls(*clients)
         results = await asyncio.gather(
             *(limiter.check(who, "daily") for who in wanted), return_exceptions=True
         )
-        calls = _script_calls(clients) - calls
+        calls = script_calls(*clients) - calls
     return Burst(
         wanted,
         [r for r in results if isinstance(r, Decision)],

@@ -1,4 +1,5 @@
-"""A lean RESP2 client for the one thing the limiter sends: ``EVALSHA`` (``EVAL`` on NOSCRIPT).
+"""A lean RESP2 client for the one thing the limiter sends: its script call (``FCALL``, or
+``EVALSHA`` where the server has no functions; see :class:`Script`).
 
 redis-py spends ~200 Python calls per command (pool checkout with a health check, socket
 blocking-mode toggles, fork checks, observability hooks). A limiter's round trip is its
@@ -26,7 +27,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -122,36 +123,110 @@ def _check(reply: Any) -> Any:
     return reply
 
 
+# The steps of one script call. It starts with FCALL (or EVALSHA once the server is known
+# to lack functions) and takes at most two more round trips to recover: FCALL, FUNCTION LOAD,
+# FCALL again; or EVALSHA, EVAL. Every step is sent on the same connection, under the call's
+# one deadline.
+FCALL, LOAD, FCALL_AGAIN, EVALSHA, EVAL = range(5)
+
+
 class Script:
-    """A script's text, its SHA1, and its EVALSHA/EVAL commands.
+    """A script's text, its SHA1, and the commands that run it.
+
+    On servers with functions (Redis 7+, Valkey) the script is a function library: FUNCTION
+    LOAD runs its definitions once, and each FCALL runs only ``run``. As a plain script
+    (EVALSHA, re-sent as EVAL on NOSCRIPT) every call would redefine all of it first, which
+    costs the server more than a simple decision itself. The library and the function are
+    named after the script's hash, so that two ratewall versions sharing a server during a
+    rolling deploy never replace each other's code; each version loads its library once per
+    server (a library is a few kB; ``FUNCTION DELETE ratewall_<hash>`` removes an old one).
+
+    The server tells which way works, and the first call finds out (:meth:`next_step`):
+    "Function not found" (a new server, FUNCTION FLUSH, a restart without persistence, a
+    failover) loads the library and calls again; a server without functions (Redis 6) or a
+    user whose ACL denies FCALL or FUNCTION LOAD switches this script to EVALSHA for good.
 
     A command is built around a *body*: the RESP bulk strings of numkeys, the keys and the
     arguments (``argc`` of them), already encoded by the caller, so that the same body serves
-    EVALSHA and, after NOSCRIPT, EVAL."""
+    every step."""
 
-    __slots__ = ("_eval_head", "_evalsha_head", "sha", "text")
+    __slots__ = (
+        "_eval_head",
+        "_evalsha_head",
+        "_fcall_head",
+        "_load",
+        "functions",
+        "library",
+        "sha",
+        "text",
+    )
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, functions: bool = True) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
         self._evalsha_head = b"$7\r\nEVALSHA\r\n" + bulk(self.sha)
         self._eval_head = b"$4\r\nEVAL\r\n" + bulk(text)
+        self.library = f"ratewall_{self.sha[:16]}"
+        self._fcall_head = b"$5\r\nFCALL\r\n" + bulk(self.library)
+        self._load = _pack(("FUNCTION", "LOAD", _library_code(text, self.library)))
+        # Cleared when the server turns out to lack functions (or to deny them to this user).
+        self.functions = functions
 
-    def evalsha(self, argc: int, body: bytes) -> bytes:
-        return b"*%d\r\n%b%b" % (argc + 2, self._evalsha_head, body)
+    def first_step(self) -> int:
+        return FCALL if self.functions else EVALSHA
 
-    def eval(self, argc: int, body: bytes) -> bytes:
-        return b"*%d\r\n%b%b" % (argc + 2, self._eval_head, body)
+    def command(self, step: int, argc: int, body: bytes) -> bytes:
+        """The packed command of ``step`` for ``body``."""
+        if step in (FCALL, FCALL_AGAIN):
+            return b"*%d\r\n%b%b" % (argc + 2, self._fcall_head, body)
+        if step == EVALSHA:
+            return b"*%d\r\n%b%b" % (argc + 2, self._evalsha_head, body)
+        if step == EVAL:
+            return b"*%d\r\n%b%b" % (argc + 2, self._eval_head, body)
+        return self._load
+
+    def next_step(self, step: int, reply: Any) -> int | None:
+        """What to send after ``step`` answered ``reply``, or ``None``: the call's reply is
+        ``reply``. Only the answers that mean "not loaded here" or "not available here" lead
+        on; an error of the script itself is the call's reply."""
+        if step == LOAD:
+            if not isinstance(reply, ReplyError) or "already exists" in str(reply):
+                return FCALL_AGAIN  # loaded now, or by another client meanwhile
+            self.functions = False  # refused (ACL, out of memory, ...): plain scripts then
+            return EVALSHA
+        if not isinstance(reply, ReplyError):
+            return None
+        message = str(reply)
+        if step == FCALL:
+            if message.startswith("ERR Function not found"):
+                return LOAD
+            lowered = message.lower()
+            if message.startswith("ERR unknown command") or (
+                message.startswith("NOPERM") and "fcall" in lowered
+            ):
+                self.functions = False
+                return EVALSHA
+        elif step == EVALSHA and message.startswith("NOSCRIPT"):
+            return EVAL
+        return None
+
+
+_RUN_CALL: Final = "return run(KEYS, ARGV)"
+
+
+def _library_code(text: str, library: str) -> str:
+    """The script as a function library: its definitions, then ``run`` registered under the
+    library's name instead of called (the script's last statement, ``return run(KEYS, ARGV)``)."""
+    definitions, found, rest = text.rpartition(_RUN_CALL)
+    if not found or rest.strip():
+        raise ValueError(f"the script must end with {_RUN_CALL!r}")
+    return f"#!lua name={library}\n{definitions}redis.register_function('{library}', run)\n"
 
 
 def bulk(value: str | int) -> bytes:
     """One RESP bulk string (what the server sees as one argument)."""
     encoded = value.encode() if isinstance(value, str) else b"%d" % value
     return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
-
-
-def _is_noscript(reply: Any) -> bool:
-    return isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT")
 
 
 class Connection:
@@ -224,7 +299,9 @@ class ConnectionPool:
 
     def run_script(self, argc: int, body: bytes) -> Any:
         """Run the script on ``body`` (see :class:`Script`) and return its reply."""
-        packed = self.script.evalsha(argc, body)
+        script = self.script
+        step = script.first_step()
+        packed = script.command(step, argc, body)
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -238,8 +315,13 @@ class ConnectionPool:
                 # A pooled connection found dead (server restart, idle timeout): one fresh try.
                 connection = Connection(self.endpoint)
                 reply = connection.call(packed)
-            if _is_noscript(reply):
-                reply = connection.call(self.script.eval(argc, body))
+            if isinstance(reply, ReplyError):
+                # Not loaded on this server, or no functions here: at most two more steps.
+                next_step = script.next_step(step, reply)
+                while next_step is not None:
+                    step = next_step
+                    reply = connection.call(script.command(step, argc, body))
+                    next_step = script.next_step(step, reply)
         except BaseException:
             connection.close()
             raise
@@ -284,8 +366,8 @@ class ScriptCall:
     (the batching store makes thousands a second, and a task per call costs more than the
     call's own Python work).
 
-    It has one deadline, the store timeout, from its start: it covers connecting, NOSCRIPT
-    recovery and the one fresh try on a connection found dead. ``done(reply, None)`` or
+    It has one deadline, the store timeout, from its start: it covers connecting, loading
+    the script again and the one fresh try on a connection found dead. ``done(reply, None)`` or
     ``done(None, error)`` is called exactly once, within the deadline (a ReplyError from the
     script is an error). A reply that arrives after the deadline is dropped.
     """
@@ -295,10 +377,10 @@ class ScriptCall:
         "_body",
         "_connection",
         "_done",
-        "_evaled",
         "_finished",
         "_loop",
         "_retried",
+        "_step",
         "_timer",
         "_was_used",
     )
@@ -317,7 +399,7 @@ class ScriptCall:
         self._body = body
         self._done = done
         self._finished = False
-        self._evaled = False
+        self._step = connection.script.first_step()
         self._retried = False
         self._was_used = False
         self._timer: asyncio.TimerHandle | None = None
@@ -334,7 +416,7 @@ class ScriptCall:
     def _send(self) -> None:
         connection = self._connection
         self._was_used = connection.used
-        connection.send(connection.script.evalsha(self._argc, self._body), self)
+        connection.send(connection.script.command(self._step, self._argc, self._body), self)
 
     def connected(self, error: BaseException | None) -> None:
         """Called by the connection once a connection attempt made for this call ends."""
@@ -354,17 +436,19 @@ class ScriptCall:
 
     def set_result(self, reply: Any) -> None:
         connection = self._connection
-        if isinstance(reply, ReplyError):
-            if not self._evaled and _is_noscript(reply):
-                # The script cache was flushed (SCRIPT FLUSH, restart, failover): send the
-                # text once; the server caches it again for every later EVALSHA.
-                self._evaled = True
+        if isinstance(reply, ReplyError) or self._step == LOAD:
+            step = connection.script.next_step(self._step, reply)
+            if step is not None:
+                # Not loaded on this server (a flush, a restart, a failover), or no functions
+                # here: the next step on the same connection, under the same deadline.
+                self._step = step
                 if connection.ready:
-                    connection.send(connection.script.eval(self._argc, self._body), self)
+                    connection.send(connection.script.command(step, self._argc, self._body), self)
                     return
                 reply = StoreConnectionError("the connection to the store is closed")
-            self._finish(None, reply)
-            return
+            if isinstance(reply, BaseException):
+                self._finish(None, reply)
+                return
         connection.used = True
         connection.timeouts = 0
         self._finish(reply, None)

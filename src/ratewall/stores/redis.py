@@ -2,10 +2,13 @@
 calls decided all or nothing).
 
 The script is ``lua/_prelude.lua``, the five ``lua/<algorithm>.lua`` files and
-``lua/_main.lua`` concatenated, sent as EVALSHA and re-sent as EVAL when the server answers
-NOSCRIPT (after ``SCRIPT FLUSH``, a restart or a failover). Standalone servers are reached
-through ratewall's own connections (:mod:`._resp`); Cluster and Sentinel through redis-py
-clients and their ``Script`` objects, with batches split per hash slot.
+``lua/_main.lua`` concatenated. Standalone servers are reached through ratewall's own
+connections (:mod:`._resp`), which load it as a function library (FUNCTION LOAD once per
+server, then FCALL: its definitions are not re-run at every call), falling back to EVALSHA
+(re-sent as EVAL on NOSCRIPT) on servers without functions or for users denied them; a
+library or script lost to a flush, a restart or a failover is loaded again by the call that
+finds it missing. Cluster and Sentinel are reached through redis-py clients and their
+``Script`` objects (EVALSHA), with batches split per hash slot.
 
 Clients are built for a rate limiter, not for a cache: connect and read timeouts default to
 50 ms and nothing is retried (redis-py's defaults wait seconds and retry with backoff; a
