@@ -355,3 +355,22 @@ async def test_odd_scopes_are_left_to_the_general_path(caplog: pytest.LogCapture
         )
     assert statuses(exchanges) == [200] * 4
     assert "failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        Route("*", [RouteLimit("api", ClientIP())]),
+        Route("*", [RouteLimit("api", ClientIP())], method="POST"),
+        Route("*", []),
+        Route("*", [RouteLimit("api", Header("X-Key"))]),
+        Route("/api/*", [RouteLimit("api", ClientIP())]),
+    ],
+    ids=["catch-all", "post-only", "exempt", "header", "prefix"],
+)
+async def test_a_first_route_that_may_take_everything(first: Route) -> None:
+    routes = [first, Route("/", [RouteLimit("other", ClientIP())])]
+    scopes = [scope_for("/"), scope_for("/api/x", method="POST"), scope_for("/api")]
+    policies = {"api": Policy(2, 60), "other": Policy(1, 60)}
+    exchanges = await both_ways(limiter_of(policies), routes, [(1, s) for s in scopes * 3])
+    assert 429 in statuses(exchanges) or first.limits == ()

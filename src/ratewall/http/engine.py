@@ -287,7 +287,7 @@ class _Shortcut:
     Built from the engine's routes, policies and options as they are when it is made.
     """
 
-    __slots__ = ("_encoded", "_limits", "_policies", "_routes")
+    __slots__ = ("_encoded", "_everything", "_limits", "_policies", "_routes")
 
     def __init__(self, routes: RouteTable, policies: Mapping[str, Policy]) -> None:
         self._routes = routes
@@ -302,6 +302,13 @@ class _Shortcut:
                 source = limit.identity
                 if type(source) is ClientIP and source._trusts_nobody:
                     self._limits[id(route)] = (source, limit.policy, limit.cost)
+        # A first route that takes every method and path decides every request, unmatched.
+        first = routes.routes[0] if routes.routes else None
+        self._everything = (
+            self._limits.get(id(first))
+            if first is not None and first._any_path and first._methods is None
+            else None
+        )
         # Per policy: the limit its decisions report, its RateLimit-Policy field and its name
         # item, encoded (one entry per policy).
         self._encoded: dict[str, tuple[int, tuple[bytes, bytes], bytes]] = {}
@@ -313,12 +320,14 @@ class _Shortcut:
     def item(self, method: str, path: str, client: str | None) -> Item | _Unchecked | None:
         """The one item to check for a request (as :meth:`HttpLimiter.start` would find it),
         :data:`UNCHECKED` if no limit applies, or ``None``: ask the general path."""
-        found = self._routes.match(method, path)
-        if found is None or not found.route.limits:
-            return UNCHECKED
-        limit = self._limits.get(id(found.route))
+        limit = self._everything
         if limit is None:
-            return None
+            found = self._routes.match(method, path)
+            if found is None or not found.route.limits:
+                return UNCHECKED
+            limit = self._limits.get(id(found.route))
+            if limit is None:
+                return None
         source, policy, cost = limit
         identity = source._of_peer(client)
         if not identity:  # the route's missing-identity rule: the general path applies it
