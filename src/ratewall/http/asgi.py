@@ -234,7 +234,10 @@ class RateLimitMiddleware:
             if not started and message.get("type") == "http.response.start":
                 started = True
                 try:
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                    # A copy: the application may keep or reuse its message.
+                    copy = dict(message)
+                    copy["headers"] = [*copy.get("headers", ()), *extra]
+                    message = copy
                 except Exception as error:  # noqa: BLE001 - send the app's message as it is
                     self.engine.internal_error("add headers", error, NO_HEADERS)
             return send(message)
