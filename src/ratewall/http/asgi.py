@@ -26,21 +26,27 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, ClassVar, Self
 
+from ..decision import Decision
 from ..limiter import AsyncRateLimiter
+from ..stores.memory import MemoryStore
 from .engine import (
     NO_HEADERS,
     PLAIN_REFUSAL,
+    UNCHECKED,
     AsyncLimiter,
     Check,
     HttpLimiter,
+    Item,
     Pass,
     Respond,
+    _Shortcut,
+    _Unchecked,
     checks_singly,
     encode_headers,
     fallback_response,
     routes_from_config,
 )
-from .identity import ClientIP, Request
+from .identity import ClientIP, Request, _asgi_target
 from .routes import Route, RouteTable
 
 __all__ = ["ASGIApp", "RateLimitMiddleware"]
@@ -90,6 +96,15 @@ class RateLimitMiddleware:
             headers_on_allowed=headers_on_allowed,
             client_ip=client_ip,
         )
+        # Chosen once: the shortcut needs a ratewall limiter (asked through ``check``) and
+        # an engine giving the default outcomes.
+        self._shortcut = self.engine._shortcut() if checks_singly(limiter) else None
+        # On the memory store, AsyncRateLimiter.check only returns the store's decision (no
+        # I/O): asking the store directly saves creating and running a coroutine per request.
+        memory = getattr(limiter, "_memory", None) if self._shortcut is not None else None
+        self._check_now: Callable[[str, str, int], Decision] | None = (
+            memory.check if isinstance(memory, MemoryStore) else None
+        )
 
     @classmethod
     def from_config(
@@ -127,6 +142,33 @@ class RateLimitMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
+        # The limiter's answer, once asked: its decisions, or the exception it raised.
+        answer: list[Decision] | Exception | None = None
+        shortcut = self._shortcut
+        if shortcut is not None:
+            # The usual request's short way (see engine._Shortcut): no Request, no Check.
+            # What it cannot answer, the general path below decides, with the limiter's
+            # answer if it already has one, exactly as it would have without the shortcut.
+            item = _shortcut_item(shortcut, scope)
+            if item is UNCHECKED:
+                await self.app(scope, receive, send)
+                return
+            if isinstance(item, tuple):
+                check_now = self._check_now
+                try:
+                    if check_now is not None:
+                        decision = check_now(*item)
+                    else:
+                        # checks_singly() made sure it is an AsyncRateLimiter's own check.
+                        decision = await self.limiter.check(*item)  # type: ignore[attr-defined]
+                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+                    answer = error
+                else:
+                    extra = shortcut.fields(decision)
+                    if extra is not None:
+                        await self.app(scope, receive, self._adding(send, extra))
+                        return
+                    answer = [decision]
         # The whole exchange with the engine and the limiter happens in this one coroutine:
         # a helper coroutine per request would cost more than some of the steps themselves.
         engine = self.engine
@@ -136,23 +178,17 @@ class RateLimitMiddleware:
             step = engine.internal_error("request", error)
         outcome: object = step
         if isinstance(step, Check):
-            limiter = self.limiter
-            items = step.items
-            try:
-                if len(items) == 1 and checks_singly(limiter):
-                    decisions = [await limiter.check(*items[0])]
-                else:
-                    decisions = await limiter.check_many(items)
-            except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            if answer is None:
+                limiter = self.limiter
+                items = step.items
                 try:
-                    outcome = engine.failed(step, error)
-                except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
-                    outcome = engine.internal_error("failed", inner)
-            else:
-                try:
-                    outcome = engine.finish(step, decisions)
-                except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
-                    outcome = engine.internal_error("finish", error)
+                    if len(items) == 1 and checks_singly(limiter):
+                        answer = [await limiter.check(*items[0])]
+                    else:
+                        answer = await limiter.check_many(items)
+                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+                    answer = error
+            outcome = self._settle(step, answer)
         if not isinstance(outcome, (Pass, Respond)):  # a tuple: faster than a union
             outcome = engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
         if isinstance(outcome, Respond):
@@ -160,14 +196,33 @@ class RateLimitMiddleware:
             return
         extra = outcome.encoded
         if extra is None and outcome.headers:
-            try:
-                extra = encode_headers(outcome.headers)
-            except Exception as error:  # noqa: BLE001 - the response goes out without them
-                engine.internal_error("encode headers", error, NO_HEADERS)
+            extra = self._encoded(outcome)
         if not extra:
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, self._adding(send, extra))
+
+    def _settle(self, check: Check, answer: list[Decision] | Exception) -> object:
+        """The engine's outcome for the limiter's ``answer`` to ``check`` (whatever a
+        subclass's hook returns: the caller checks it)."""
+        engine = self.engine
+        if isinstance(answer, Exception):
+            try:
+                return engine.failed(check, answer)
+            except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
+                return engine.internal_error("failed", inner)
+        try:
+            return engine.finish(check, answer)
+        except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
+            return engine.internal_error("finish", error)
+
+    def _encoded(self, outcome: Pass) -> list[tuple[bytes, bytes]] | None:
+        """``outcome``'s headers encoded; ``None`` (logged) if they cannot be sent."""
+        try:
+            return encode_headers(outcome.headers)
+        except Exception as error:  # noqa: BLE001 - the response goes out without them
+            self.engine.internal_error("encode headers", error, NO_HEADERS)
+            return None
 
     def _adding(self, send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         """``send`` that adds ``extra`` to the response start. A plain function returning
@@ -179,7 +234,10 @@ class RateLimitMiddleware:
             if not started and message.get("type") == "http.response.start":
                 started = True
                 try:
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                    # A copy: the application may keep or reuse its message.
+                    copy = dict(message)
+                    copy["headers"] = [*copy.get("headers", ()), *extra]
+                    message = copy
                 except Exception as error:  # noqa: BLE001 - send the app's message as it is
                     self.engine.internal_error("add headers", error, NO_HEADERS)
             return send(message)
@@ -195,3 +253,12 @@ class RateLimitMiddleware:
             headers = encode_headers(outcome.headers)
         await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
         await send({"type": "http.response.body", "body": outcome.body})
+
+
+def _shortcut_item(shortcut: _Shortcut, scope: Scope) -> Item | _Unchecked | None:
+    """What ``shortcut`` finds to check for ``scope``; ``None`` if it cannot tell, or fails
+    (the general path then meets the failure again, and reports it)."""
+    try:
+        return shortcut.item(*_asgi_target(scope))
+    except Exception:  # noqa: BLE001 - see above
+        return None

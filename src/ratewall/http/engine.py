@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import re
 import threading
 import time
@@ -54,9 +55,11 @@ from ..errors import ConfigError, StoreError
 from ..limiter import AsyncRateLimiter
 from ..policy import Policy
 from .headers import (
+    _SF_INTEGER_MAX,
     PROBLEM_CONTENT_TYPE,
     QUOTA_EXCEEDED,
     TEMPORARY_REDUCED_CAPACITY,
+    _encoded_policy,
     problem_body,
     rate_limit_fields,
     rate_limit_headers,
@@ -259,6 +262,110 @@ def _describe(limit: RouteLimit) -> str:
     return "a client identity"
 
 
+class _Unchecked:
+    """Marks a request that no limit applies to (no route, or an exempt one)."""
+
+
+UNCHECKED: Final = _Unchecked()
+_Encoded = list[tuple[bytes, bytes]]
+
+
+class _Shortcut:
+    """The usual request's short way through an engine whose outcomes are the default ones
+    (see :meth:`HttpLimiter._shortcut`); an adapter may take it before the general path.
+
+    Most requests match a route with one limit on the client address trusting no proxy, are
+    allowed, and get the two RateLimit fields. Such a request needs nothing but its method,
+    path and peer: :meth:`item` finds what to check without a :class:`Request` (no header
+    snapshot), a :class:`Check` or a pass through :meth:`HttpLimiter.start`, and
+    :meth:`fields` gives the fields :meth:`HttpLimiter.finish` would add, encoded, from the
+    decision's two numbers. Whatever they cannot answer they leave (``None``) to the general
+    path, which then decides the request as it always does: another identity source, a
+    missing identity, a refusal, a degraded or unusual decision, an error. The outcomes are
+    the same either way (``tests/http/test_shortcut.py``).
+
+    Built from the engine's routes, policies and options as they are when it is made.
+    """
+
+    __slots__ = ("_encoded", "_everything", "_limits", "_policies", "_routes")
+
+    def __init__(self, routes: RouteTable, policies: Mapping[str, Policy]) -> None:
+        self._routes = routes
+        self._policies = policies
+        # Per route that qualifies, keyed by id() (a Route hashes and compares by value, which
+        # costs more than the rest; this table keeps its routes alive): its one limit's source,
+        # policy and cost.
+        self._limits: dict[int, tuple[ClientIP, str, int]] = {}
+        for route in routes.routes:
+            if len(route.limits) == 1:
+                limit = route.limits[0]
+                source = limit.identity
+                if type(source) is ClientIP and source._trusts_nobody:
+                    self._limits[id(route)] = (source, limit.policy, limit.cost)
+        # A first route that takes every method and path decides every request, unmatched.
+        first = routes.routes[0] if routes.routes else None
+        self._everything = (
+            self._limits.get(id(first))
+            if first is not None and first._any_path and first._methods is None
+            else None
+        )
+        # Per policy: the limit its decisions report, its RateLimit-Policy field and its name
+        # item, encoded (one entry per policy).
+        self._encoded: dict[str, tuple[int, tuple[bytes, bytes], bytes]] = {}
+
+    def useful(self) -> bool:
+        """Whether some route can take the shortcut."""
+        return bool(self._limits)
+
+    def item(self, method: str, path: str, client: str | None) -> Item | _Unchecked | None:
+        """The one item to check for a request (as :meth:`HttpLimiter.start` would find it),
+        :data:`UNCHECKED` if no limit applies, or ``None``: ask the general path."""
+        limit = self._everything
+        if limit is None:
+            found = self._routes.match(method, path)
+            if found is None or not found.route.limits:
+                return UNCHECKED
+            limit = self._limits.get(id(found.route))
+            if limit is None:
+                return None
+        source, policy, cost = limit
+        identity = source._of_peer(client)
+        if not identity:  # the route's missing-identity rule: the general path applies it
+            return None
+        return (identity, policy, cost)
+
+    def fields(self, decision: Decision) -> _Encoded | None:
+        """The encoded RateLimit fields :meth:`HttpLimiter.finish` adds for the item's
+        ``decision``, if it is allowed; else ``None``, also for nonsense in the decision
+        (which the general path then reports)."""
+        if type(decision) is not Decision or not decision.allowed or decision.degraded:
+            return None
+        known = self._encoded.get(decision.policy)
+        try:
+            if known is None or known[0] != decision.limit:
+                known = self._learn(decision)
+            # headers._state_member's fast case (the general path does the others), as bytes.
+            remaining = decision.remaining
+            wait = decision.reset_after
+            if (
+                type(remaining) is not int
+                or not 0 <= remaining <= _SF_INTEGER_MAX
+                or not 0 < wait <= _SF_INTEGER_MAX
+            ):
+                return None
+            state = b"%s;r=%d;t=%d" % (known[2], remaining, math.ceil(wait))
+        except Exception:  # noqa: BLE001 - see above
+            return None
+        return [known[1], (b"ratelimit", state)]
+
+    def _learn(self, decision: Decision) -> tuple[int, tuple[bytes, bytes], bytes]:
+        policy = decision.policy
+        member, item = _encoded_policy(policy, decision.limit, self._policies[policy].window_us)
+        known = (decision.limit, (b"ratelimit-policy", member), item)
+        self._encoded[policy] = known
+        return known
+
+
 class HttpLimiter:
     """Maps HTTP requests to limiter checks and decisions to HTTP outcomes. No I/O.
 
@@ -299,6 +406,22 @@ class HttpLimiter:
         # it, and its encoded form, directly.
         self._default_headers = type(self).response_headers is HttpLimiter.response_headers
         self._validate()
+
+    def _shortcut(self) -> _Shortcut | None:
+        """The usual request's short way (see :class:`_Shortcut`), when this engine gives
+        the default outcomes for it (neither :meth:`start`, :meth:`finish` nor
+        :meth:`response_headers` overridden, the default headers) and some route qualifies."""
+        kind = type(self)
+        if (
+            kind.start is not HttpLimiter.start
+            or kind.finish is not HttpLimiter.finish
+            or not self._default_headers
+            or not self.headers_on_allowed
+            or self.legacy_headers
+        ):
+            return None
+        shortcut = _Shortcut(self.routes, self.policies)
+        return shortcut if shortcut.useful() else None
 
     def _validate(self) -> None:
         """Unknown policies and impossible costs fail at startup, not on every request."""

@@ -218,6 +218,15 @@ def _members(key: tuple[str, int, int]) -> _Members:
     return members
 
 
+def _encoded_policy(name: str, limit: int, window_us: int) -> tuple[bytes, bytes]:
+    """A policy's ``RateLimit-Policy`` member and its name as an sf-string, both encoded
+    and checked: what every allowed response of that policy repeats. Raises as
+    :func:`rate_limit_fields` would."""
+    key = (name, limit, window_us)
+    _, raw, item = _MEMBERS.get(key) or _members(key)
+    return raw, item.encode("latin-1")
+
+
 def _state_member(decision: Decision, item: str) -> str:
     """:func:`_ratelimit_member` for a decision whose name item is known; its fast case,
     an int ``r`` and a finite positive ``t`` in range, is digits only."""

@@ -207,15 +207,12 @@ class Request:
         # request, and a call with keyword arguments costs as much as the rest.
         request = object.__new__(cls)
         set_method, set_path, set_headers, set_client, set_params, set_user = _SETTERS
-        set_method(request, str(scope.get("method", "GET")))
-        path = str(scope.get("path", ""))
-        root_path = scope.get("root_path")
-        set_path(request, _route_path(path, str(root_path)) if root_path else path)
+        method, path, client = _asgi_target(scope)
+        set_method(request, method)
+        set_path(request, path)
         # A snapshot: what the application later does to the scope cannot change it.
         set_headers(request, _ASGIHeaders(tuple(scope.get("headers") or ())))
-        client = scope.get("client")
-        host = client[0] if client else None
-        set_client(request, str(host) if host else None)
+        set_client(request, client)
         set_params(request, _EMPTY)
         user = scope.get("user")
         set_user(request, _user_identity(user) if user is not None else None)
@@ -257,6 +254,19 @@ _SETTERS: Final = tuple(
     Request.__dict__[name].__set__
     for name in ("method", "path", "headers", "client", "path_params", "user")
 )
+
+
+def _asgi_target(scope: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """The :attr:`~Request.method`, :attr:`~Request.path` and :attr:`~Request.client` of the
+    request :meth:`Request.from_asgi_scope` builds for ``scope``; the ASGI middleware's
+    shortcut reads these three alone, and must see them exactly as the request would."""
+    path = str(scope.get("path", ""))
+    root_path = scope.get("root_path")
+    if root_path:
+        path = _route_path(path, str(root_path))
+    client = scope.get("client")
+    host = client[0] if client else None
+    return str(scope.get("method", "GET")), path, str(host) if host else None
 
 
 def _route_path(path: str, root_path: str) -> str:
@@ -630,14 +640,7 @@ class ClientIP:
 
     def __call__(self, request: Request) -> str | None:
         if self._trusts_nobody:
-            peer_key = request.client
-            identity = self._peers.get(peer_key, _UNSEEN)
-            if identity is _UNSEEN:
-                identity = _peer_identity(peer_key, self.ipv4_prefix, self.ipv6_prefix)
-                if len(self._peers) >= _MAX_PEERS:  # bounded: peers can churn, never grow it
-                    self._peers.clear()
-                self._peers[peer_key] = identity
-            return identity  # type: ignore[return-value]
+            return self._of_peer(request.client)
         # A peer that is not an IP address (none, a unix socket path, a test client's name)
         # is trusted only as "unix", and is its own identity when nothing better is known.
         peer_text = (request.client or "").strip()[:MAX_VALUE_LENGTH]
@@ -657,6 +660,17 @@ class ClientIP:
         if client is None:
             return peer_text or None
         return self._group(client)
+
+    def _of_peer(self, client: str | None) -> str | None:
+        """The identity of a request whose :attr:`~Request.client` is ``client``, when no
+        proxy is trusted (``_trusts_nobody``): it depends on the peer alone."""
+        identity = self._peers.get(client, _UNSEEN)
+        if identity is _UNSEEN:
+            identity = _peer_identity(client, self.ipv4_prefix, self.ipv6_prefix)
+            if len(self._peers) >= _MAX_PEERS:  # bounded: peers can churn, never grow it
+                self._peers.clear()
+            self._peers[client] = identity
+        return identity  # type: ignore[return-value]
 
     def _is_trusted(self, address: IPAddress) -> bool:
         return any(
