@@ -36,18 +36,22 @@ local ALGORITHMS = {[0] = fixed_window, sliding_window, log_decide, token_bucket
 -- changed) or in another format counts as no state at all. (Sliding logs are lists: see
 -- sliding_log.lua.) ratewall.stores._values is the Python twin of this format.
 local TAGS = {[fixed_window] = "F", [sliding_window] = "S", [token_bucket] = "T", [gcra] = "G"}
+-- The tags' character codes (a function library's top level may not call string.byte).
+local TAG_BYTES = {[fixed_window] = 70, [sliding_window] = 83, [token_bucket] = 84, [gcra] = 71}
 -- The state's time field (1-based): the window end, the window start, the last refill, tat.
 local TIME_FIELD = {[fixed_window] = 2, [sliding_window] = 3, [token_bucket] = 2, [gcra] = 1}
 
 local function encode(values, algorithm)
   local time_field = TIME_FIELD[algorithm]
-  local time = encode_int(values[time_field])
-  if #time > 8 then error("ratewall: a time beyond the year 2147 cannot be stored") end
-  local parts = {}
+  local text = TAGS[algorithm] .. encode_time(values[time_field])
+  local separator = ""
   for i = 1, #values do
-    if i ~= time_field then parts[#parts + 1] = encode_int(values[i]) end
+    if i ~= time_field then
+      text = text .. separator .. encode_int(values[i])
+      separator = ":"
+    end
   end
-  return TAGS[algorithm] .. string.rep("!", 8 - #time) .. time .. table.concat(parts, ":")
+  return text
 end
 
 -- One call of the script. Everything above is defined once when the script is loaded as a
@@ -86,11 +90,16 @@ local function run(KEYS, ARGV)
       state = {}
       -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
       local raw = redis.pcall("GET", key)
-      if type(raw) == "string" and #raw > 9 and string.sub(raw, 1, 1) == TAGS[algorithm] then
-        for part in string.gmatch(string.sub(raw, 10), "[^:]+") do
-          state[#state + 1] = decode_int(part)
+      if type(raw) == "string" and #raw > 9 and string.byte(raw, 1) == TAG_BYTES[algorithm] then
+        -- The other integers, split at ":" (no pattern, no substrings), then the time.
+        local size, first = #raw, 10
+        while first <= size do
+          local colon = string.find(raw, ":", first, true)
+          local last = colon and colon - 1 or size
+          if last >= first then state[#state + 1] = decode_span(raw, first, last) end
+          first = last + 2
         end
-        table.insert(state, TIME_FIELD[algorithm], decode_int(string.sub(raw, 2, 9)))
+        table.insert(state, TIME_FIELD[algorithm], decode_time(raw, 2))
       end
       states[key] = state
     end
