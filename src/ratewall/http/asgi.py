@@ -188,7 +188,7 @@ class RateLimitMiddleware:
                         answer = await limiter.check_many(items)
                 except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
                     answer = error
-            outcome = self._settle(step, answer)
+            outcome = engine._settle(step, answer)
         if not isinstance(outcome, (Pass, Respond)):  # a tuple: faster than a union
             outcome = engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
         if isinstance(outcome, Respond):
@@ -201,20 +201,6 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, self._adding(send, extra))
-
-    def _settle(self, check: Check, answer: list[Decision] | Exception) -> object:
-        """The engine's outcome for the limiter's ``answer`` to ``check`` (whatever a
-        subclass's hook returns: the caller checks it)."""
-        engine = self.engine
-        if isinstance(answer, Exception):
-            try:
-                return engine.failed(check, answer)
-            except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
-                return engine.internal_error("failed", inner)
-        try:
-            return engine.finish(check, answer)
-        except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
-            return engine.internal_error("finish", error)
 
     def _encoded(self, outcome: Pass) -> list[tuple[bytes, bytes]] | None:
         """``outcome``'s headers encoded; ``None`` (logged) if they cannot be sent."""

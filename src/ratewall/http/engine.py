@@ -602,6 +602,20 @@ class HttpLimiter:
             fallback=_plain(503, "Service Unavailable"),
         )
 
+    def _settle(self, check: Check, answer: Sequence[Decision] | Exception) -> Outcome:
+        """The outcome of the limiter's ``answer`` to ``check``: its decisions through
+        :meth:`finish`, or the exception it raised through :meth:`failed`. A subclass's hook
+        that raises is contained; what a hook returns is the adapter's to check."""
+        if isinstance(answer, Exception):
+            try:
+                return self.failed(check, answer)
+            except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
+                return self.internal_error("failed", inner)
+        try:
+            return self.finish(check, answer)
+        except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
+            return self.internal_error("finish", error)
+
     def internal_error(
         self,
         where: str,

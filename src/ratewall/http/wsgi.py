@@ -18,9 +18,10 @@ path below the application's mount point (``SCRIPT_NAME``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from ..decision import Decision
 from ..limiter import RateLimiter
 from .engine import (
     NO_HEADERS,
@@ -141,17 +142,12 @@ class WSGIRateLimitMiddleware:
             return engine.internal_error("request", error)
         if not isinstance(step, Check):
             return step
+        answer: Sequence[Decision] | Exception
         try:
-            decisions = self.limiter.check_many(step.items)
+            answer = self.limiter.check_many(step.items)
         except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
-            try:
-                return engine.failed(step, error)
-            except Exception as inner:  # noqa: BLE001 - a subclass's bug: never a 500
-                return engine.internal_error("failed", inner)
-        try:
-            return engine.finish(step, decisions)
-        except Exception as error:  # noqa: BLE001 - a subclass's bug: never a 500
-            return engine.internal_error("finish", error)
+            answer = error
+        return engine._settle(step, answer)
 
     def _respond(self, start_response: StartResponse, outcome: Respond) -> Iterable[bytes]:
         try:
