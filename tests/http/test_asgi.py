@@ -36,7 +36,7 @@ from ratewall.http import (
 )
 from ratewall.testing import FakeClock
 
-from ._support import Calls, asgi_app, ratelimit_members
+from ._support import AsyncDeadStoreLimiter, Calls, asgi_app, ratelimit_members
 
 PEER = ("203.0.113.7", 50000)
 POLICIES = {"login": Policy(5, 60), "login_ip": Policy(3, 60)}
@@ -481,24 +481,6 @@ async def test_an_app_sending_odd_start_messages_is_left_alone(
 # -- the store down ----------------------------------------------------------------------------
 
 
-class DeadStore:
-    """A store whose every call fails, as a crashed Redis would."""
-
-    calls = 0
-
-    async def arun(self, requests: Any) -> Any:
-        DeadStore.calls += 1
-        raise ConnectionRefusedError("connection refused")
-
-    async def aclose(self) -> None:
-        return None
-
-
-class DeadStoreLimiter(AsyncRateLimiter):
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
-        return DeadStore()
-
-
 @pytest.mark.parametrize(
     ("failure_mode", "status"), [("closed", 503), ("open", 200), ("raise", 200)]
 )
@@ -506,7 +488,7 @@ async def test_store_down(
     failure_mode: str, status: int, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     policies = {"login": Policy(5, 60, failure_mode=failure_mode)}
-    limiter = DeadStoreLimiter(policies, clock=clock)
+    limiter = AsyncDeadStoreLimiter(policies, clock=clock)
     calls = Calls()
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         async with client(RateLimitMiddleware(asgi_app(calls), limiter, SEED)) as http:

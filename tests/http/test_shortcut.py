@@ -26,7 +26,7 @@ from ratewall.http import (
 )
 from ratewall.testing import FakeClock
 
-from ._support import asgi_app
+from ._support import AsyncDeadStoreLimiter, asgi_app
 
 ALGORITHMS = ["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
 PEER = ("203.0.113.7", 50000)
@@ -305,21 +305,6 @@ async def test_options_that_change_allowed_responses(options: dict[str, bool]) -
     assert statuses(exchanges) == [200, 200, 429]
 
 
-class DeadStore:
-    """A Redis store whose every call fails."""
-
-    async def arun_one(self, call: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    async def aclose(self) -> None:
-        return None
-
-
-class DeadStoreLimiter(AsyncRateLimiter):
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
-        return DeadStore()
-
-
 @pytest.mark.parametrize(
     ("failure_mode", "status"), [("open", 200), ("closed", 503), ("raise", 200)]
 )
@@ -329,7 +314,7 @@ async def test_store_failures_are_contained_alike(
     policies = {"api": Policy(2, 60, failure_mode=failure_mode)}
 
     def make(clock: FakeClock) -> AsyncRateLimiter:
-        return DeadStoreLimiter(policies, store="redis://127.0.0.1:1/0", clock=clock)
+        return AsyncDeadStoreLimiter(policies, store="redis://127.0.0.1:1/0", clock=clock)
 
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         exchanges = await both_ways(make, EVERYTHING, [(1, scope_for())] * 3)

@@ -28,7 +28,7 @@ from ratewall.http import (
 )
 from ratewall.testing import FakeClock
 
-from ._support import Calls, ratelimit_members, wsgi_app
+from ._support import Calls, DeadStoreLimiter, ratelimit_members, wsgi_app
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -231,19 +231,6 @@ def test_broken_refusal_hooks_still_refuse(
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "15"
     assert "X-Note" not in response.headers
-
-
-class DeadStore:
-    def run(self, requests: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    def close(self) -> None:
-        return None
-
-
-class DeadStoreLimiter(RateLimiter):
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
-        return DeadStore()
 
 
 @pytest.mark.parametrize(("failure_mode", "status"), [("closed", 503), ("open", 200)])
