@@ -47,9 +47,6 @@ class _Draft:
     degraded: bool
 
 
-_new = object.__new__
-
-
 def make_decision(
     allowed: bool,
     policy: str,
@@ -61,7 +58,7 @@ def make_decision(
     """A non-degraded :class:`Decision`, built four times as fast as through the frozen
     dataclass' ``__init__`` (the hot path makes one per request). Equal in every way: the
     result *is* a Decision, frozen like any other."""
-    draft = _new(_Draft)
+    draft = _Draft()  # cheaper than object.__new__(_Draft); _Draft has no __init__
     draft.allowed = allowed
     draft.policy = policy
     draft.limit = limit

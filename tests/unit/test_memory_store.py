@@ -9,6 +9,7 @@ decision and every stored state must be equal.
 
 from __future__ import annotations
 
+import time
 from typing import Literal, NamedTuple
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratewall import ALGORITHMS, Decision, Policy
+from ratewall._clock import monotonic_micros
 from ratewall.algorithms import FUNCTIONS, Outcome, Rule
 from ratewall.core import Core
 from ratewall.stores.memory import MemoryStore
@@ -237,3 +239,22 @@ def test_bad_calls_raise_the_cores_errors() -> None:
 def test_a_store_serves_only_once_attached() -> None:
     with pytest.raises(KeyError, match="serves no limiter"):
         MemoryStore(Clock()).check("u", "p")
+
+
+def test_the_default_clock_is_read_inline_as_the_same_microseconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``check`` reads ``time.monotonic_ns`` itself when the clock is the default one, and
+    must see the very instants that ``monotonic_micros`` (used by peek) gives."""
+    now_ns = [5_000_000_999]  # 5_000_000 µs and 999 ns, which both must drop
+    monkeypatch.setattr(time, "monotonic_ns", lambda: now_ns[0])
+    store = MemoryStore(monotonic_micros)
+    store.attach(Core({"p": Policy(2, 1)}, local_cache_size=0, local_clock=monotonic_micros))
+    assert store.check("u", "p").reset_after == 1.0
+    now_ns[0] += 999_999_000  # 1 µs before the window ends (µs: 5_999_999)
+    assert store.check("u", "p").remaining == 0
+    assert not store.check("u", "p").allowed
+    assert not store.peek("u", "p").allowed
+    now_ns[0] += 1_000  # the window's end, to the µs
+    assert store.peek("u", "p").allowed
+    assert store.check("u", "p").remaining == 1
