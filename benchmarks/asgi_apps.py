@@ -4,8 +4,9 @@
 inside ratewall's :class:`~ratewall.http.RateLimitMiddleware` on the memory store, with one
 catch-all route limited per client address (the default identity of a config file's routes)
 and a limit no run can reach, so every request is checked, allowed and decorated with the
-RateLimit fields. The harness picks the algorithm and limit through the environment, because
-uvicorn builds the app in its own process.
+RateLimit fields. ``fields`` (for ``asgi_instructions.py``) is the bare app sending two
+fixed fields of the same shape. The harness picks the algorithm and limit through the
+environment, because uvicorn builds the app in its own process.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ async def trivial_app(
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+_FIELDS: Final = (
+    (b"ratelimit-policy", b'"bench";q=1000000000;w=60'),
+    (b"ratelimit", b'"bench";r=999999999;t=60'),
+)
+
+
+async def fields_app(
+    scope: Scope,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    """:func:`trivial_app` sending two fixed fields shaped like the middleware's RateLimit
+    fields too: what the server's handling of those two fields costs, without a limiter."""
+    if scope["type"] != "http":
+        return
+    headers = [*_HEADERS, *_FIELDS]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
 def memory_limiter(algorithm: str, limit: int, window: int) -> AsyncRateLimiter:
     return AsyncRateLimiter({POLICY: Policy(limit, window, algorithm)})
 
@@ -52,6 +73,10 @@ def limited_app(limiter: AsyncRateLimiter) -> RateLimitMiddleware:
 
 def bare() -> App:
     return trivial_app
+
+
+def fields() -> App:
+    return fields_app
 
 
 def limited() -> RateLimitMiddleware:

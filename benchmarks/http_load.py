@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
 
@@ -55,8 +55,11 @@ class UvicornServer:
     which then stops it (:meth:`stop`, also from ``with``).
     """
 
-    def __init__(self, factory: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, factory: str, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.factory = factory
+        self._prefix = tuple(prefix)  # a command that runs the server, e.g. valgrind's
         self._env = {**os.environ, **(env or {})}
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None  # uvicorn's own messages, shown if it fails to start
@@ -94,6 +97,7 @@ class UvicornServer:
         self.port = _free_port()
         log = self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         command = [
+            *self._prefix,
             sys.executable,
             "-m",
             "uvicorn",
