@@ -66,7 +66,7 @@ def measure(factory: str, algorithm: str, requests: int) -> float:
     limited app; the others ignore it)."""
     with tempfile.TemporaryDirectory(prefix="ratewall-callgrind-") as directory:
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out"]
-        env = {ALGORITHM_VARIABLE: algorithm, LIMIT_VARIABLE: str(10**9), WINDOW_VARIABLE: "3600"}
+        env = {ALGORITHM_VARIABLE: algorithm, LIMIT_VARIABLE: str(10**9), WINDOW_VARIABLE: "60"}
         server = UvicornServer(factory, env, prefix=prefix)
         try:
             server.start(timeout=120.0)  # a Python under valgrind starts slowly
