@@ -91,13 +91,19 @@ def main() -> None:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated")
     parser.add_argument("--requests", type=int, default=2000, help="counted per app")
     arguments = parser.parse_args()
+    algorithms = arguments.algorithms.split(",")
+    unknown = sorted(set(algorithms) - set(ALGORITHMS))
+    if unknown:
+        parser.error(f"unknown algorithm {', '.join(unknown)}; known: {', '.join(ALGORITHMS)}")
+    if arguments.requests < CONNECTIONS:
+        parser.error(f"--requests must be at least {CONNECTIONS} (one per connection)")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("valgrind (with callgrind_control) is not on PATH: apt-get install valgrind")
     print(f"uvicorn under callgrind: {server_description()}, {arguments.requests} requests each")
     bare = measure("asgi_apps:bare", ALGORITHMS[0], arguments.requests)
     fields = measure("asgi_apps:fields", ALGORITHMS[0], arguments.requests)
     rows = [("bare app", bare), ("bare app sending two RateLimit-shaped fields", fields)]
-    for algorithm in arguments.algorithms.split(","):
+    for algorithm in algorithms:
         count = measure("asgi_apps:limited", algorithm, arguments.requests)
         rows.append((f"with the middleware, {algorithm}", count))
     print()
