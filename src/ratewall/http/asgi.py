@@ -245,26 +245,6 @@ def _shortcut_item(shortcut: _Shortcut, scope: Scope) -> Item | _Unchecked | Non
     """What ``shortcut`` finds to check for ``scope``; ``None`` if it cannot tell, or fails
     (the general path then meets the failure again, and reports it)."""
     try:
-        limit = shortcut._everything
-        root_path = scope.get("root_path")
-        if (
-            limit is None
-            or type(scope.get("method")) is not str
-            or type(scope.get("path")) is not str
-            or (root_path and type(root_path) is not str)
-        ):
-            return shortcut.item(*_asgi_target(scope))
-        # One limit takes every request, whatever its method and path (which are text, as
-        # the general path would find them): only the peer counts, and a peer seen before
-        # has its identity in the source's cache (ClientIP._of_peer).
-        source, policy, cost = limit
-        client = scope.get("client")
-        host = client[0] if client else None
-        identity = source._peers.get(host) if type(host) is str else None
-        if identity is None:
-            identity = source._of_peer(str(host) if host else None)
-            if not identity:  # the route's missing-identity rule: the general path applies it
-                return None
-        return (identity, policy, cost)
+        return shortcut.item(*_asgi_target(scope))
     except Exception:  # noqa: BLE001 - see above
         return None
