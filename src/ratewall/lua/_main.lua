@@ -212,15 +212,50 @@ local function run(KEYS, ARGV)
     end
   end
 
+  -- Decides KEYS[i], a group of its own: the usual one. A check or peek of a state-tuple
+  -- algorithm needs none of run_group's bookkeeping (a refused call consumes nothing, so
+  -- there is nothing to undo), which is most of a batched decision's cost. Resets, leases
+  -- and sliding logs go the general way.
+  local function run_single(i, replies)
+    local base = CALLS + (i - 1) * 4
+    local op = tonumber(ARGV[base])
+    if op > 1 then return run_group(i, i, replies) end
+    local rule = rules[tonumber(ARGV[base + 3])]
+    local algorithm = rule[1]
+    if algorithm == log_decide then return run_group(i, i, replies) end
+    local key = KEYS[i]
+    local stored = current(key, algorithm)
+    local allowed, remaining, reset, retry, new_state, ttl = algorithm(
+      stored, now, tonumber(ARGV[base + 2]), rule[2], rule[3], rule[4], rule[5], rule[6])
+    if allowed == 1 then
+      if op == 0 and new_state ~= nil then
+        if ttls[key] == nil then dirty[#dirty + 1] = key end
+        states[key], ttls[key], algorithms[key] = new_state, ttl, algorithm
+      end
+      replies[i] = {1, remaining, reset, retry, now}
+    else
+      local reply = {0, remaining, reset, retry, now}
+      for j = 1, #stored do
+        reply[5 + j] = stored[j]
+      end
+      replies[i] = reply
+    end
+  end
+
   local replies = {}
+  local count = #KEYS
   local first = 1
-  while first <= #KEYS do
+  while first <= count do
     local group = ARGV[CALLS + (first - 1) * 4 + 1]
     local last = first
-    while last < #KEYS and ARGV[CALLS + last * 4 + 1] == group do
+    while last < count and ARGV[CALLS + last * 4 + 1] == group do
       last = last + 1
     end
-    run_group(first, last, replies)
+    if first == last then
+      run_single(first, replies)
+    else
+      run_group(first, last, replies)
+    end
     first = last + 1
   end
 
