@@ -212,34 +212,48 @@ local function run(KEYS, ARGV)
     end
   end
 
-  -- Decides KEYS[i], a group of its own: the usual one. A check or peek of a state-tuple
-  -- algorithm needs none of run_group's bookkeeping (a refused call consumes nothing, so
-  -- there is nothing to undo), which is most of a batched decision's cost. Resets, leases
-  -- and sliding logs go the general way.
+  -- Decides KEYS[i], a group of its own: the usual one. A check or peek needs none of
+  -- run_group's bookkeeping (a refused call consumes nothing, so there is nothing to undo),
+  -- which is most of a batched decision's cost. Resets and leases go the general way.
   local function run_single(i, replies)
     local base = CALLS + (i - 1) * 4
     local op = tonumber(ARGV[base])
     if op > 1 then return run_group(i, i, replies) end
     local rule = rules[tonumber(ARGV[base + 3])]
-    local algorithm = rule[1]
-    if algorithm == log_decide then return run_group(i, i, replies) end
-    local key = KEYS[i]
-    local stored = current(key, algorithm)
-    local allowed, remaining, reset, retry, new_state, ttl = algorithm(
-      stored, now, tonumber(ARGV[base + 2]), rule[2], rule[3], rule[4], rule[5], rule[6])
-    if allowed == 1 then
-      if op == 0 and new_state ~= nil then
+    local algorithm, key, cost = rule[1], KEYS[i], tonumber(ARGV[base + 2])
+    local allowed, remaining, reset, retry
+    local snapshot = nil  -- the state before a refusal, for the caller's deny cache
+    if algorithm == log_decide then
+      local log = log_for(key)
+      allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], op == 0)
+      if allowed == 0 then
+        snapshot = log_state(log, now, rule[3])
+      elseif op == 0 then
+        log_ttls[key] = math.max(1, ceil_div(rule[3], 1000))
+        if not log.dirty then
+          log.dirty = true
+          dirty_logs[#dirty_logs + 1] = log
+        end
+      end
+    else
+      local stored = current(key, algorithm)
+      local new_state, ttl
+      allowed, remaining, reset, retry, new_state, ttl = algorithm(
+        stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
+      if allowed == 0 then
+        snapshot = stored
+      elseif op == 0 and new_state ~= nil then
         if ttls[key] == nil then dirty[#dirty + 1] = key end
         states[key], ttls[key], algorithms[key] = new_state, ttl, algorithm
       end
-      replies[i] = {1, remaining, reset, retry, now}
-    else
-      local reply = {0, remaining, reset, retry, now}
-      for j = 1, #stored do
-        reply[5 + j] = stored[j]
-      end
-      replies[i] = reply
     end
+    local reply = {allowed, remaining, reset, retry, now}
+    if snapshot ~= nil then
+      for j = 1, #snapshot do
+        reply[5 + j] = snapshot[j]
+      end
+    end
+    replies[i] = reply
   end
 
   local replies = {}
