@@ -210,7 +210,15 @@ class AsyncRateLimiter(_Limiter):
         """Decide a request of ``cost`` units; consumes them only if allowed."""
         if self._memory is not None:
             return self._memory.check(identity, policy, cost)
-        return await self._decide(self._core.plan(identity, policy, CHECK, cost))
+        # _decide inlined: a coroutine less per decision.
+        plan = self._core.plan(identity, policy, CHECK, cost)
+        if plan.decision is not None:
+            return plan.decision
+        try:
+            reply = await self._store.arun_one(plan.call)
+        except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
+            return self._core.failure(plan, error)
+        return self._core.decide(plan, reply)
 
     async def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
