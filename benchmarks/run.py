@@ -3,11 +3,12 @@
     python benchmarks/run.py            # everything, ~12 minutes on a 2-core VM
     python benchmarks/run.py --quick    # a smoke run, under 2 minutes
 
-One freshly started Redis or Valkey server serves the whole run. For every algorithm, mode
-and library, a *phase* alternates timed blocks of the library's calls (L) with blocks of a
-floor call (F) — warm-up, then F L L F L L F L L F — and reports the library's time per
-decision divided by the floor's (×floor). Raw throughput drifts by ±30% within seconds on a
-shared VM; a ratio of two interleaved measurements does not. See benchmarks/README.md.
+One freshly started Redis or Valkey server serves the whole run. For every algorithm and
+mode, a *phase* alternates timed blocks of every library's calls with blocks of a floor call
+(F) — warm-up, then per round F, each library, each library again in reverse order, and a
+closing F — and reports each library's time per decision divided by the floor's (×floor) and
+ratewall's against the best peer's. Raw throughput drifts by ±30% within seconds on a shared
+VM; ratios of measurements interleaved block by block do not. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ MODES: Final = {
 class Settings:
     block: float  # seconds per timed block
     warmup: float  # seconds of each warm-up block (library, then floor)
-    rounds: int  # F L L repeated this many times, then a closing F
+    rounds: int  # F, each library, each library again: this many times, then a closing F
     memory_chunk: int = 64  # memory calls per clock read (a clock read costs ~0.1 µs)
     count_calls: int = 300  # decisions watched by MONITOR to count round trips
     warmup_calls: int = 2  # per async caller in a warm-up block, whatever its duration
@@ -140,8 +141,9 @@ class Settings:
     def block_for(self, concurrency: int) -> float:
         return max(self.block, concurrency * self.seconds_per_caller)
 
-    def phase_seconds(self, concurrency: int = 1) -> float:
-        return 2 * self.warmup + self.block_for(concurrency) * (3 * self.rounds + 1)
+    def phase_seconds(self, concurrency: int = 1, libraries: int = 1) -> float:
+        blocks = (1 + 2 * libraries) * self.rounds + 1
+        return (libraries + 1) * self.warmup + self.block_for(concurrency) * blocks
 
     def for_asgi(self) -> Settings:
         """The ASGI mode's: three times the rounds. Its ratio compares two servers' rates,
@@ -158,27 +160,35 @@ QUICK: Final = Settings(
 )
 
 
+FLOOR: Final = "floor"  # the floor's role in a schedule; the libraries' are their names
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    role: Literal["library", "floor"]
+    role: str  # a library's name (the ASGI mode: "library"), or FLOOR
     seconds: float
     measured: bool
 
 
-def schedule(settings: Settings, concurrency: int = 1) -> list[Step]:
-    """Warm-up (library, floor), then F L L per round, then F: every L block sits next to F."""
+def schedule(
+    settings: Settings, concurrency: int = 1, libraries: Sequence[str] = ("library",)
+) -> list[Step]:
+    """Warm-up (each library, then the floor); then per round the floor, every library, and
+    every library again in reverse order; then the floor. With one library: F L L per round.
+
+    Every library's blocks sit among the others' and the floor's, and its two blocks of a
+    round lie symmetrically around the round's middle: a steady drift of the machine weighs
+    on every library alike, and a burst of hypervisor steal falls on neighbouring blocks of
+    several of them, not on one library's whole phase. So ratios between libraries, like
+    ratios to the floor, come from blocks measured side by side, not minutes apart."""
     block = settings.block_for(concurrency)
-    steps = [
-        Step("library", settings.warmup, measured=False),
-        Step("floor", settings.warmup, measured=False),
-    ]
+    steps = [Step(name, settings.warmup, measured=False) for name in libraries]
+    steps.append(Step(FLOOR, settings.warmup, measured=False))
     for _ in range(settings.rounds):
-        steps += [
-            Step("floor", block, measured=True),
-            Step("library", block, measured=True),
-            Step("library", block, measured=True),
-        ]
-    steps.append(Step("floor", block, measured=True))
+        steps.append(Step(FLOOR, block, measured=True))
+        steps += [Step(name, block, measured=True) for name in libraries]
+        steps += [Step(name, block, measured=True) for name in reversed(libraries)]
+    steps.append(Step(FLOOR, block, measured=True))
     return steps
 
 
@@ -526,8 +536,7 @@ class PhaseResult:
     vs_best_peer_raw: float | None = None  # the same from raw decisions/s (drifts)
     wall_seconds: float = 0.0  # the whole phase: setup, sanity check, blocks, count pass
     # The share of this machine's CPU time its hypervisor took (steal) during the phase, on
-    # Linux: a noisy neighbour slows a phase's own blocks, not those of the phases it is
-    # compared with.
+    # Linux (the same for every library of the phase): it slows raw decisions/s.
     steal_fraction: float | None = None
     # ASGI mode: the limited app's requests/s ÷ the bare app's (1 ÷ x_floor), and the
     # server and generator CPU behind them (see fill_asgi).
@@ -657,6 +666,9 @@ class Context:
     def prefix(self, library: str) -> str:
         return f"b{self.phase_index}-{library}"
 
+    def spec(self, library: Library, algorithm: str, shape: Shape) -> LimitSpec:
+        return LimitSpec(algorithm, shape.limit, shape.window, self.prefix(library.name))
+
 
 def _cycle(keys: Sequence[str]) -> Callable[[], str]:
     return itertools.cycle(keys).__next__
@@ -700,93 +712,147 @@ def _exhausted(answers: list[bool], limit: int) -> None:
         )
 
 
-def run_sync_phase(
-    ctx: Context, library: Library, spec: LimitSpec, mode: Mode, result: PhaseResult
-) -> None:
-    shape = SHAPES[mode.shape]
-    open_limiter: Callable[[LimitSpec], SyncLimiter]
-    floor: SyncLimiter
-    if mode.kind == "memory":
-        open_limiter = library.open_memory
-        floor, floor_name = DictWindow(shape.limit, shape.window), FLOOR_MEMORY
-        chunk = ctx.settings.memory_chunk
+@dataclass(slots=True)
+class Contender:
+    """One library in a phase: its limiter, the keys it cycles through, its result."""
+
+    name: str
+    hit: Callable[[str], Any]
+    next_key: Callable[[], str]
+    result: PhaseResult
+
+
+def _failed(result: PhaseResult, error: Exception) -> None:
+    if isinstance(error, MisconfiguredError):
+        result.status, result.error = "misconfigured", str(error)
     else:
-        open_limiter = functools.partial(library.open_sync, url=ctx.url)
-        floor, floor_name = SyncFloor(ctx.url, f"{spec.prefix}-floor:"), FLOOR_REDIS
-        chunk = 1
+        result.status, result.error = "error", f"{type(error).__name__}: {error}"
+
+
+def run_sync_phase(
+    ctx: Context, entrants: Sequence[tuple[Library, PhaseResult]], mode: Mode
+) -> None:
+    """The sync, memory, deny and 10k modes: every library's limiter is opened (and checked,
+    and its key spent for a deny flood), then their blocks and the floor's alternate."""
+    shape = SHAPES[mode.shape]
     stats = ctx.stats if mode.kind != "memory" else None
-    try:
-        _check_sync(open_limiter, spec)
-        limiter = open_limiter(spec)
-        try:
-            if shape.exhaust_first:
-                _exhausted(
-                    [limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)], shape.limit
-                )
-            hits = {"library": limiter.hit, "floor": floor.hit}
-            keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
-            tallies = {"library": Tally(), "floor": Tally()}
-            for step in schedule(ctx.settings):
-                with Window(stats if step.measured else None) as window:
-                    sample = sync_block(hits[step.role], keys[step.role], step.seconds, chunk)
-                if step.measured:
-                    sample.server_cpu_seconds = window.cpu_seconds
-                    tallies[step.role].add(sample)
-                if step.measured and step.role == "library":
-                    tallies["library"].commands.update(window.commands)
-            result.fill(tallies["library"], tallies["floor"], floor_name, server=stats is not None)
-            if stats is not None:
-                calls = ctx.settings.count_calls
+    with contextlib.ExitStack() as opened:
+        floor: SyncLimiter
+        if mode.kind == "memory":
+            floor, floor_name = DictWindow(shape.limit, shape.window), FLOOR_MEMORY
+            chunk = ctx.settings.memory_chunk
+        else:
+            floor = SyncFloor(ctx.url, f"{ctx.prefix('floor')}:")
+            floor_name, chunk = FLOOR_REDIS, 1
+        opened.callback(floor.close)
+        contenders: list[Contender] = []
+        for library, result in entrants:
+            spec = ctx.spec(library, result.algorithm, shape)
+            open_limiter: Callable[[LimitSpec], SyncLimiter] = (
+                library.open_memory
+                if mode.kind == "memory"
+                else functools.partial(library.open_sync, url=ctx.url)
+            )
+            try:
+                _check_sync(open_limiter, spec)
+                limiter = open_limiter(spec)
+                opened.callback(limiter.close)
+                if shape.exhaust_first:
+                    _exhausted(
+                        [limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)], shape.limit
+                    )
+            except Exception as error:  # this library is reported, the others run
+                _failed(result, error)
+                continue
+            contenders.append(Contender(library.name, limiter.hit, _cycle(shape.keys), result))
+        if not contenders:
+            return
+        hits = {c.name: c.hit for c in contenders} | {FLOOR: floor.hit}
+        keys = {c.name: c.next_key for c in contenders} | {FLOOR: _cycle(shape.keys)}
+        tallies = {role: Tally() for role in hits}
+        for step in schedule(ctx.settings, 1, [c.name for c in contenders]):
+            with Window(stats if step.measured else None) as window:
+                sample = sync_block(hits[step.role], keys[step.role], step.seconds, chunk)
+            if step.measured:
+                sample.server_cpu_seconds = window.cpu_seconds
+                tallies[step.role].add(sample)
+                if step.role != FLOOR:
+                    tallies[step.role].commands.update(window.commands)
+        for contender in contenders:
+            result = contender.result
+            result.fill(
+                tallies[contender.name], tallies[FLOOR], floor_name, server=stats is not None
+            )
+            if stats is None:
+                continue
+            calls = ctx.settings.count_calls
+            try:
                 with ctx.monitor() as monitor:
-                    errors = sync_count(limiter.hit, keys["library"], calls)
-                result.fill_requests(monitor, calls - errors)
-        finally:
-            limiter.close()
-    finally:
-        floor.close()
+                    errors = sync_count(contender.hit, contender.next_key, calls)
+            except Exception as error:  # reported on this library's row
+                _failed(result, error)
+                continue
+            result.fill_requests(monitor, calls - errors)
 
 
 async def run_async_phase(
-    ctx: Context, library: Library, spec: LimitSpec, mode: Mode, result: PhaseResult
+    ctx: Context, entrants: Sequence[tuple[Library, PhaseResult]], mode: Mode
 ) -> None:
+    """The async modes: as :func:`run_sync_phase`, every block with ``mode.concurrency``
+    callers on this loop."""
     shape = SHAPES[mode.shape]
+    async with contextlib.AsyncExitStack() as opened:
+        floor = await AsyncFloor(ctx.url, f"{ctx.prefix('floor')}:").start()
+        opened.push_async_callback(floor.aclose)
+        contenders: list[Contender] = []
+        for library, result in entrants:
+            spec = ctx.spec(library, result.algorithm, shape)
 
-    async def open_limiter(s: LimitSpec) -> AsyncLimiter:
-        return await library.open_async(s, ctx.url)
+            async def open_limiter(s: LimitSpec, library: Library = library) -> AsyncLimiter:
+                return await library.open_async(s, ctx.url)
 
-    floor = await AsyncFloor(ctx.url, f"{spec.prefix}-floor:").start()
-    try:
-        await _check_async(open_limiter, spec)
-        limiter = await open_limiter(spec)
-        try:
-            if shape.exhaust_first:
-                answers = [await limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)]
-                _exhausted(answers, shape.limit)
-            hits = {"library": limiter.hit, "floor": floor.hit}
-            keys = {"library": _cycle(shape.keys), "floor": _cycle(shape.keys)}
-            tallies = {"library": Tally(), "floor": Tally()}
-            for step in schedule(ctx.settings, mode.concurrency):
-                with Window(ctx.stats if step.measured else None) as window:
-                    sample = await async_block(
-                        [hits[step.role]] * mode.concurrency,
-                        keys[step.role],
-                        step.seconds,
-                        at_least=0 if step.measured else ctx.settings.warmup_calls,
-                    )
-                if step.measured:
-                    sample.server_cpu_seconds = window.cpu_seconds
-                    tallies[step.role].add(sample)
-                if step.measured and step.role == "library":
-                    tallies["library"].commands.update(window.commands)
-            result.fill(tallies["library"], tallies["floor"], FLOOR_REDIS, server=True)
+            try:
+                await _check_async(open_limiter, spec)
+                limiter = await open_limiter(spec)
+                opened.push_async_callback(limiter.aclose)
+                if shape.exhaust_first:
+                    answers = [await limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)]
+                    _exhausted(answers, shape.limit)
+            except Exception as error:  # this library is reported, the others run
+                _failed(result, error)
+                continue
+            contenders.append(Contender(library.name, limiter.hit, _cycle(shape.keys), result))
+        if not contenders:
+            return
+        hits = {c.name: c.hit for c in contenders} | {FLOOR: floor.hit}
+        keys = {c.name: c.next_key for c in contenders} | {FLOOR: _cycle(shape.keys)}
+        tallies = {role: Tally() for role in hits}
+        for step in schedule(ctx.settings, mode.concurrency, [c.name for c in contenders]):
+            with Window(ctx.stats if step.measured else None) as window:
+                sample = await async_block(
+                    [hits[step.role]] * mode.concurrency,
+                    keys[step.role],
+                    step.seconds,
+                    at_least=0 if step.measured else ctx.settings.warmup_calls,
+                )
+            if step.measured:
+                sample.server_cpu_seconds = window.cpu_seconds
+                tallies[step.role].add(sample)
+                if step.role != FLOOR:
+                    tallies[step.role].commands.update(window.commands)
+        for contender in contenders:
+            result = contender.result
+            result.fill(tallies[contender.name], tallies[FLOOR], FLOOR_REDIS, server=True)
             calls = max(ctx.settings.count_calls, mode.concurrency)
-            with ctx.monitor() as monitor:
-                errors = await async_count(limiter.hit, keys["library"], calls, mode.concurrency)
+            try:
+                with ctx.monitor() as monitor:
+                    errors = await async_count(
+                        contender.hit, contender.next_key, calls, mode.concurrency
+                    )
+            except Exception as error:  # reported on this library's row
+                _failed(result, error)
+                continue
             result.fill_requests(monitor, calls - errors)
-        finally:
-            await limiter.aclose()
-    finally:
-        await floor.aclose()
 
 
 ASGI_BARE: Final = "asgi_apps:bare"  # the floor of the ASGI mode: the app without middleware
@@ -954,17 +1020,23 @@ async def run_asgi_phase(
                     await connection.close()
 
 
-def run_phase(ctx: Context, library: Library, algorithm: str, mode: Mode) -> PhaseResult:
+def run_phase(
+    ctx: Context, algorithm: str, mode: Mode, libraries: Sequence[Library]
+) -> list[PhaseResult]:
+    """One algorithm and mode: every library's result (an ASGI phase has one library)."""
     shape = SHAPES[mode.shape]
-    result = PhaseResult(
-        algorithm=algorithm,
-        mode=mode.slug,
-        mode_label=mode.label,
-        library=library.name,
-        implementation=library.algorithms[algorithm],
-        expected_allowed=shape.expect_allowed,
-    )
-    spec = LimitSpec(algorithm, shape.limit, shape.window, ctx.prefix(library.name))
+    results = [
+        PhaseResult(
+            algorithm=algorithm,
+            mode=mode.slug,
+            mode_label=mode.label,
+            library=library.name,
+            implementation=library.algorithms[algorithm],
+            expected_allowed=shape.expect_allowed,
+        )
+        for library in libraries
+    ]
+    entrants = list(zip(libraries, results, strict=True))
     if mode.kind in REDIS_KINDS:
         ctx.stats.flush()  # every phase starts from an empty keyspace
     gc.collect()
@@ -972,20 +1044,26 @@ def run_phase(ctx: Context, library: Library, algorithm: str, mode: Mode) -> Pha
     ticks = cpu_times()
     try:
         if mode.kind == "async":
-            asyncio.run(run_async_phase(ctx, library, spec, mode, result))
+            asyncio.run(run_async_phase(ctx, entrants, mode))
         elif mode.kind == "asgi":
-            asyncio.run(run_asgi_phase(ctx, library, spec, mode, result))
+            for library, result in entrants:
+                spec = ctx.spec(library, algorithm, shape)
+                asyncio.run(run_asgi_phase(ctx, library, spec, mode, result))
         else:
-            run_sync_phase(ctx, library, spec, mode, result)
-    except MisconfiguredError as error:
-        result.status, result.error = "misconfigured", str(error)
-    except Exception as error:
-        result.status, result.error = "error", f"{type(error).__name__}: {error}"
-    result.wall_seconds = time.monotonic() - began
+            run_sync_phase(ctx, entrants, mode)
+    except Exception as error:  # reported on the rows it left unmeasured
+        for result in results:
+            if result.status == "ok" and not result.decisions:
+                _failed(result, error)
+    wall = time.monotonic() - began
     ticks_now = cpu_times()
+    steal = None
     if ticks is not None and ticks_now is not None and ticks_now[1] > ticks[1]:
-        result.steal_fraction = (ticks_now[0] - ticks[0]) / (ticks_now[1] - ticks[1])
-    return result
+        steal = (ticks_now[0] - ticks[0]) / (ticks_now[1] - ticks[1])
+    for result in results:
+        result.wall_seconds = wall
+        result.steal_fraction = steal
+    return results
 
 
 # -- comparisons -----------------------------------------------------------------------------
@@ -1328,15 +1406,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.duration is not None:
         settings = replace(settings, warmup=max(settings.warmup, args.duration / 2))
-    phases = [
-        (algorithm, MODES[slug], LIBRARIES[name])
-        for algorithm in args.algorithms
-        for slug in args.modes
-        for name in args.libraries
-        if algorithm in LIBRARIES[name].algorithms
-        # Only a library with ASGI middleware has an ASGI phase (of the peers, none).
-        if MODES[slug].kind != "asgi" or LIBRARIES[name].asgi_app is not None
-    ]
+    phases: list[tuple[str, Mode, list[Library]]] = []
+    for algorithm in args.algorithms:
+        for slug in args.modes:
+            mode = MODES[slug]
+            libraries = [
+                LIBRARIES[name]
+                for name in args.libraries
+                if algorithm in LIBRARIES[name].algorithms
+                # Only a library with ASGI middleware is in an ASGI phase (of the peers, none).
+                if mode.kind != "asgi" or LIBRARIES[name].asgi_app is not None
+            ]
+            if libraries:
+                phases.append((algorithm, mode, libraries))
     needs_redis = any(mode.kind in REDIS_KINDS for _, mode, _ in phases)
     binary = _pick_server(args.server) if needs_redis else None
     started = datetime.now(UTC)
@@ -1362,11 +1444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         },
     }
-    # Setup per phase: ~0.5 s, and ~2 s more to start the two uvicorn processes of an ASGI one.
+    # Setup per library: ~0.5 s, and ~2 s more to start the two uvicorn processes of ASGI.
     estimate = sum(
-        (settings.for_asgi() if mode.kind == "asgi" else settings).phase_seconds(mode.concurrency)
-        + (2.5 if mode.kind == "asgi" else 0.5)
-        for _, mode, _ in phases
+        (settings.for_asgi() if mode.kind == "asgi" else settings).phase_seconds(
+            mode.concurrency, len(libraries)
+        )
+        + (2.5 if mode.kind == "asgi" else 0.5) * len(libraries)
+        for _, mode, libraries in phases
     )
     where = f"{meta['server']} ({binary.path})" if binary else meta["server"]
     _progress(f"{len(phases)} phases on {where}; about {estimate / 60:.1f} min")
@@ -1382,17 +1466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.start()
             stats = ServerStats(server.url)
         ctx = Context(settings, server, stats)
-        for index, (algorithm, mode, library) in enumerate(phases, 1):
+        for index, (algorithm, mode, libraries) in enumerate(phases, 1):
             ctx.phase_index = index
             elapsed = (datetime.now(UTC) - started).total_seconds()
             header = (
-                f"[{index:>3}/{len(phases)} {elapsed / 60:4.1f}m] "
-                f"{algorithm:<14} {mode.label:<12} {library.name:<9}"
+                f"[{index:>3}/{len(phases)} {elapsed / 60:4.1f}m] {algorithm:<14} {mode.label:<12}"
             )
-            _progress(f"{header} ...")
-            result = run_phase(ctx, library, algorithm, mode)
-            results.append(result)
-            _progress(f"{header} {_describe(result)}")
+            _progress(f"{header} {', '.join(library.name for library in libraries)} ...")
+            for result in run_phase(ctx, algorithm, mode, libraries):
+                results.append(result)
+                _progress(f"{header} {result.library:<9} {_describe(result)}")
     except KeyboardInterrupt:
         interrupted = True
         _progress("interrupted: stopping the server and reporting what was measured")
