@@ -1380,6 +1380,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# An async phase keeps every library's pool open at once, plus the floor's: up to one socket
+# per caller each (about 2,100 at 512 callers) in this process, and as many clients on the
+# server, which sets its own client limit from the open-file limit it inherits.
+OPEN_FILES_WANTED: Final = 8192  # what the harness raises its limit to, with room to spare
+
+
+def raise_open_files_limit(needed: int) -> str | None:
+    """Raise this process's soft limit on open files (inherited by the server it starts) up to
+    :data:`OPEN_FILES_WANTED`, within the hard limit; a warning if it stays below ``needed``."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return (
+            f"the open-file limit is {soft} (hard limit {hard}) and this run needs about "
+            f"{needed:,}: its phases with the most callers may fail to connect"
+        )
+    return None
+
+
 def _pick_server(kind: str | None) -> ServerBinary:
     servers = [s for s in find_servers() if kind is None or s.kind == kind]
     if not servers:
@@ -1420,6 +1449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if libraries:
                 phases.append((algorithm, mode, libraries))
     needs_redis = any(mode.kind in REDIS_KINDS for _, mode, _ in phases)
+    # Sockets: each library's and the floor's, one per caller at most; files and the rest.
+    needed = max(((len(libs) + 1) * mode.concurrency for _, mode, libs in phases), default=0)
+    warning = raise_open_files_limit(needed + 100)
+    if warning is not None:
+        _progress(f"warning: {warning}")
     binary = _pick_server(args.server) if needs_redis else None
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
