@@ -83,30 +83,44 @@ class Plan(NamedTuple):
     compiled: _Compiled
     call: Call
     decision: Decision | None  # set when the core could answer without the store
+    generation: int  # the breaker's when planned (see _Breaker)
 
 
 class PlanMany(NamedTuple):
     compiled: tuple[_Compiled, ...]
     calls: tuple[Call, ...]
     decisions: list[Decision] | None  # set when the core could answer without the store
+    generation: int
 
 
 class _Breaker:
     """Consecutive store failures open the circuit for ``cooldown`` µs: calls then fail fast
-    without touching the network; the first call after the cooldown probes the store."""
+    without touching the network; the first call after the cooldown probes the store.
 
-    __slots__ = ("cooldown", "failures", "open_until", "threshold")
+    A failure counts only if its call was planned after the last counted failure
+    (``generation``): calls caught by the same stall, concurrent or batched into one script
+    call, are one piece of evidence, not one each. So a single 60 ms stall under load fails
+    the calls it catches and nothing more, while a store that stays down fails three rounds
+    of calls and opens the circuit, as it does for one caller at a time.
+    """
+
+    __slots__ = ("cooldown", "failures", "generation", "open_until", "threshold")
 
     def __init__(self, threshold: int, cooldown: int) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
         self.failures = 0
         self.open_until = 0
+        self.generation = 0  # counted failures so far: a plan records the value it saw
 
     def is_open(self, now: int) -> bool:
         return self.failures >= self.threshold and now < self.open_until
 
-    def failed(self, now: int) -> None:
+    def failed(self, now: int, generation: int) -> None:
+        """A call planned at ``generation`` failed."""
+        if generation != self.generation:
+            return  # planned before the last counted failure: the same outage
+        self.generation += 1
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown
@@ -207,27 +221,31 @@ class Core:
         if key is None:
             key = self._keys.key(identity, policy)
         call = _tuple_new(Call, (key, op, cost, compiled.rule))
+        breaker = self._breaker
         if op == RESET:
             self.deny_cache.forget(key)
             self.leases.forget(key)
-            return _tuple_new(Plan, (compiled, call, None))
+            return _tuple_new(Plan, (compiled, call, None, breaker.generation))
         leasing = op == CHECK and compiled.rule.lease and self.leases.maxsize
         if leasing:
             served = self.leases.spend(key, cost, self._now())
             if served is not None:
-                return _tuple_new(Plan, (compiled, call, _leased(compiled, *served)))
+                decision = _leased(compiled, *served)
+                return _tuple_new(Plan, (compiled, call, decision, breaker.generation))
         cache = self.deny_cache
         if cache.entries:
             known = cache.lookup(key, compiled.rule, cost, self._now())
             if known is not None:
                 if not known.allowed:
-                    return _tuple_new(Plan, (compiled, call, _decision(compiled, known)))
+                    decision = _decision(compiled, known)
+                    return _tuple_new(Plan, (compiled, call, decision, breaker.generation))
                 cache.forget(key)
-        if self._breaker.failures and self._breaker.is_open(self._now()):
-            return Plan(compiled, call, self._failure_mode(compiled, _BREAKER_OPEN))
+        if breaker.failures and breaker.is_open(self._now()):
+            decision = self._failure_mode(compiled, _BREAKER_OPEN)
+            return Plan(compiled, call, decision, breaker.generation)
         if leasing and self.leases.start(key, self._now()):
-            return _tuple_new(Plan, (compiled, call._replace(op=LEASE), None))
-        return _tuple_new(Plan, (compiled, call, None))
+            call = call._replace(op=LEASE)
+        return _tuple_new(Plan, (compiled, call, None, breaker.generation))
 
     def plan_many(
         self, items: Sequence[tuple[str, str] | tuple[str, str, int]], op: int
@@ -246,6 +264,7 @@ class Core:
                 "hash slot), so that it stays atomic; check the other identities separately"
             )
         now = self._now()
+        generation = self._breaker.generation
         known = [self.deny_cache.lookup(c.key, c.rule, c.cost, now) for c in calls]
         if all(k is not None for k in known) and any(
             k is not None and not k.allowed for k in known
@@ -255,19 +274,23 @@ class Core:
                 compiled,
                 calls,
                 [_decision(c, k) for c, k in zip(compiled, known, strict=True) if k is not None],
+                generation,
             )
         if self._breaker.is_open(now):
             return PlanMany(
-                compiled, calls, [self._failure_mode(c, _BREAKER_OPEN) for c in compiled]
+                compiled,
+                calls,
+                [self._failure_mode(c, _BREAKER_OPEN) for c in compiled],
+                generation,
             )
-        return PlanMany(compiled, calls, None)
+        return PlanMany(compiled, calls, None, generation)
 
     # -- deciding -------------------------------------------------------------------------
 
     def decide(self, plan: Plan, reply: Reply) -> Decision:
         if self._breaker.failures:
             self._breaker.succeeded()
-        compiled, call, _ = plan
+        compiled, call, _, _ = plan
         cache = self.deny_cache
         if reply[0] == 1:
             if cache.entries and call.key in cache.entries:
@@ -317,11 +340,11 @@ class Core:
         """The store failed on ``plan``: count it, then raise or answer per the failure mode."""
         if plan.call.op == LEASE:
             self.leases.ended(plan.call.key)
-        self._breaker.failed(self._now())
+        self._breaker.failed(self._now(), plan.generation)
         return self._failure_mode(plan.compiled, error)
 
     def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
-        self._breaker.failed(self._now())
+        self._breaker.failed(self._now(), plan.generation)
         return [self._failure_mode(compiled, error) for compiled in plan.compiled]
 
     def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:

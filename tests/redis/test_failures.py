@@ -9,6 +9,7 @@ The breaker runs on the limiter's clock, so tests that cross its cooldown inject
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -241,6 +242,54 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
             fresh_server.resume()
         clock.advance(BREAKER_COOLDOWN + 0.001)
         assert limiter.check("user_123", POLICY).allowed
+
+
+CONCURRENT = 20  # callers caught by one stall: more than the breaker's threshold
+
+
+async def _concurrent_failures(limiter: AsyncRateLimiter) -> None:
+    """CONCURRENT checks at once against the frozen server: every one fails in time."""
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(limiter.check(f"user_{n}", POLICY) for n in range(CONCURRENT)), return_exceptions=True
+    )
+    assert time.perf_counter() - started < FAILURE_BOUND
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes), outcomes
+    causes = [outcome.__cause__ for outcome in outcomes if isinstance(outcome, StoreError)]
+    assert all(isinstance(cause, TimeoutError) for cause in causes), causes
+
+
+async def test_calls_caught_by_one_stall_count_as_one_failure(
+    fresh_server: LocalServer,
+) -> None:
+    # Concurrent callers share script calls, so one stall fails many decisions at once.
+    # They are one piece of evidence: after it the next call goes to the server.
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+        assert (await limiter.check("user_0", POLICY)).allowed
+        fresh_server.pause()
+        try:
+            await _concurrent_failures(limiter)
+        finally:
+            fresh_server.resume()
+        decision = await limiter.check("user_0", POLICY)
+        assert decision.allowed
+        assert not decision.degraded
+
+
+async def test_a_store_that_stays_down_opens_the_breaker_under_concurrency(
+    fresh_server: LocalServer,
+) -> None:
+    # Each round of concurrent callers is planned after the previous round failed: new
+    # evidence each time, so the threshold's worth of rounds opens the breaker.
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+        assert (await limiter.check("user_0", POLICY)).allowed
+        fresh_server.pause()
+        try:
+            for _ in range(BREAKER_THRESHOLD):
+                await _concurrent_failures(limiter)
+            await _araises_in_time(limiter, BreakerOpenError)
+        finally:
+            fresh_server.resume()
 
 
 # -- (e) scripts and functions flushed ---------------------------------------------------
