@@ -722,6 +722,33 @@ class Contender:
     result: PhaseResult
 
 
+@dataclass(slots=True)
+class Roles:
+    """Per role of a schedule (each contender's name, and FLOOR): what it calls, the keys it
+    cycles through, and its tally of measured blocks."""
+
+    hits: dict[str, Callable[[str], Any]]
+    keys: dict[str, Callable[[], str]]
+    tallies: dict[str, Tally]
+
+    @classmethod
+    def of(
+        cls, contenders: Sequence[Contender], floor: Callable[[str], Any], shape: Shape
+    ) -> Roles:
+        hits = {c.name: c.hit for c in contenders} | {FLOOR: floor}
+        keys = {c.name: c.next_key for c in contenders} | {FLOOR: _cycle(shape.keys)}
+        return cls(hits, keys, {role: Tally() for role in hits})
+
+    def record(self, step: Step, sample: Tally, window: Window) -> None:
+        """A block's sample, with the server's CPU and commands during it (measured only)."""
+        if not step.measured:
+            return
+        sample.server_cpu_seconds = window.cpu_seconds
+        self.tallies[step.role].add(sample)
+        if step.role != FLOOR:
+            self.tallies[step.role].commands.update(window.commands)
+
+
 def _failed(result: PhaseResult, error: Exception) -> None:
     if isinstance(error, MisconfiguredError):
         result.status, result.error = "misconfigured", str(error)
@@ -767,19 +794,16 @@ def run_sync_phase(
             contenders.append(Contender(library.name, limiter.hit, _cycle(shape.keys), result))
         if not contenders:
             return
-        hits = {c.name: c.hit for c in contenders} | {FLOOR: floor.hit}
-        keys = {c.name: c.next_key for c in contenders} | {FLOOR: _cycle(shape.keys)}
-        tallies = {role: Tally() for role in hits}
+        roles = Roles.of(contenders, floor.hit, shape)
         for step in schedule(ctx.settings, 1, [c.name for c in contenders]):
             with Window(stats if step.measured else None) as window:
-                sample = sync_block(hits[step.role], keys[step.role], step.seconds, chunk)
-            if step.measured:
-                sample.server_cpu_seconds = window.cpu_seconds
-                tallies[step.role].add(sample)
-                if step.role != FLOOR:
-                    tallies[step.role].commands.update(window.commands)
+                sample = sync_block(
+                    roles.hits[step.role], roles.keys[step.role], step.seconds, chunk
+                )
+            roles.record(step, sample, window)
         for contender in contenders:
             result = contender.result
+            tallies = roles.tallies
             result.fill(
                 tallies[contender.name], tallies[FLOOR], floor_name, server=stats is not None
             )
@@ -824,24 +848,19 @@ async def run_async_phase(
             contenders.append(Contender(library.name, limiter.hit, _cycle(shape.keys), result))
         if not contenders:
             return
-        hits = {c.name: c.hit for c in contenders} | {FLOOR: floor.hit}
-        keys = {c.name: c.next_key for c in contenders} | {FLOOR: _cycle(shape.keys)}
-        tallies = {role: Tally() for role in hits}
+        roles = Roles.of(contenders, floor.hit, shape)
         for step in schedule(ctx.settings, mode.concurrency, [c.name for c in contenders]):
             with Window(ctx.stats if step.measured else None) as window:
                 sample = await async_block(
-                    [hits[step.role]] * mode.concurrency,
-                    keys[step.role],
+                    [roles.hits[step.role]] * mode.concurrency,
+                    roles.keys[step.role],
                     step.seconds,
                     at_least=0 if step.measured else ctx.settings.warmup_calls,
                 )
-            if step.measured:
-                sample.server_cpu_seconds = window.cpu_seconds
-                tallies[step.role].add(sample)
-                if step.role != FLOOR:
-                    tallies[step.role].commands.update(window.commands)
+            roles.record(step, sample, window)
         for contender in contenders:
             result = contender.result
+            tallies = roles.tallies
             result.fill(tallies[contender.name], tallies[FLOOR], FLOOR_REDIS, server=True)
             calls = max(ctx.settings.count_calls, mode.concurrency)
             try:

@@ -259,37 +259,28 @@ async def _concurrent_failures(limiter: AsyncRateLimiter) -> None:
     assert all(isinstance(cause, TimeoutError) for cause in causes), causes
 
 
+@pytest.mark.parametrize("rounds", [1, BREAKER_THRESHOLD - 1, BREAKER_THRESHOLD])
 async def test_calls_caught_by_one_stall_count_as_one_failure(
-    fresh_server: LocalServer,
+    fresh_server: LocalServer, rounds: int
 ) -> None:
     # Concurrent callers share script calls, so one stall fails many decisions at once.
-    # They are one piece of evidence: after it the next call goes to the server.
+    # They are one piece of evidence: below the threshold's worth of rounds (each planned
+    # after the previous one failed) the next call goes to the server; at it, the store
+    # that stayed down has opened the breaker.
     async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
         assert (await limiter.check("user_0", POLICY)).allowed
         fresh_server.pause()
         try:
-            await _concurrent_failures(limiter)
-        finally:
-            fresh_server.resume()
-        decision = await limiter.check("user_0", POLICY)
-        assert decision.allowed
-        assert not decision.degraded
-
-
-async def test_a_store_that_stays_down_opens_the_breaker_under_concurrency(
-    fresh_server: LocalServer,
-) -> None:
-    # Each round of concurrent callers is planned after the previous round failed: new
-    # evidence each time, so the threshold's worth of rounds opens the breaker.
-    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
-        assert (await limiter.check("user_0", POLICY)).allowed
-        fresh_server.pause()
-        try:
-            for _ in range(BREAKER_THRESHOLD):
+            for _ in range(rounds):
                 await _concurrent_failures(limiter)
-            await _araises_in_time(limiter, BreakerOpenError)
+            if rounds >= BREAKER_THRESHOLD:
+                await _araises_in_time(limiter, BreakerOpenError)
         finally:
             fresh_server.resume()
+        if rounds < BREAKER_THRESHOLD:
+            decision = await limiter.check("user_0", POLICY)
+            assert decision.allowed
+            assert not decision.degraded
 
 
 # -- (e) scripts and functions flushed ---------------------------------------------------
