@@ -115,10 +115,25 @@ local function run(KEYS, ARGV)
     return log
   end
 
+  -- An admitted state tuple: kept as the key's state, written once at the end with `ttl`.
+  local function keep_state(key, state, ttl)
+    if ttls[key] == nil then dirty[#dirty + 1] = key end
+    states[key], ttls[key] = state, ttl
+  end
+
+  -- A sliding log admitted into: written back at the end, living one `window` (µs) more.
+  local function keep_log(log, window)
+    log_ttls[log.key] = math.max(1, ceil_div(window, 1000))
+    if not log.dirty then
+      log.dirty = true
+      dirty_logs[#dirty_logs + 1] = log
+    end
+  end
+
   -- Decides KEYS[first..last], one group, filling `replies`.
   local function run_group(first, last, replies)
     local pending, pending_ttl, order, before = {}, {}, {}, {}
-    -- Sliding logs: undo points, windows, and the TTL (ms) of those this group admits into.
+    -- Sliding logs: undo points, and the windows of those checked and of those admitted into.
     local saved, saved_order, log_windows, log_commits = {}, {}, {}, {}
     local all_allowed = true
     for i = first, last do
@@ -159,7 +174,7 @@ local function run(KEYS, ARGV)
           log_windows[i] = rule[3]
           allowed, remaining, reset, retry = log_decide(log, now, cost, rule[2], rule[3], commit)
           if allowed == 1 and commit then
-            log_commits[key] = math.max(1, ceil_div(rule[3], 1000))
+            log_commits[key] = rule[3]
           end
         else
           local stored = current(key, rule[1])
@@ -179,20 +194,11 @@ local function run(KEYS, ARGV)
     end
     if all_allowed then
       for _, key in ipairs(order) do
-        if pending[key] ~= nil then
-          if ttls[key] == nil then dirty[#dirty + 1] = key end
-          states[key], ttls[key] = pending[key], pending_ttl[key]
-        end
+        if pending[key] ~= nil then keep_state(key, pending[key], pending_ttl[key]) end
       end
       for _, key in ipairs(saved_order) do
         local log = logs[key]
-        if log ~= nil and log_commits[key] ~= nil then
-          log_ttls[key] = log_commits[key]
-          if not log.dirty then
-            log.dirty = true
-            dirty_logs[#dirty_logs + 1] = log
-          end
-        end
+        if log ~= nil and log_commits[key] ~= nil then keep_log(log, log_commits[key]) end
       end
     else
       for _, key in ipairs(saved_order) do
@@ -229,22 +235,18 @@ local function run(KEYS, ARGV)
       if allowed == 0 then
         snapshot = log_state(log, now, rule[3])
       elseif op == 0 then
-        log_ttls[key] = math.max(1, ceil_div(rule[3], 1000))
-        if not log.dirty then
-          log.dirty = true
-          dirty_logs[#dirty_logs + 1] = log
-        end
+        keep_log(log, rule[3])
       end
     else
       local stored = current(key, algorithm)
+      algorithms[key] = algorithm
       local new_state, ttl
       allowed, remaining, reset, retry, new_state, ttl = algorithm(
         stored, now, cost, rule[2], rule[3], rule[4], rule[5], rule[6])
       if allowed == 0 then
         snapshot = stored
       elseif op == 0 and new_state ~= nil then
-        if ttls[key] == nil then dirty[#dirty + 1] = key end
-        states[key], ttls[key], algorithms[key] = new_state, ttl, algorithm
+        keep_state(key, new_state, ttl)
       end
     end
     local reply = {allowed, remaining, reset, retry, now}
