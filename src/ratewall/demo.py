@@ -104,6 +104,24 @@ def create_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``ratewall demo`` (see ``ratewall demo --help``)."""
+    # SIGTERM (kill, timeout, a service manager) stops the demo as Ctrl-C does, uvicorn and the
+    # embedded server included; by default it would end this process alone and leave uvicorn
+    # serving the port. (Only the main thread may set a handler; elsewhere nothing changes.)
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:
+        return _run_demo(args)
+    try:
+        return _run_demo(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     store: str | None = args.store
     workers: int = args.workers
     server: LocalServer | None = None

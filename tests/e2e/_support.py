@@ -107,6 +107,17 @@ class Spawned:
                 f"{self.output()[-3000:]}"
             ) from None
 
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """``kill PID``: SIGTERM to this process alone; the exit code (fails on a hang)."""
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.process.args!r} did not exit within {timeout:g} s of SIGTERM:\n"
+                f"{self.output()[-3000:]}"
+            ) from None
+
     def stop(self) -> None:
         """Stop the process and everything left in its group, whatever state it is in."""
         if self.process.poll() is None:
