@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from ..algorithms import Outcome, Rule
 
-__all__ = ["SlidingLog"]
+__all__ = ["COMPACT_AT", "SlidingLog"]
 
 # Expired entries are removed from the lists' front once there are this many and they are at
 # least half of the lists: amortised O(1) per entry, and no copying on every decision.
-_COMPACT_AT = 64
+COMPACT_AT = 64
 
 
 class SlidingLog:
@@ -52,37 +52,58 @@ class SlidingLog:
 
         The outcome's ``state`` is always ``None``: the log itself is the state.
         """
+        window = rule.window
+        remaining = self.take(now, cost, rule.limit, window, commit)
+        if remaining >= 0:
+            return Outcome(True, remaining, window, -1, None, window)
+        left, reset, retry = self.refusal(now, cost, rule.limit, window)
+        return Outcome(False, left, reset, retry, None, 0)
+
+    def take(self, now: int, cost: int, limit: int, window: int, commit: bool) -> int:
+        """The units left once ``cost`` is admitted at ``now`` (recorded if ``commit``), or
+        -1 if it is refused, which changes nothing. An admission's reset time and expiry
+        are both ``window``. The memory store's hot path: no :class:`Outcome`."""
         times, totals = self.times, self.totals
-        window, size = rule.window, len(times)
+        size = len(times)
         first = self.start
         while first < size and times[first] + window <= now:
             first += 1
         used = totals[-1] - totals[first] + self.costs[first] if first < size else 0
-        if used + cost <= rule.limit:
-            if commit:
-                self.start = first
-                if first < size and times[-1] == now:
-                    self.costs[-1] += cost
-                    totals[-1] += cost
-                else:
-                    times.append(now)
-                    self.costs.append(cost)
-                    totals.append((totals[-1] if size else 0) + cost)
-            return Outcome(True, rule.limit - used - cost, window, -1, None, window)
+        if used + cost > limit:
+            return -1
+        if commit:
+            self.start = first
+            if first < size and times[-1] == now:
+                self.costs[-1] += cost
+                totals[-1] += cost
+            else:
+                times.append(now)
+                self.costs.append(cost)
+                totals.append((totals[-1] if size else 0) + cost)
+        return limit - used - cost
+
+    def refusal(self, now: int, cost: int, limit: int, window: int) -> tuple[int, int, int]:
+        """``(remaining, reset, retry)`` of a request :meth:`take` refuses at ``now``."""
+        times, totals = self.times, self.totals
+        size = len(times)
+        first = self.start
+        while first < size and times[first] + window <= now:
+            first += 1
         # Refused: used >= 1, so the last entry is live.
+        used = totals[-1] - totals[first] + self.costs[first]
         reset = times[-1] + window - now
         retry = reset
         base = totals[first] - self.costs[first]
         for index in range(first, size):
-            if used - (totals[index] - base) + cost <= rule.limit:
+            if used - (totals[index] - base) + cost <= limit:
                 retry = times[index] + window - now
                 break
-        return Outcome(False, rule.limit - used, reset, retry, None, 0)
+        return limit - used, reset, retry
 
     def compact(self) -> None:
         """Drop expired entries from the lists."""
         start = self.start
-        if start >= _COMPACT_AT and 2 * start >= len(self.times):
+        if start >= COMPACT_AT and 2 * start >= len(self.times):
             del self.times[:start], self.costs[:start], self.totals[:start]
             self.start = 0
 

@@ -24,6 +24,7 @@ from .._clock import monotonic_micros
 from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
 from ..core import CHECK, PEEK
 from ..decision import Decision, make_decision
+from ._memory_log import COMPACT_AT as _COMPACT_AT
 from ._memory_log import SlidingLog
 
 if TYPE_CHECKING:
@@ -340,14 +341,20 @@ class _SlidingLog(_Table[list[Any]]):
             entry = None
         else:
             log = entry[0]
-        outcome = log.decide(now, cost, self.rule, op == CHECK)
-        if outcome.allowed and op == CHECK:
-            log.compact()
+        limit = self.limit
+        window = self.window
+        remaining = log.take(now, cost, limit, window, op == CHECK)
+        if remaining < 0:
+            left, reset, retry = log.refusal(now, cost, limit, window)
+            return _refused(self, max(0, left), reset, retry)
+        if op == CHECK:
+            if log.start >= _COMPACT_AT:
+                log.compact()
             if entry is None:
-                self._insert(identity, [log, now + outcome.ttl], now)
+                self._insert(identity, [log, now + window], now)
             else:
-                entry[1] = now + outcome.ttl
-        return self.decision(outcome)
+                entry[1] = now + window
+        return make_decision(True, self.name, self.capacity, remaining, window / _MICROS, None)
 
 
 # Per algorithm, the table class that decides it; the base class runs the pure function.
