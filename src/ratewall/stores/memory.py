@@ -195,21 +195,29 @@ class _SlidingWindow(_Flat):
     def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
         window = self.window
         entry = self.entries.get(identity)
+        # Whether the entry must be rewritten whole (else only its current count changes).
+        moved = True
         if entry is not None and now < entry[3]:
-            previous = entry[0]
-            current = entry[1]
-            start = entry[2]
+            previous, current, start, expiry = entry
             if now >= start + window:
                 # Alive means within two windows of start: the current count becomes the
                 # previous one (the pure function's "two windows later" case is expiry).
                 previous = current
                 current = 0
                 start += window
+                expiry += window
+            else:
+                moved = False
         else:
             previous = current = 0
             start = now
+            expiry = now + 2 * window
         w = self.ms_window
-        weighted = previous * (w - max(0, now - start) // 1000)
+        if previous:
+            elapsed = now - start
+            weighted = previous * (w - elapsed // 1000) if elapsed > 0 else previous * w
+        else:
+            weighted = 0
         capacity = self.ms_capacity
         if weighted + (current + cost) * w > capacity:
             return _refused(
@@ -219,15 +227,16 @@ class _SlidingWindow(_Flat):
                 _sliding_retry(previous, current, start, now, cost, self.rule),
             )
         current += cost
-        expiry = start + 2 * window
         if op == CHECK:
             if entry is None:
                 self._insert(identity, [previous, current, start, expiry], now)
-            else:
+            elif moved:
                 entry[0] = previous
                 entry[1] = current
                 entry[2] = start
                 entry[3] = expiry
+            else:
+                entry[1] = current
         return make_decision(
             True,
             self.name,
