@@ -59,7 +59,7 @@ from typing import Any, Final
 
 import yaml
 
-from ._urls import STORE_SCHEMES
+from ._urls import STORE_SCHEMES, store_url_problem
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from .policy import FAILURE_MODES, Policy, parse_duration
@@ -278,6 +278,9 @@ def validate_store_url(value: object, *, source: str, field: str) -> str:
             source=source,
             field=field,
         )
+    problem = store_url_problem(value)
+    if problem is not None:
+        raise ConfigError(problem, source=source, field=field)
     return value
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ratewall import AsyncRateLimiter, RateLimiter
 from ratewall.config import (
     DEFAULT_LOCAL_CACHE_SIZE,
     DEFAULT_TIMEOUT,
@@ -281,6 +283,51 @@ def test_bad_store_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="unsupported scheme") as caught:
         parse_config({"store": url, "policies": {"a": {"limit": 1, "window": 1}}}, source="s")
     assert caught.value.field == "store"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://127.0.0.1:notaport/0", "port 'notaport'"),
+        ("redis://127.0.0.1:99999/0", "port '99999'"),
+        ("valkey://h:0/0", "port '0'"),
+        ("redis://h:6379/abc", "database 'abc'"),
+        ("redis://h:6379/0?db=3", "names database 0 in its path and 3 in ?db="),
+        ("redis://h:6379?db=1&db=2", "gives ?db= more than once"),
+        ("rediss://h:6380/0?ssl_ca_certs=ca.pem", "unknown parameter(s) ssl_ca_certs"),
+        ("unix://relative.sock", "needs an absolute socket path"),
+        ("unix:///tmp/r.sock?db=x", "database 'x'"),
+        ("redis+sentinel://h1:26379,h2:x/mymaster", "port 'x'"),
+        ("redis+sentinel://h1/mymaster/x", "database 'x'"),
+        ("redis+sentinel://h1/mymaster/0?password=x", "unknown parameter(s) password"),
+    ],
+)
+def test_malformed_store_urls_are_config_errors_before_connecting(url: str, reason: str) -> None:
+    data = {"store": url, "policies": {"a": {"limit": 1, "window": 1}}}
+    with pytest.raises(ConfigError, match=re.escape(reason)) as caught:
+        parse_config(data, source="limits.json")
+    assert (caught.value.source, caught.value.field) == ("limits.json", "store")
+    # The same check when the URL is given in code (nothing listens on these addresses).
+    for limiter_class in (RateLimiter, AsyncRateLimiter):
+        with pytest.raises(ConfigError, match=re.escape(reason)) as caught:
+            limiter_class({"a": Policy(1, 1)}, store=url)
+        assert caught.value.field == "store"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/3?db=3",
+        "redis://:secret@localhost",
+        "rediss://user:pass@[::1]:6380/15",
+        "unix:///run/redis.sock?db=2",
+        "redis+cluster://10.0.0.1:7000",
+        "redis+sentinel://:pw@h1:26379,h2/mymaster/1?sentinel_password=x",
+    ],
+)
+def test_well_formed_store_urls_pass(url: str) -> None:
+    data = {"store": url, "policies": {"a": {"limit": 1, "window": 1}}}
+    assert parse_config(data, source="limits.json").store == url
 
 
 @pytest.mark.parametrize(

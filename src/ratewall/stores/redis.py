@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot as redis_key_slot
 from redis.retry import Retry
 
-from .._urls import STORE_SCHEMES
+from .._urls import STORE_SCHEMES, store_url_problem
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply, Request
 from ..errors import ConfigError
@@ -67,6 +67,9 @@ def parse_store_url(url: str) -> tuple[str, str]:
         )
     if scheme == "memory":
         return "memory", url
+    problem = store_url_problem(url)
+    if problem is not None:
+        raise ConfigError(problem, field="store")
     if scheme in ("valkey", "valkeys"):
         return "redis", ("redis" if scheme == "valkey" else "rediss") + "://" + rest
     if scheme == "redis+cluster":
