@@ -1,7 +1,8 @@
 """The ``ratewall`` command line: ``check-config`` and ``demo``.
 
-Exit status: 0 on success, 2 for a bad command line or an invalid config (with the error on
-stderr and no traceback), 130 when interrupted.
+Exit status: 0 on success, 1 when the demo cannot start (its port is taken), 2 for a bad
+command line or an invalid config (with the error on stderr and no traceback), 130 when
+interrupted.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from ._server import LocalServer, find_server
+from .config import load_config
 from .limiter import AsyncRateLimiter
 from .policy import Policy
 
@@ -37,6 +38,9 @@ ENV_WINDOW: Final = "RATEWALL_DEMO_WINDOW"
 ENV_TIMEOUT: Final = "RATEWALL_DEMO_TIMEOUT"
 SEED_LIMIT: Final = 5
 SEED_WINDOW: Final = 60.0
+# Exit status when the demo cannot start (its port is taken, say); see ratewall.cli.
+EXIT_CANNOT_START: Final = 1
+
 # The walkthrough replays the seed's 61 seconds ten times faster.
 WALKTHROUGH_SPEEDUP: Final = 10
 # The replay must show the table, not a loaded machine's first slow round trip (which a
@@ -124,6 +128,24 @@ def _interrupt(signum: int, frame: object) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     store: str | None = args.store
     workers: int = args.workers
+    port: int = args.port
+    if args.config:
+        # Checked once, here: a bad file would otherwise fail in every uvicorn worker, which
+        # uvicorn restarts for ever. A ConfigError ends the command with exit status 2.
+        config = load_config(args.config)
+        if config.store and store is None:
+            print(
+                f"ratewall demo: not using the store of {args.config} ({config.store}): the "
+                f"demo runs on its own server unless given --store",
+                file=sys.stderr,
+            )
+    if not args.walkthrough:
+        if port == 0:
+            port = _free_port(args.host)
+        problem = _cannot_listen(args.host, port)
+        if problem is not None:
+            print(f"ratewall demo: cannot listen on {args.host}:{port}: {problem}", file=sys.stderr)
+            return EXIT_CANNOT_START
     server: LocalServer | None = None
     if store is None:
         binary = find_server()
@@ -148,7 +170,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         if args.walkthrough:
             return _walkthrough(store, workers, args.config)
-        return _serve(store, workers, args.host, args.port, args.config)
+        return _serve(store, workers, args.host, port, args.config)
     finally:
         if server is not None:
             server.stop()
@@ -218,11 +240,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(_family(host)) as probe:
+        probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on ``host:port`` (in use, bad address), or ``None``."""
+    try:
+        with socket.create_server((host, port), family=_family(host)):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # The seed's requests: (label, seconds after the first one).
