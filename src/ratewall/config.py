@@ -262,7 +262,9 @@ def _with_http(config: Config, settings: Mapping[str, Any], source: str) -> Conf
 
 
 def validate_store_url(value: object, *, source: str, field: str) -> str:
-    """``value`` if it is a URL string with one of :data:`STORE_SCHEMES`, else ConfigError."""
+    """``value`` if it is a URL string with one of :data:`STORE_SCHEMES` and well-formed parts
+    (port, database, socket path, parameters: ``ratewall._urls.store_url_problem``), else
+    ConfigError."""
     examples = "such as 'redis://127.0.0.1:6379/0' or 'memory://'"
     if not isinstance(value, str):
         raise ConfigError(
