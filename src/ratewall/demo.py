@@ -27,7 +27,8 @@ from typing import Any, Final
 
 from ._server import LocalServer, find_server
 from .config import load_config
-from .limiter import AsyncRateLimiter
+from .errors import StoreError
+from .limiter import AsyncRateLimiter, RateLimiter
 from .policy import Policy
 
 __all__ = ["create_app", "run_demo"]
@@ -38,6 +39,8 @@ ENV_WINDOW: Final = "RATEWALL_DEMO_WINDOW"
 ENV_TIMEOUT: Final = "RATEWALL_DEMO_TIMEOUT"
 SEED_LIMIT: Final = 5
 SEED_WINDOW: Final = 60.0
+# How long the start-up probe of a --store waits for it.
+PROBE_TIMEOUT: Final = 2.0
 # Exit status when the demo cannot start (its port is taken, say); see ratewall.cli.
 EXIT_CANNOT_START: Final = 1
 
@@ -164,9 +167,19 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(
                 f"ratewall demo: started {binary.kind} {binary.version} ({binary.path}) at {store}"
             )
-    elif store.startswith("memory") and workers > 1:
-        print("ratewall demo: the memory store is per process; using 1 worker", file=sys.stderr)
-        workers = 1
+    elif store.startswith("memory"):
+        if workers > 1:
+            print("ratewall demo: the memory store is per process; using 1 worker", file=sys.stderr)
+            workers = 1
+    else:
+        problem = _unreachable(store)
+        if problem is not None:
+            print(
+                f"ratewall demo: cannot reach {store} ({problem}); starting anyway: until it "
+                "answers, each limit applies its failure mode (the demo's own limit fails "
+                "open: every request is allowed)",
+                file=sys.stderr,
+            )
     try:
         if args.walkthrough:
             return _walkthrough(store, workers, args.config)
@@ -238,6 +251,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _unreachable(store: str) -> str | None:
+    """Why the demo's workers would not reach ``store`` (one probe that writes nothing), or
+    ``None`` if it answers."""
+    policies = {"login": Policy(SEED_LIMIT, SEED_WINDOW, failure_mode="raise")}
+    try:
+        with RateLimiter(policies, store=store, timeout=PROBE_TIMEOUT) as limiter:
+            limiter.peek("ratewall-demo-probe", "login")
+    except StoreError as error:
+        cause = error.__cause__
+        return f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    return None
 
 
 def _free_port(host: str = "127.0.0.1") -> int:

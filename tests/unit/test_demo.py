@@ -104,3 +104,16 @@ def test_a_port_in_use_ends_the_command_before_anything_starts(
         assert main(["demo", "--port", str(port)]) == 1
     assert f"ratewall demo: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert served == []
+
+
+def test_a_store_it_cannot_reach_is_said_before_it_serves(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    store = f"redis://127.0.0.1:{port}/0"  # nothing listens there any more
+    assert main(["demo", "--port", "0", "--store", store]) == 0
+    error = capsys.readouterr().err
+    assert f"ratewall demo: cannot reach {store} (" in error
+    assert "fails open" in error
+    assert [s for s, _, _ in served] == [store]
