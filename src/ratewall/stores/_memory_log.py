@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from ..algorithms import Outcome, Rule
 
-__all__ = ["COMPACT_AT", "SlidingLog"]
+__all__ = ["SlidingLog"]
 
 # Expired entries are removed from the lists' front once there are this many and they are at
 # least half of the lists: amortised O(1) per entry, and no copying on every decision.
-COMPACT_AT = 64
+_COMPACT_AT = 64
 
 
 class SlidingLog:
@@ -60,9 +60,10 @@ class SlidingLog:
         return Outcome(False, left, reset, retry, None, 0)
 
     def take(self, now: int, cost: int, limit: int, window: int, commit: bool) -> int:
-        """The units left once ``cost`` is admitted at ``now`` (recorded if ``commit``), or
-        -1 if it is refused, which changes nothing. An admission's reset time and expiry
-        are both ``window``. The memory store's hot path: no :class:`Outcome`."""
+        """The units left once ``cost`` is admitted at ``now`` (recorded if ``commit``, and
+        the expired entries compacted away), or -1 if it is refused, which changes nothing.
+        An admission's reset time and expiry are both ``window``. The memory store's hot
+        path: no :class:`Outcome`."""
         times, totals = self.times, self.totals
         size = len(times)
         first = self.start
@@ -80,6 +81,8 @@ class SlidingLog:
                 times.append(now)
                 self.costs.append(cost)
                 totals.append((totals[-1] if size else 0) + cost)
+            if first >= _COMPACT_AT:
+                self.compact()
         return limit - used - cost
 
     def refusal(self, now: int, cost: int, limit: int, window: int) -> tuple[int, int, int]:
@@ -103,7 +106,7 @@ class SlidingLog:
     def compact(self) -> None:
         """Drop expired entries from the lists."""
         start = self.start
-        if start >= COMPACT_AT and 2 * start >= len(self.times):
+        if start >= _COMPACT_AT and 2 * start >= len(self.times):
             del self.times[:start], self.costs[:start], self.totals[:start]
             self.start = 0
 

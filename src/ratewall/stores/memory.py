@@ -24,7 +24,6 @@ from .._clock import monotonic_micros
 from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
 from ..core import CHECK, PEEK
 from ..decision import Decision, make_decision
-from ._memory_log import COMPACT_AT as _COMPACT_AT
 from ._memory_log import SlidingLog
 
 if TYPE_CHECKING:
@@ -357,8 +356,6 @@ class _SlidingLog(_Table[list[Any]]):
             left, reset, retry = log.refusal(now, cost, limit, window)
             return _refused(self, max(0, left), reset, retry)
         if op == CHECK:
-            if log.start >= _COMPACT_AT:
-                log.compact()
             if entry is None:
                 self._insert(identity, [log, now + window], now)
             else:
