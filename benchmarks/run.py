@@ -801,9 +801,9 @@ def run_sync_phase(
                     roles.hits[step.role], roles.keys[step.role], step.seconds, chunk
                 )
             roles.record(step, sample, window)
+        tallies = roles.tallies
         for contender in contenders:
             result = contender.result
-            tallies = roles.tallies
             result.fill(
                 tallies[contender.name], tallies[FLOOR], floor_name, server=stats is not None
             )
@@ -858,9 +858,9 @@ async def run_async_phase(
                     at_least=0 if step.measured else ctx.settings.warmup_calls,
                 )
             roles.record(step, sample, window)
+        tallies = roles.tallies
         for contender in contenders:
             result = contender.result
-            tallies = roles.tallies
             result.fill(tallies[contender.name], tallies[FLOOR], FLOOR_REDIS, server=True)
             calls = max(ctx.settings.count_calls, mode.concurrency)
             try:

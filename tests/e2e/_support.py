@@ -99,22 +99,19 @@ class Spawned:
         """Ctrl-C: SIGINT to the whole process group; the exit code (fails on a hang)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.process.args!r} did not exit within {timeout:g} s of SIGINT:\n"
-                f"{self.output()[-3000:]}"
-            ) from None
+        return self._exit_code("SIGINT", timeout)
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """``kill PID``: SIGTERM to this process alone; the exit code (fails on a hang)."""
         self.process.terminate()
+        return self._exit_code("SIGTERM", timeout)
+
+    def _exit_code(self, sent: str, timeout: float) -> int:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"{self.process.args!r} did not exit within {timeout:g} s of SIGTERM:\n"
+                f"{self.process.args!r} did not exit within {timeout:g} s of {sent}:\n"
                 f"{self.output()[-3000:]}"
             ) from None
 
