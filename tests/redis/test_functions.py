@@ -88,6 +88,16 @@ async def test_a_flushed_library_is_loaded_again_async(
     assert libraries(redis_client) == {LIBRARY}
 
 
+def test_rules_beyond_what_the_library_keeps_parsed_are_read_afresh(redis_url: str) -> None:
+    # The loaded library keeps the rules it parsed, up to 1,000 (RULES_KEPT in _main.lua),
+    # then starts afresh: 1,100 policies, each a rule of its own, decided twice in turn.
+    policies = {f"p{limit}": Policy(limit, 60) for limit in range(2, 1102)}
+    with RateLimiter(policies, store=redis_url, timeout=TIMEOUT) as limiter:
+        for used in (1, 2):
+            remaining = {name: limiter.check("user_1", name).remaining for name in policies}
+            assert remaining == {name: policy.limit - used for name, policy in policies.items()}
+
+
 def test_another_version_keeps_its_own_library(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,7 +166,15 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
 
 _CACHE_LIMIT: Final = 4096  # encoded keys and call arguments kept; past it, start afresh
 _NO_CLOCK: Final = bulk("")  # ARGV[1] "": the script reads the server's TIME
-_RULE_SIZE: Final = len(Rule._fields)  # ARGV values per rule (lua/_main.lua's header)
+_ZERO: Final = bulk(0)
+_ONE_GROUP: Final = (0,)  # pack's groups for one call
+_ONE: Final = bulk(1)
+_LONE_ARGC: Final = 3 + 5 + 1  # numkeys, clock, rule count; a key and its 4 values; a rule
+
+
+def _rule_text(rule: Rule) -> str:
+    """A rule as the script reads it: its integers joined by ":" (lua/_main.lua's header)."""
+    return ":".join(map(str, rule))
 
 
 class _Arguments:
@@ -179,13 +187,14 @@ class _Arguments:
     mostly dictionary look-ups and one join).
     """
 
-    __slots__ = ("_arguments", "_clock", "_keys", "_rules")
+    __slots__ = ("_arguments", "_clock", "_keys", "_lone", "_rules")
 
     def __init__(self, clock: Callable[[], int] | None) -> None:
         self._clock = clock
         self._rules: dict[Rule, bytes] = {}
         self._keys: dict[str, bytes] = {}
         self._arguments: dict[tuple[int, int, int, int], bytes] = {}
+        self._lone: dict[tuple[int, int, Rule], bytes] = {}
 
     def pack(self, calls: Sequence[Call], groups: Sequence[int]) -> tuple[int, bytes]:
         """``(argc, body)`` for :class:`._resp.Script`: numkeys, KEYS and ARGV as RESP.
@@ -220,12 +229,33 @@ class _Arguments:
         key_parts.append(bulk(len(positions)))
         key_parts += [self._encoded(rule) for rule in positions]
         key_parts += call_parts
-        return 3 + 5 * count + _RULE_SIZE * len(positions), bulk(count) + b"".join(key_parts)
+        return 3 + 5 * count + len(positions), bulk(count) + b"".join(key_parts)
+
+    def pack_one(self, call: Call) -> tuple[int, bytes]:
+        """``pack((call,), (0,))`` for the usual sync decision, cheaper: everything after the
+        key (the clock, the rule, the call's values) is the same for every call of a policy,
+        op and cost, and is encoded once."""
+        if self._clock is not None:
+            return self.pack((call,), _ONE_GROUP)
+        key, op, cost, rule = call
+        encoded = self._keys.get(key)
+        if encoded is None:
+            if len(self._keys) >= _CACHE_LIMIT:
+                self._keys.clear()
+            encoded = self._keys[key] = bulk(key)
+        tail = self._lone.get((op, cost, rule))
+        if tail is None:
+            if len(self._lone) >= _CACHE_LIMIT:
+                self._lone.clear()
+            tail = self._lone[op, cost, rule] = (
+                _NO_CLOCK + _ONE + self._encoded(rule) + bulk(op) + _ZERO + bulk(cost) + _ONE
+            )
+        return _LONE_ARGC, _ONE + encoded + tail
 
     def _encoded(self, rule: Rule) -> bytes:
         encoded = self._rules.get(rule)
         if encoded is None:
-            encoded = self._rules[rule] = b"".join(bulk(value) for value in rule)
+            encoded = self._rules[rule] = bulk(_rule_text(rule))
         return encoded
 
     def build(self, requests: Sequence[Request]) -> tuple[list[str], list[int | str]]:
@@ -241,8 +271,7 @@ class _Arguments:
                 keys.append(call.key)
                 calls += (call.op, group & 1, call.cost, position)
         args: list[int | str] = [self._clock() if self._clock is not None else "", len(index)]
-        for rule in index:
-            args += rule
+        args += [_rule_text(rule) for rule in index]
         args += calls
         return keys, args
 
@@ -351,7 +380,7 @@ class RedisStore:
 
     def run_one(self, call: Call) -> Reply:
         if self._pool is not None:
-            argc, body = self._arguments.pack((call,), _ONE_GROUP)
+            argc, body = self._arguments.pack_one(call)
             reply: Reply = self._pool.run_script(argc, body)[0]
             return reply
         return self.run(((call,),))[0][0]
@@ -360,7 +389,6 @@ class RedisStore:
         self._close()
 
 
-_ONE_GROUP: Final = (0,)
 # The group parities of a batch of single calls, each call its own request.
 _ALTERNATING: Final = (0, 1) * 4096
 
@@ -533,6 +561,8 @@ class AsyncRedisStore:
             if requests:
                 flat = [request for entry in entries for request in _requests(entry)]
                 argc, body = self._arguments.pack(*_flatten(flat))
+            elif calls == 1:
+                argc, body = self._arguments.pack_one(cast("Call", entries[0]))
             else:
                 argc, body = self._arguments.pack(cast("list[Call]", entries), _ALTERNATING)
         except Exception as error:  # noqa: BLE001 - a flush runs in a loop callback: never leave callers waiting
