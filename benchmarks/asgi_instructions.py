@@ -52,7 +52,7 @@ async def _serve(port: int, requests: int) -> None:
             await connection.close()
 
 
-def _instructions(dump_directory: Path) -> int:
+def instructions_in(dump_directory: Path) -> int:
     """The ``Ir`` total of the dump ``callgrind_control -d`` wrote (the first, ``.1``)."""
     dump = dump_directory / "callgrind.out.1"
     for line in dump.read_text().splitlines():
@@ -71,17 +71,17 @@ def measure(factory: str, algorithm: str, requests: int) -> float:
         try:
             server.start(timeout=120.0)  # a Python under valgrind starts slowly
             asyncio.run(_serve(server.port, WARM_UP))
-            _control("-z", server.pid)
+            callgrind_control("-z", server.pid)
             asyncio.run(_serve(server.port, requests))
-            _control("-d", server.pid)
+            callgrind_control("-d", server.pid)
             # Read now: stopping the server writes one more dump (of its shutdown).
-            count = _instructions(Path(directory))
+            count = instructions_in(Path(directory))
         finally:
             server.stop()
         return count / (requests // CONNECTIONS * CONNECTIONS)
 
 
-def _control(command: str, pid: int | None) -> None:
+def callgrind_control(command: str, pid: int | None) -> None:
     """``callgrind_control <command> <pid>``: ``-z`` zeroes the counters, ``-d`` dumps them."""
     subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True)
 
