@@ -167,8 +167,8 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
 _CACHE_LIMIT: Final = 4096  # encoded keys and call arguments kept; past it, start afresh
 _NO_CLOCK: Final = bulk("")  # ARGV[1] "": the script reads the server's TIME
 _ZERO: Final = bulk(0)
-_ONE_GROUP: Final = (0,)  # pack's groups for one call
 _ONE: Final = bulk(1)
+_ONE_GROUP: Final = (0,)  # pack's groups for one call
 _LONE_ARGC: Final = 3 + 5 + 1  # numkeys, clock, rule count; a key and its 4 values; a rule
 
 
