@@ -309,15 +309,17 @@ local function run(KEYS, ARGV)
     end
   end
 
-  local CALLED = {current = current, log_for = log_for, keep_state = keep_state,
-                  keep_log = keep_log}
+  -- decide_one's accessors within this call: states as the groups before left them, kept
+  -- ones written at the end.
+  local within_call = {current = current, log_for = log_for, keep_state = keep_state,
+                       keep_log = keep_log}
 
   -- Decides KEYS[i], a group of its own: the usual one. Resets and leases go the general way.
   local function run_single(i, replies)
     local base = CALLS + (i - 1) * 4
     local op = tonumber(ARGV[base])
     if op > 1 then return run_group(i, i, replies) end
-    replies[i] = decide_one(CALLED, KEYS[i], op, tonumber(ARGV[base + 2]),
+    replies[i] = decide_one(within_call, KEYS[i], op, tonumber(ARGV[base + 2]),
                             rules[tonumber(ARGV[base + 3])], now)
   end
 
