@@ -6,7 +6,7 @@ counts what does not move: the CPU instructions redis-server (or valkey-server) 
 inside ``FCALL`` (valgrind's callgrind, ``Ir``, collected only within ``fcallCommand``) per
 sync ``check`` of one key, the call every unbatched decision makes, for each algorithm::
 
-    .venv/bin/python benchmarks/script_instructions.py                    # ~30 s
+    .venv/bin/python benchmarks/script_instructions.py                    # ~20 s
     .venv/bin/python benchmarks/script_instructions.py --server valkey --calls 500
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``). The server runs under
@@ -84,6 +84,9 @@ def measure(binary: ServerBinary, algorithm: str, calls: int) -> float:
         finally:
             process.terminate()
             process.wait()
+    if count == 0:
+        server = f"{binary.kind} {binary.version}"
+        raise RuntimeError(f"no FCALL was counted: {server} has no functions (Redis 7+)?")
     return count / calls
 
 
