@@ -76,9 +76,9 @@ local function read_state(key, algorithm)
   return state
 end
 
--- Writes `state` with its TTL (µs, kept in ms rounded up, at least 1) in one SET.
+-- Writes `state` with its TTL (`ttl` µs, see ttl_ms) in one SET.
 local function write_state(key, algorithm, state, ttl)
-  redis.call("SET", key, encode(state, algorithm), "PX", math.max(1, ceil_div(ttl, 1000)))
+  redis.call("SET", key, encode(state, algorithm), "PX", ttl_ms(ttl))
 end
 
 -- Rules already parsed, by their text. A policy's rule is the same text on every call, and
@@ -154,7 +154,7 @@ local DIRECT = {
   current = read_state,
   log_for = log_load,
   keep_state = write_state,
-  keep_log = function(log, window) log_save(log, math.max(1, ceil_div(window, 1000))) end,
+  keep_log = function(log, window) log_save(log, ttl_ms(window)) end,
 }
 
 -- One call of the script. Everything above is defined once when the script is loaded as a
@@ -213,7 +213,7 @@ local function run(KEYS, ARGV)
 
   -- A sliding log admitted into: written back at the end, living one `window` (µs) more.
   local function keep_log(log, window)
-    log_ttls[log.key] = math.max(1, ceil_div(window, 1000))
+    log_ttls[log.key] = ttl_ms(window)
     if not log.dirty then
       log.dirty = true
       dirty_logs[#dirty_logs + 1] = log

@@ -17,6 +17,11 @@ local function ceil_div(a, b)
   return -idiv(-a, b)
 end
 
+-- A TTL of `us` microseconds as Redis takes it: milliseconds, rounded up, at least 1.
+local function ttl_ms(us)
+  return math.max(1, ceil_div(us, 1000))
+end
+
 -- Stored integers are written in base 93, with the printable ASCII characters "!" to "~"
 -- except ":", which separates them. A µs time takes 8 characters, so a fixed window's value
 -- ("F", count, ":", end) is 11 bytes for counts under 93: Redis keeps such a value inside its

@@ -135,7 +135,7 @@ local function log_encode(entry)
 end
 
 -- Writes the log's changes: one LTRIM, LSET and RPUSH at most, and its TTL.
-local function log_save(log, ttl_ms)
+local function log_save(log, expire_ms)
   if log.foreign then
     redis.call("DEL", log.key)
     log.n, log.drop, log.head, log.foreign = 0, 0, nil, false
@@ -151,5 +151,5 @@ local function log_save(log, ttl_ms)
   if log.tail ~= nil then
     redis.call("RPUSH", log.key, log_encode(log.tail))
   end
-  redis.call("PEXPIRE", log.key, ttl_ms)
+  redis.call("PEXPIRE", log.key, expire_ms)
 end
