@@ -167,8 +167,9 @@ EVERYTHING = [Route("*", [RouteLimit("api", ClientIP())])]
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("cost", [1, 2])
+@pytest.mark.parametrize("fields_on_allowed", [True, False])
 async def test_allowed_and_refused_alike(
-    algorithm: str, cost: int, monkeypatch: pytest.MonkeyPatch
+    algorithm: str, cost: int, fields_on_allowed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     routes = [Route("*", [RouteLimit("api", ClientIP(), cost=cost)])]
     scenario: Scenario = [(step, scope_for()) for step in [0, 0.4, 0.4, 1.7, 0, 0, 0, 3.3, 0]]
@@ -181,7 +182,12 @@ async def test_allowed_and_refused_alike(
         return original(cls, scope)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(Request, "from_asgi_scope", classmethod(counting))
-    exchanges = await both_ways(limiter_of({"api": Policy(5, 10, algorithm)}), routes, scenario)
+    exchanges = await both_ways(
+        limiter_of({"api": Policy(5, 10, algorithm)}),
+        routes,
+        scenario,
+        options={"headers_on_allowed": fields_on_allowed},
+    )
     refused = statuses(exchanges).count(429)
     assert 0 < refused < len(scenario)
     # The general path built a view of every request; the shortcut only of the refused ones.
@@ -190,7 +196,8 @@ async def test_allowed_and_refused_alike(
         if sent[0]["status"] == 200:
             assert served == 1
             names = [name for name, _ in sent[0]["headers"]]
-            assert names == [b"content-type", b"x-app", b"ratelimit-policy", b"ratelimit"]
+            fields = [b"ratelimit-policy", b"ratelimit"] if fields_on_allowed else []
+            assert names == [b"content-type", b"x-app", *fields]
         else:
             assert served == 0
             assert b"retry-after" in dict(sent[0]["headers"])
@@ -288,21 +295,32 @@ async def test_subclass_overrides(engine: type[HttpLimiter], shortcut: bool) -> 
         assert headers_of(exchanges[0])[b"x-left"] == b"1"
 
 
-@pytest.mark.parametrize("options", [{"legacy_headers": True}, {"headers_on_allowed": False}])
-async def test_options_that_change_allowed_responses(options: dict[str, bool]) -> None:
+@pytest.mark.parametrize(
+    ("options", "shortcut"),
+    [
+        ({"legacy_headers": True}, False),
+        # No field on allowed responses: the shortcut adds none (and wraps no send).
+        ({"headers_on_allowed": False}, True),
+        ({"headers_on_allowed": False, "legacy_headers": True}, True),
+    ],
+)
+async def test_options_that_change_allowed_responses(
+    options: dict[str, bool], shortcut: bool
+) -> None:
     exchanges = await both_ways(
         limiter_of({"api": Policy(2, 60)}),
         EVERYTHING,
         [(1, scope_for())] * 3,
-        shortcut=False,
+        shortcut=shortcut,
         options=options,
     )
     allowed = headers_of(exchanges[0])
-    if options.get("legacy_headers"):
+    if options.get("headers_on_allowed", True):
         assert allowed[b"x-ratelimit-remaining"] == b"1"
     else:
-        assert b"ratelimit" not in allowed
+        assert allowed == {b"content-type": b"text/plain", b"x-app": b"yes"}
     assert statuses(exchanges) == [200, 200, 429]
+    assert b"ratelimit" in headers_of(exchanges[2])  # a refusal always carries the fields
 
 
 @pytest.mark.parametrize(

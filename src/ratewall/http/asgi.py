@@ -165,8 +165,8 @@ class RateLimitMiddleware:
                     answer = error
                 else:
                     extra = shortcut.fields(decision)
-                    if extra is not None:
-                        await self.app(scope, receive, self._adding(send, extra))
+                    if extra is not None:  # allowed (empty: no field to add)
+                        await self.app(scope, receive, self._adding(send, extra) if extra else send)
                         return
                     answer = [decision]
         # The whole exchange with the engine and the limiter happens in this one coroutine:

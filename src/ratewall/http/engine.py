@@ -275,23 +275,27 @@ class _Shortcut:
     (see :meth:`HttpLimiter._shortcut`); an adapter may take it before the general path.
 
     Most requests match a route with one limit on the client address trusting no proxy, are
-    allowed, and get the two RateLimit fields. Such a request needs nothing but its method,
-    path and peer: :meth:`item` finds what to check without a :class:`Request` (no header
-    snapshot), a :class:`Check` or a pass through :meth:`HttpLimiter.start`, and
-    :meth:`fields` gives the fields :meth:`HttpLimiter.finish` would add, encoded, from the
-    decision's two numbers. Whatever they cannot answer they leave (``None``) to the general
-    path, which then decides the request as it always does: another identity source, a
-    missing identity, a refusal, a degraded or unusual decision, an error. The outcomes are
-    the same either way (``tests/http/test_shortcut.py``).
+    allowed, and get the two RateLimit fields (or none, without ``headers_on_allowed``). Such
+    a request needs nothing but its method, path and peer: :meth:`item` finds what to check
+    without a :class:`Request` (no header snapshot), a :class:`Check` or a pass through
+    :meth:`HttpLimiter.start`, and :meth:`fields` gives the fields
+    :meth:`HttpLimiter.finish` would add, encoded, from the decision's two numbers. Whatever
+    they cannot answer they leave (``None``) to the general path, which then decides the
+    request as it always does: another identity source, a missing identity, a refusal, a
+    degraded or unusual decision, an error. The outcomes are the same either way
+    (``tests/http/test_shortcut.py``).
 
     Built from the engine's routes, policies and options as they are when it is made.
     """
 
-    __slots__ = ("_encoded", "_everything", "_limits", "_policies", "_routes")
+    __slots__ = ("_encoded", "_everything", "_fields", "_limits", "_policies", "_routes")
 
-    def __init__(self, routes: RouteTable, policies: Mapping[str, Policy]) -> None:
+    def __init__(
+        self, routes: RouteTable, policies: Mapping[str, Policy], *, fields: bool = True
+    ) -> None:
         self._routes = routes
         self._policies = policies
+        self._fields = fields  # whether allowed responses get the RateLimit fields
         # Per route that qualifies, keyed by id() (a Route hashes and compares by value, which
         # costs more than the rest; this table keeps its routes alive): its one limit's source,
         # policy and cost.
@@ -336,10 +340,12 @@ class _Shortcut:
 
     def fields(self, decision: Decision) -> _Encoded | None:
         """The encoded RateLimit fields :meth:`HttpLimiter.finish` adds for the item's
-        ``decision``, if it is allowed; else ``None``, also for nonsense in the decision
-        (which the general path then reports)."""
+        ``decision``, if it is allowed (empty without fields on allowed responses); else
+        ``None``, also for nonsense in the decision (which the general path then reports)."""
         if type(decision) is not Decision or not decision.allowed or decision.degraded:
             return None
+        if not self._fields:
+            return []
         known = self._encoded.get(decision.policy)
         try:
             if known is None or known[0] != decision.limit:
@@ -409,18 +415,16 @@ class HttpLimiter:
 
     def _shortcut(self) -> _Shortcut | None:
         """The usual request's short way (see :class:`_Shortcut`), when this engine gives
-        the default outcomes for it (neither :meth:`start`, :meth:`finish` nor
-        :meth:`response_headers` overridden, the default headers) and some route qualifies."""
+        the default outcomes for it (neither :meth:`start` nor :meth:`finish` overridden;
+        with fields on allowed responses, the default ones: :meth:`response_headers` not
+        overridden, no legacy headers) and some route qualifies."""
         kind = type(self)
-        if (
-            kind.start is not HttpLimiter.start
-            or kind.finish is not HttpLimiter.finish
-            or not self._default_headers
-            or not self.headers_on_allowed
-            or self.legacy_headers
-        ):
+        if kind.start is not HttpLimiter.start or kind.finish is not HttpLimiter.finish:
             return None
-        shortcut = _Shortcut(self.routes, self.policies)
+        # Without fields on allowed responses, an allowed response gets no header at all.
+        if self.headers_on_allowed and (self.legacy_headers or not self._default_headers):
+            return None
+        shortcut = _Shortcut(self.routes, self.policies, fields=self.headers_on_allowed)
         return shortcut if shortcut.useful() else None
 
     def _validate(self) -> None:
