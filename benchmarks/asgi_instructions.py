@@ -2,13 +2,15 @@
 
 The ``asgi`` mode of ``run.py`` compares requests/s, which a shared machine moves by several
 percent from block to block. This script counts what does not move: the CPU instructions
-uvicorn executes per request (valgrind's callgrind, ``Ir``), for the bare app, the bare app
-sending two fixed fields shaped like the RateLimit fields (``asgi_apps:fields``: what the
-server's own handling of those fields costs), and the app inside ratewall's middleware
-(``asgi_apps:limited``) per algorithm. Instructions are not time (cache misses are not
-counted), but a change that removes instructions from the middleware shows here exactly::
+uvicorn executes per request (valgrind's callgrind, ``Ir``), for the bare app, the three
+reference apps of ``asgi_apps`` (the bare app sending two fixed fields shaped like the
+RateLimit fields: what the server's own handling of those fields costs; the smallest
+middleware adding them; the smallest rate-limiting middleware, for the first algorithm), and
+the app inside ratewall's middleware (``asgi_apps:limited``) per algorithm. Instructions are
+not time (cache misses are not counted), but a change that removes instructions from the
+middleware shows here exactly::
 
-    .venv/bin/python benchmarks/asgi_instructions.py                  # ~8 min
+    .venv/bin/python benchmarks/asgi_instructions.py                  # ~11 min
     .venv/bin/python benchmarks/asgi_instructions.py --algorithms gcra --requests 1000
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``); it is a diagnostic, not
@@ -101,8 +103,21 @@ def main() -> None:
         sys.exit("valgrind (with callgrind_control) is not on PATH: apt-get install valgrind")
     print(f"uvicorn under callgrind: {server_description()}, {arguments.requests} requests each")
     bare = measure("asgi_apps:bare", ALGORITHMS[0], arguments.requests)
-    fields = measure("asgi_apps:fields", ALGORITHMS[0], arguments.requests)
-    rows = [("bare app", bare), ("bare app sending two RateLimit-shaped fields", fields)]
+    rows = [
+        ("bare app", bare),
+        (
+            "bare app sending two RateLimit-shaped fields (ref-fields)",
+            measure("asgi_apps:fields", ALGORITHMS[0], arguments.requests),
+        ),
+        (
+            "the smallest middleware adding two such fields (ref-headers)",
+            measure("asgi_apps:headers", ALGORITHMS[0], arguments.requests),
+        ),
+        (
+            f"the smallest rate-limiting middleware, {algorithms[0]} (ref-minimal)",
+            measure("asgi_apps:minimal", algorithms[0], arguments.requests),
+        ),
+    ]
     for algorithm in algorithms:
         count = measure("asgi_apps:limited", algorithm, arguments.requests)
         rows.append((f"with the middleware, {algorithm}", count))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from inspect import isawaitable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import redis
 import redis.asyncio
@@ -38,6 +38,7 @@ __all__ = [
     "DictWindow",
     "Library",
     "LimitSpec",
+    "Reference",
     "SyncFloor",
     "SyncLimiter",
     "package_version",
@@ -91,6 +92,10 @@ class Library(ABC):
     # The uvicorn factory (``module:function`` in benchmarks/) of the trivial app behind this
     # library's ASGI middleware, configured by asgi_apps' environment variables; None: none.
     asgi_app: str | None = None
+    # A reference app of the ASGI mode (see Reference), not a rate limiter.
+    reference: bool = False
+    # Whether asgi_app adds RateLimit fields to allowed responses (the ASGI mode checks it).
+    asgi_fields: bool = True
 
     @property
     def version(self) -> str:
@@ -471,8 +476,50 @@ class Pyrate(Library):
         return _PyrateSync(Limiter(_per_key_factory(self._builder(spec, None))))
 
 
+# -- reference apps --------------------------------------------------------------------------
+
+
+class Reference(Library):
+    """Not a rate limiter: an app of the ASGI mode that does part of what ratewall's
+    middleware does (see ``asgi_apps``), measured against the bare app like the middleware,
+    to show what that part costs the server. Only in ASGI phases, and only when named in
+    ``--libraries``; never anyone's peer."""
+
+    distribution = "ratewall"
+    algorithms: Mapping[str, str] = dict.fromkeys(ALGORITHMS, "reference app")
+    reference = True
+
+    def __init__(self, name: str, asgi_app: str, *, fields: bool = True) -> None:
+        self.name = name
+        self.asgi_app = asgi_app
+        self.asgi_fields = fields
+
+    def _only_asgi(self) -> NoReturn:
+        raise TypeError(f"{self.name} is a reference app of the ASGI mode, not a limiter")
+
+    def open_sync(self, spec: LimitSpec, url: str) -> SyncLimiter:
+        self._only_asgi()
+
+    async def open_async(self, spec: LimitSpec, url: str) -> AsyncLimiter:
+        self._only_asgi()
+
+    def open_memory(self, spec: LimitSpec) -> SyncLimiter:
+        self._only_asgi()
+
+
+# Every library and reference app by name; a run measures the libraries unless told otherwise.
 LIBRARIES: Mapping[str, Library] = {
-    library.name: library for library in (Ratewall(), Limits(), Throttled(), Pyrate())
+    library.name: library
+    for library in (
+        Ratewall(),
+        Limits(),
+        Throttled(),
+        Pyrate(),
+        Reference("ref-fields", "asgi_apps:fields"),
+        Reference("ref-headers", "asgi_apps:headers"),
+        Reference("ref-minimal", "asgi_apps:minimal"),
+        Reference("ratewall-quiet", "asgi_apps:limited_quietly", fields=False),
+    )
 }
 
 

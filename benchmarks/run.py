@@ -1026,10 +1026,10 @@ async def run_asgi_phase(
                 role: sum(c.decorated for c in conns) for role, conns in connections.items()
             }
             ok = sum(c.ok for c in connections["library"])
-            if not decorated["library"] or decorated["floor"]:
+            if bool(decorated["library"]) != library.asgi_fields or decorated["floor"]:
                 raise MisconfiguredError(
-                    f"responses with a RateLimit field: {decorated['library']} from the "
-                    f"limited app, {decorated['floor']} from the bare one"
+                    f"responses with a RateLimit field: {decorated['library']} from "
+                    f"{library.asgi_app}, {decorated['floor']} from the bare app"
                 )
             result.fill(tallies["library"], tallies["floor"], FLOOR_ASGI, server=False)
             result.fill_asgi(tallies, cpu, decorated["library"] / ok, mode.concurrency, pinned)
@@ -1099,7 +1099,7 @@ def compare_with_peers(results: list[PhaseResult]) -> None:
             groups.setdefault((result.algorithm, result.mode), []).append(result)
     for group in groups.values():
         ours = [r for r in group if r.library == OURS]
-        peers = [r for r in group if r.library != OURS]
+        peers = [r for r in group if r.library != OURS and not LIBRARIES[r.library].reference]
         if not ours or not peers:
             continue
         best = min(peers, key=lambda r: r.x_floor)
@@ -1254,16 +1254,17 @@ def markdown(
             + " (server CPU per request from /proc; the generator's share of one core shows "
             "it is not the bottleneck):",
             "",
-            "| algorithm | bare req/s | with middleware req/s | with ÷ bare "
+            "| algorithm | app | bare req/s | with middleware req/s | with ÷ bare "
             "| server CPU µs/req bare | with | middleware µs/req | generator CPU |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in asgi:
             cpu = r.asgi["server_cpu_us_per_request"]
             share = r.asgi["generator_cpu_share"]
             busiest = max((v for v in share.values() if v is not None), default=None)
             lines.append(
-                f"| {r.algorithm} | {_num(r.floor_decisions_per_s)} | {_num(r.decisions_per_s)} "
+                f"| {r.algorithm} | {r.library} | {_num(r.floor_decisions_per_s)} "
+                f"| {_num(r.decisions_per_s)} "
                 f"| **{_ratio(r.vs_bare)}** | {_num(cpu['bare'], 1)} | {_num(cpu['limited'], 1)} "
                 f"| {_num(r.asgi['middleware_cpu_us_per_request'], 1)} "
                 f"| {'—' if busiest is None else f'{busiest:.0%}'} |"
@@ -1387,8 +1388,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--libraries",
         type=lambda v: _choices(v, list(LIBRARIES), "library"),
-        default=list(LIBRARIES),
-        help="comma-separated",
+        default=[name for name, library in LIBRARIES.items() if not library.reference],
+        help="comma-separated; the ASGI mode's reference apps (ref-*, ratewall-quiet) "
+        "only when named",
     )
     parser.add_argument(
         "--server",
@@ -1462,8 +1464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 LIBRARIES[name]
                 for name in args.libraries
                 if algorithm in LIBRARIES[name].algorithms
-                # Only a library with ASGI middleware is in an ASGI phase (of the peers, none).
+                # Only a library with ASGI middleware is in an ASGI phase (of the peers, none),
+                # and a reference app only there.
                 if mode.kind != "asgi" or LIBRARIES[name].asgi_app is not None
+                if mode.kind == "asgi" or not LIBRARIES[name].reference
             ]
             if libraries:
                 phases.append((algorithm, mode, libraries))
@@ -1497,12 +1501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         },
     }
-    # Setup per library: ~0.5 s, and ~2 s more to start the two uvicorn processes of ASGI.
+    # Setup per library: ~0.5 s, and ~2 s more to start the two uvicorn processes of ASGI,
+    # where each library has a phase of its own against its own bare app.
     estimate = sum(
-        (settings.for_asgi() if mode.kind == "asgi" else settings).phase_seconds(
-            mode.concurrency, len(libraries)
+        (
+            len(libraries) * (settings.for_asgi().phase_seconds(mode.concurrency) + 2.5)
+            if mode.kind == "asgi"
+            else settings.phase_seconds(mode.concurrency, len(libraries)) + 0.5 * len(libraries)
         )
-        + (2.5 if mode.kind == "asgi" else 0.5) * len(libraries)
         for _, mode, libraries in phases
     )
     where = f"{meta['server']} ({binary.path})" if binary else meta["server"]
