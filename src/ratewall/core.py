@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, NoReturn
 
+from ._fork import reset_in_child
 from ._leases import LeaseBook
 from .algorithms import Outcome, Rule, rule_for
 from .decision import Decision, make_decision
@@ -176,6 +177,15 @@ class Core:
         self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000))
         # On a Redis Cluster, one atomic call can only touch one hash slot.
         self._slot_of = slot_of
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts as a fresh process would: the parent's leases must not be
+        spent twice, and a lock held by another thread at the fork would never be released."""
+        self.deny_cache = DenyCache(self.deny_cache.maxsize)
+        self.leases = LeaseBook(self.leases.maxsize)
+        breaker = self._breaker
+        self._breaker = _Breaker(breaker.threshold, breaker.cooldown)
 
     # -- planning -------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from .._fork import abandon, disown_socket, disown_transport, reset_in_child
+
 __all__ = [
     "AsyncConnection",
     "ConnectionPool",
@@ -287,10 +289,14 @@ class Connection:
         with contextlib.suppress(OSError):
             self._sock.close()
 
+    def disown(self) -> None:
+        """In a forked child: let go of the parent's socket (see :mod:`ratewall._fork`)."""
+        disown_socket(self._sock)
+
 
 class ConnectionPool:
     """Idle connections, reused last-in first-out; thread-safe without a lock (list.pop and
-    list.append are atomic)."""
+    list.append are atomic). A forked child starts with no connections of its own."""
 
     def __init__(self, endpoint: Endpoint, script: Script, max_idle: int = 64) -> None:
         self.endpoint = endpoint
@@ -298,6 +304,14 @@ class ConnectionPool:
         self._idle: list[Connection] = []
         self._max_idle = max_idle
         self._closed = False
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Connections lent out at the fork belong to threads that do not exist here: only
+        # the idle ones are still referenced.
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.disown()
 
     def run_script(self, argc: int, body: bytes) -> Any:
         """Run the script on ``body`` (see :class:`Script`) and return its reply."""
@@ -504,6 +518,22 @@ class AsyncConnection:
         self._pending: collections.deque[_Waiter] = collections.deque()
         self._connecting: asyncio.Task[None] | None = None
         self._after_connect: list[ScriptCall] = []
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's socket, its calls in flight and its connection attempt: all
+        belong to the parent's event loop. The next call connects anew."""
+        if self._transport is not None:
+            disown_transport(self._transport)
+        self._transport = None
+        self._protocol = None
+        self._reader = hiredis.Reader()
+        self._pending = collections.deque()
+        abandon(self._connecting)
+        self._connecting = None
+        self._after_connect = []
+        self.used = False
+        self.timeouts = 0
 
     @property
     def ready(self) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from .._clock import monotonic_micros
+from .._fork import reset_in_child
 from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
 from ..core import CHECK, PEEK
 from ..decision import Decision, make_decision
@@ -395,6 +396,14 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._tables: dict[str, _Table[Any]] = {}
         self._reject: Callable[[object, str, object], NoReturn] = _unattached
+        reset_in_child(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts empty, as a fresh process would (its limits are its own:
+        this store is per process), with a lock no thread of the parent can hold."""
+        self._lock = threading.Lock()
+        for table in self._tables.values():
+            table.entries.clear()
 
     def attach(self, core: Core) -> None:
         """Make one table per policy of ``core``."""

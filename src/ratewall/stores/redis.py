@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot as redis_key_slot
 from redis.retry import Retry
 
+from .._fork import abandon, reset_in_child
 from .._urls import STORE_SCHEMES, store_url_problem
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply, Request
@@ -445,13 +446,10 @@ class AsyncRedisStore:
             )
             self._aclose = self._connection.aclose
         else:
-            client = make_client(url, timeout, asynchronous=True)
-            script = client.register_script(SCRIPT)
-            self._execute = lambda keys, args: script(keys=keys, args=args)
-            self._aclose = lambda: _aclose_client(client)
+            self._timeout = timeout
             if kind == "cluster":
                 self._slot = key_slot
-                self._initialize = client.initialize
+            self._use_new_client()
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._in_flight = 0  # script calls
@@ -468,6 +466,35 @@ class AsyncRedisStore:
         self._crowd = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        reset_in_child(self)
+
+    def _use_new_client(self) -> None:
+        """A redis-py client (Cluster, Sentinel) and the script calls made through it. Builds
+        no connection: redis-py's asyncio clients connect on first use."""
+        client = make_client(self.url, self._timeout, asynchronous=True)
+        script = client.register_script(SCRIPT)
+        self._execute = lambda keys, args: script(keys=keys, args=args)
+        self._aclose = lambda: _aclose_client(client)
+        self._client: Any = client
+        if self._slot is not None:
+            # redis-py's asyncio cluster sets itself up lazily: see _send_per_slot.
+            self._initialize = client.initialize
+
+    def _after_fork_in_child(self) -> None:
+        """Start afresh: the queued calls, their futures and tasks belong to the parent's
+        event loop, and so does a redis-py asyncio client's every connection (ratewall's own
+        connection resets itself)."""
+        abandon(*self._tasks)
+        self._tasks = set()
+        self._entries, self._waiters = [], []
+        self._waiting_calls = self._waiting_requests = 0
+        self._in_flight = self._in_flight_calls = 0
+        self._flush_scheduled = False
+        self._crowd = False
+        self._ready = asyncio.Lock()
+        if self._connection is None and not self._closed:
+            abandon(self._client)
+            self._use_new_client()
 
     # -- callers -------------------------------------------------------------------------
 
