@@ -17,17 +17,20 @@ A request checked against several policies at once (:meth:`Core.plan_many`) beco
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, NoReturn
 
+from ._exit import PolicyExit, exit_for
 from ._fork import reset_in_child
 from ._leases import LeaseBook
-from .algorithms import Outcome, Rule, rule_for
-from .decision import Decision, make_decision
+from .algorithms import Rule, rule_for
+from .decision import Decision
 from .errors import StoreError
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
+from .observer import Observer
 from .policy import Policy
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "Reply",
     "Request",
 ]
+
+_log = logging.getLogger("ratewall")
 
 CHECK: Final = 0
 PEEK: Final = 1
@@ -73,6 +78,7 @@ class _Compiled:
     rule: Rule
     capacity: int  # rule.capacity, one attribute away on the hot path
     keys: dict[str, str]  # identity -> key: the key builder's cache for this policy
+    exit: PolicyExit  # where this policy's decisions are made (see ratewall._exit)
 
 
 # Call(...) and Plan(...) go through a Python-level __new__; the hot path builds them with
@@ -105,11 +111,12 @@ class _Breaker:
     of calls and opens the circuit, as it does for one caller at a time.
     """
 
-    __slots__ = ("cooldown", "failures", "generation", "open_until", "threshold")
+    __slots__ = ("cooldown", "failures", "generation", "observer", "open_until", "threshold")
 
-    def __init__(self, threshold: int, cooldown: int) -> None:
+    def __init__(self, threshold: int, cooldown: int, observer: Observer | None = None) -> None:
         self.threshold = threshold
         self.cooldown = cooldown
+        self.observer = observer
         self.failures = 0
         self.open_until = 0
         self.generation = 0  # counted failures so far: a plan records the value it saw
@@ -117,17 +124,40 @@ class _Breaker:
     def is_open(self, now: int) -> bool:
         return self.failures >= self.threshold and now < self.open_until
 
-    def failed(self, now: int, generation: int) -> None:
-        """A call planned at ``generation`` failed."""
+    def failed(self, now: int, generation: int, error: BaseException) -> None:
+        """A call planned at ``generation`` failed with ``error``."""
         if generation != self.generation:
             return  # planned before the last counted failure: the same outage
         self.generation += 1
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown
+            if self.failures == self.threshold:
+                _breaker_changed(self.observer, True, error)
 
     def succeeded(self) -> None:
+        if self.failures >= self.threshold:
+            _breaker_changed(self.observer, False, None)
         self.failures = 0
+
+
+def _breaker_changed(observer: Observer | None, opened: bool, error: BaseException | None) -> None:
+    """Say so once per transition (never once per request): a warning when the store starts
+    failing, one when it answers again."""
+    if opened:
+        _log.warning(
+            "ratewall: the rate-limit store is failing (%s: %s); policies answer per their "
+            "failure_mode until it recovers",
+            type(error).__name__,
+            error,
+        )
+    else:
+        _log.warning("ratewall: the rate-limit store answers again")
+    if observer is not None:
+        try:
+            observer.on_breaker(opened, error)
+        except Exception:  # noqa: BLE001 - an observer's bug must not fail the decision
+            _log.exception("ratewall observer failed on a breaker transition")
 
 
 class BreakerOpenError(Exception):
@@ -152,6 +182,7 @@ class Core:
         breaker_threshold: int = 3,
         breaker_cooldown: float = 1.0,
         slot_of: Callable[[str], int] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if not policies:
             raise ValueError("a rate limiter needs at least one policy")
@@ -165,16 +196,22 @@ class Core:
                 )
             rule = rule_for(policy)
             compiled[name] = _Compiled(
-                name, policy, rule, rule.capacity, self._keys.cache_for(name)
+                name,
+                policy,
+                rule,
+                rule.capacity,
+                self._keys.cache_for(name),
+                exit_for(name, rule.capacity, observer),
             )
         self.policies: Mapping[str, Policy] = {n: c.policy for n, c in compiled.items()}
         self.rules: Mapping[str, Rule] = {n: c.rule for n, c in compiled.items()}
+        self.exits: Mapping[str, PolicyExit] = {n: c.exit for n, c in compiled.items()}
         self._compiled = compiled
         self.deny_cache = DenyCache(local_cache_size)
         # Leases share the local cache's bound (none without a local cache: the memory store).
         self.leases = LeaseBook(local_cache_size)
         self._now = local_clock
-        self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000))
+        self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000), observer)
         # On a Redis Cluster, one atomic call can only touch one hash slot.
         self._slot_of = slot_of
         reset_in_child(self)
@@ -185,7 +222,7 @@ class Core:
         self.deny_cache = DenyCache(self.deny_cache.maxsize)
         self.leases = LeaseBook(self.leases.maxsize)
         breaker = self._breaker
-        self._breaker = _Breaker(breaker.threshold, breaker.cooldown)
+        self._breaker = _Breaker(breaker.threshold, breaker.cooldown, breaker.observer)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -240,14 +277,14 @@ class Core:
         if leasing:
             served = self.leases.spend(key, cost, self._now())
             if served is not None:
-                decision = _leased(compiled, *served)
+                decision = compiled.exit.allowed(served[0], served[1], "lease")
                 return _tuple_new(Plan, (compiled, call, decision, breaker.generation))
         cache = self.deny_cache
         if cache.entries:
             known = cache.lookup(key, compiled.rule, cost, self._now())
             if known is not None:
                 if not known.allowed:
-                    decision = _decision(compiled, known)
+                    decision = compiled.exit.refused(known[1], known[2], known[3], "cache")
                     return _tuple_new(Plan, (compiled, call, decision, breaker.generation))
                 cache.forget(key)
         if breaker.failures and breaker.is_open(self._now()):
@@ -283,7 +320,13 @@ class Core:
             return PlanMany(
                 compiled,
                 calls,
-                [_decision(c, k) for c, k in zip(compiled, known, strict=True) if k is not None],
+                [
+                    c.exit.allowed(k[1], k[2], "cache")
+                    if k.allowed
+                    else c.exit.refused(k[1], k[2], k[3], "cache")
+                    for c, k in zip(compiled, known, strict=True)
+                    if k is not None
+                ],
                 generation,
             )
         if self._breaker.is_open(now):
@@ -307,33 +350,29 @@ class Core:
                 cache.forget(call.key)
             if call.op == LEASE:
                 return self._lease_granted(plan, reply)
-            remaining = reply[1]
-            return make_decision(
-                True,
-                compiled.name,
-                compiled.capacity,
-                remaining if remaining > 0 else 0,
-                reply[2] / 1_000_000,
-                None,
-            )
+            return compiled.exit.allowed(reply[1], reply[2])
         if call.op != RESET:
             if call.op == LEASE:
                 self.leases.ended(call.key)
             if cache.maxsize:
                 cache.remember(call.key, tuple(reply[5:]), reply[4], self._now())
-        return _decision(compiled, reply)
+        return compiled.exit.refused(reply[1], reply[2], reply[3])
 
     def _lease_granted(self, plan: Plan, reply: Reply) -> Decision:
         call = plan.call
         remaining = self.leases.granted(
             call.key, call.cost, reply[5], reply[1], reply[2], call.rule.window, self._now()
         )
-        return _leased(plan.compiled, remaining, reply[2])
+        # The store decided this request (and granted the lease with it).
+        return plan.compiled.exit.allowed(remaining, reply[2])
 
     def decide_many(self, plan: PlanMany, replies: Sequence[Reply]) -> list[Decision]:
         self._breaker.succeeded()
         self._learn(plan.calls, replies)
-        return [_decision(c, r) for c, r in zip(plan.compiled, replies, strict=True)]
+        return [
+            c.exit.allowed(r[1], r[2]) if r[0] == 1 else c.exit.refused(r[1], r[2], r[3])
+            for c, r in zip(plan.compiled, replies, strict=True)
+        ]
 
     def _learn(self, calls: Sequence[Call], replies: Sequence[Reply]) -> None:
         """Keep refused groups' snapshots in the deny cache; forget keys that passed."""
@@ -350,11 +389,11 @@ class Core:
         """The store failed on ``plan``: count it, then raise or answer per the failure mode."""
         if plan.call.op == LEASE:
             self.leases.ended(plan.call.key)
-        self._breaker.failed(self._now(), plan.generation)
+        self._breaker.failed(self._now(), plan.generation, error)
         return self._failure_mode(plan.compiled, error)
 
     def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
-        self._breaker.failed(self._now(), plan.generation)
+        self._breaker.failed(self._now(), plan.generation, error)
         return [self._failure_mode(compiled, error) for compiled in plan.compiled]
 
     def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:
@@ -364,28 +403,4 @@ class Core:
                 f"rate-limit store failed for policy {compiled.name!r}: "
                 f"{type(error).__name__}: {error}"
             ) from error
-        capacity = compiled.rule.capacity
-        cooldown = self._breaker.cooldown / 1_000_000
-        if mode == "open":
-            return Decision(True, compiled.name, capacity, capacity, 0.0, None, degraded=True)
-        return Decision(False, compiled.name, capacity, 0, cooldown, cooldown, degraded=True)
-
-
-def _leased(compiled: _Compiled, remaining: int, reset_us: int) -> Decision:
-    """An allowed Decision paid from this node's lease."""
-    return make_decision(
-        True, compiled.name, compiled.rule.capacity, remaining, reset_us / 1_000_000, None
-    )
-
-
-def _decision(compiled: _Compiled, reply: Reply | Outcome) -> Decision:
-    """A Decision from a store reply or a local Outcome (same first four fields)."""
-    allowed = reply[0] == 1 or reply[0] is True
-    return make_decision(
-        allowed,
-        compiled.name,
-        compiled.capacity,
-        max(0, reply[1]),
-        reply[2] / 1_000_000,
-        None if allowed else reply[3] / 1_000_000,
-    )
+        return compiled.exit.failed(mode == "open", self._breaker.cooldown / 1_000_000)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["Decision"]
+__all__ = ["Decision", "Source"]
+
+#: Where an answer came from (:attr:`Decision.source`): the store (Redis/Valkey's script,
+#: or the memory store), this node's deny cache (a refusal the store already gave), units
+#: this node leased from the store earlier (``Policy.lease``), or the policy's failure mode.
+Source = Literal["store", "cache", "lease", "failure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +24,11 @@ class Decision:
 
     ``degraded`` is true when the store failed and the policy's ``failure_mode`` ("open" or
     "closed") produced this answer instead of the store.
+
+    ``source`` says where the answer came from: ``"store"``, ``"cache"`` (this node already
+    knew the store refuses), ``"lease"`` (units this node leased earlier) or ``"failure"``
+    (the failure mode). It describes the path, not the answer, so it takes no part in
+    comparisons: the same decision reached two ways is equal.
     """
 
     allowed: bool
@@ -27,44 +38,7 @@ class Decision:
     reset_after: float
     retry_after: float | None
     degraded: bool = False
+    source: Source = field(default="store", compare=False)
 
     def __bool__(self) -> bool:
         return self.allowed
-
-
-class _Draft:
-    """:class:`Decision`'s exact slot layout without its frozen ``__setattr__``: a draft is
-    filled with plain (fast) attribute stores, then becomes a Decision by assigning
-    ``__class__``, which CPython allows between classes of identical layout."""
-
-    __slots__ = Decision.__slots__
-    allowed: bool
-    policy: str
-    limit: int
-    remaining: int
-    reset_after: float
-    retry_after: float | None
-    degraded: bool
-
-
-def make_decision(
-    allowed: bool,
-    policy: str,
-    limit: int,
-    remaining: int,
-    reset_after: float,
-    retry_after: float | None,
-) -> Decision:
-    """A non-degraded :class:`Decision`, built four times as fast as through the frozen
-    dataclass' ``__init__`` (the hot path makes one per request). Equal in every way: the
-    result *is* a Decision, frozen like any other."""
-    draft = _Draft()  # cheaper than object.__new__(_Draft); _Draft has no __init__
-    draft.allowed = allowed
-    draft.policy = policy
-    draft.limit = limit
-    draft.remaining = remaining
-    draft.reset_after = reset_after
-    draft.retry_after = retry_after
-    draft.degraded = False
-    draft.__class__ = Decision  # type: ignore[assignment]
-    return draft  # type: ignore[return-value]

@@ -1,5 +1,7 @@
 """The two facades. They only do I/O; every decision is made by :mod:`ratewall.core`, or,
-on the memory store (no I/O at all), by the store itself in one call."""
+on a store in this process (no I/O at all: the memory store), by the store itself in one
+call. Both paths make their decisions through the policy's one exit (:mod:`ratewall._exit`),
+where observers attach."""
 
 from __future__ import annotations
 
@@ -13,38 +15,60 @@ from .core import CHECK, PEEK, RESET, Core, Plan
 from .decision import Decision
 from .errors import StoreError
 from .keys import DEFAULT_PREFIX
+from .observer import Observer
 from .policy import Policy
+from .stores.base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
 from .stores.memory import MemoryStore
-from .stores.redis import AsyncRedisStore, RedisStore, key_slot, parse_store_url
+from .stores.redis import AsyncRedisStore, RedisStore, parse_store_url
 
 if TYPE_CHECKING:
     from .config import Config
 
 __all__ = ["AsyncRateLimiter", "RateLimiter"]
 
-DEFAULT_TIMEOUT = 0.05
-
 
 class _Limiter:
     """What both facades share: construction, configuration, introspection. No I/O."""
 
-    _store: Any
+    # A store that executes calls (Redis/Valkey), or one in this process; exactly one is set.
+    _local: LocalStore | None
 
     def __init__(
         self,
         policies: Mapping[str, Policy],
-        store: str = "memory://",
+        store: str | Store | AsyncStore | LocalStore = "memory://",
         *,
         key_prefix: str = DEFAULT_PREFIX,
         local_cache_size: int = 10_000,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
+        observer: Observer | None = None,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 1.0,
     ) -> None:
-        kind, _ = parse_store_url(store)
         if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
             raise ValueError(f"timeout must be seconds in (0, 3600], got {timeout!r}")
+        if type(breaker_threshold) is not int or breaker_threshold < 1:
+            raise ValueError(f"breaker_threshold must be an int >= 1, got {breaker_threshold!r}")
+        if not isinstance(breaker_cooldown, int | float) or not 0 < breaker_cooldown <= 3600:
+            raise ValueError(
+                f"breaker_cooldown must be seconds in (0, 3600], got {breaker_cooldown!r}"
+            )
         local_now = micros_from(clock)
-        if kind == "memory":
+        if isinstance(store, str):
+            kind, _ = parse_store_url(store)
+            self.store_url = store
+            # The store's own clock only when one is injected: else Redis uses its TIME.
+            built = self._make_store(
+                kind, store, timeout, local_now if (clock or kind == "memory") else None
+            )
+        else:
+            self.store_url = getattr(store, "url", None) or f"<{type(store).__name__}>"
+            if not isinstance(store, LocalStore):
+                self._check_store(store)
+            built = store
+        self._local = built if isinstance(built, LocalStore) else None
+        if self._local is not None:
             # Everything is local already: a deny cache would only duplicate the store.
             local_cache_size = 0
         self._core = Core(
@@ -52,35 +76,47 @@ class _Limiter:
             key_prefix=key_prefix,
             local_cache_size=local_cache_size,
             local_clock=local_now,
-            slot_of=key_slot if kind == "cluster" else None,
+            breaker_threshold=breaker_threshold,
+            breaker_cooldown=breaker_cooldown,
+            slot_of=getattr(built, "slot_of", None),
+            observer=observer,
         )
-        self.store_url = store
-        self._store = self._make_store(
-            kind, store, timeout, local_now if (clock or kind == "memory") else None
-        )
-        # The memory store does no I/O and needs no deny cache: it takes whole operations.
-        self._memory: MemoryStore | None = None
-        if isinstance(self._store, MemoryStore):
-            self._store.attach(self._core)
-            self._memory = self._store
+        if self._local is not None:
+            self._local.attach(self._core)
+        elif observer is not None:
+            built.observe(observer)  # type: ignore[union-attr]  # a Store or an AsyncStore
+        self._store: Any = built
 
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+    def _make_store(
+        self, kind: str, url: str, timeout: float, clock: Any
+    ) -> Store | AsyncStore | LocalStore:
         raise NotImplementedError
+
+    def _check_store(self, store: object) -> None:
+        """Raise TypeError unless ``store`` is a store this facade can use."""
+        raise NotImplementedError
+
+    @property
+    def _memory(self) -> LocalStore | None:
+        """The store in this process, if that is the store (the ASGI middleware's shortcut
+        decides through it directly)."""
+        return self._local
 
     @classmethod
     def from_config(
         cls,
         path: str | os.PathLike[str] | Config,
-        store: str | None = None,
+        store: str | Store | AsyncStore | LocalStore | None = None,
         *,
         clock: Clock | None = None,
         timeout: float | None = None,
+        observer: Observer | None = None,
     ) -> Self:
         """A limiter for the policies and settings of a JSON, YAML or TOML file (or of a
         :class:`~ratewall.config.Config` already loaded).
 
-        ``store`` overrides the file's store URL (with neither, the memory store is used);
-        ``timeout`` overrides the file's store timeout.
+        ``store`` (a URL or a store object) overrides the file's store URL (with neither,
+        the memory store is used); ``timeout`` overrides the file's store timeout.
         """
         from .config import Config, load_config
 
@@ -92,6 +128,7 @@ class _Limiter:
             local_cache_size=config.local_cache_size,
             timeout=config.timeout if timeout is None else timeout,
             clock=clock,
+            observer=observer,
         )
 
     @property
@@ -114,6 +151,13 @@ _CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cos
         share a hash slot, i.e. one identity; otherwise use separate calls)."""
 
 
+def _unreachable(limiter: _Limiter, error: Exception) -> StoreError:
+    return StoreError(
+        f"the rate-limit store {limiter.store_url!r} did not answer: {type(error).__name__}: "
+        f"{error}"
+    )
+
+
 def _reset_failed(plan: Plan, error: Exception) -> StoreError:
     return StoreError(f"reset of {plan.call.key!r} failed: {type(error).__name__}: {error}")
 
@@ -131,16 +175,40 @@ class RateLimiter(_Limiter):
             return MemoryStore(clock)
         return RedisStore(url, timeout=timeout, clock=clock)
 
+    def _check_store(self, store: object) -> None:
+        if not isinstance(store, Store):
+            raise TypeError(
+                f"RateLimiter needs a store URL, a ratewall.stores.Store (such as RedisStore) "
+                f"or a MemoryStore; got {type(store).__name__}"
+                + (
+                    " (an asyncio store: use AsyncRateLimiter)"
+                    if isinstance(store, AsyncStore)
+                    else ""
+                )
+            )
+
+    def ping(self) -> float:
+        """Ask the store whether it answers, as at startup: the round trip in seconds (0.0
+        for a store in this process). Raises :class:`StoreError`, within the store timeout,
+        if it does not answer, whatever the policies' failure modes."""
+        if self._local is not None:
+            return 0.0
+        try:
+            seconds: float = self._store.ping()
+        except Exception as error:
+            raise _unreachable(self, error) from error
+        return seconds
+
     def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """Decide a request of ``cost`` units; consumes them only if allowed."""
-        if self._memory is not None:
-            return self._memory.check(identity, policy, cost)
+        if self._local is not None:
+            return self._local.check(identity, policy, cost)
         return self._decide(self._core.plan(identity, policy, CHECK, cost))
 
     def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
-        if self._memory is not None:
-            return self._memory.peek(identity, policy, cost)
+        if self._local is not None:
+            return self._local.peek(identity, policy, cost)
         return self._decide(self._core.plan(identity, policy, PEEK, cost))
 
     def reset(self, identity: str, policy: str) -> None:
@@ -148,8 +216,8 @@ class RateLimiter(_Limiter):
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
-        if self._memory is not None:
-            self._memory.reset(identity, policy)
+        if self._local is not None:
+            self._local.reset(identity, policy)
             return
         plan = self._core.plan(identity, policy, RESET)
         try:
@@ -160,8 +228,8 @@ class RateLimiter(_Limiter):
         self._core.deny_cache.forget(plan.call.key)
 
     def check_many(self, items: Sequence[Item]) -> list[Decision]:
-        if self._memory is not None:
-            return self._memory.check_many(items)
+        if self._local is not None:
+            return self._local.check_many(items)
         plan = self._core.plan_many(items, CHECK)
         if plan.decisions is not None:
             return plan.decisions
@@ -206,10 +274,30 @@ class AsyncRateLimiter(_Limiter):
             return MemoryStore(clock)
         return AsyncRedisStore(url, timeout=timeout, clock=clock)
 
+    def _check_store(self, store: object) -> None:
+        if not isinstance(store, AsyncStore):
+            raise TypeError(
+                f"AsyncRateLimiter needs a store URL, a ratewall.stores.AsyncStore (such as "
+                f"AsyncRedisStore) or a MemoryStore; got {type(store).__name__}"
+                + (" (a synchronous store: use RateLimiter)" if isinstance(store, Store) else "")
+            )
+
+    async def ping(self) -> float:
+        """Ask the store whether it answers, as at startup: the round trip in seconds (0.0
+        for a store in this process). Raises :class:`StoreError`, within the store timeout,
+        if it does not answer, whatever the policies' failure modes."""
+        if self._local is not None:
+            return 0.0
+        try:
+            seconds: float = await self._store.aping()
+        except Exception as error:
+            raise _unreachable(self, error) from error
+        return seconds
+
     async def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """Decide a request of ``cost`` units; consumes them only if allowed."""
-        if self._memory is not None:
-            return self._memory.check(identity, policy, cost)
+        if self._local is not None:
+            return self._local.check(identity, policy, cost)
         # _decide's body, inlined (keep the two in step): one coroutine less per decision,
         # about 4% of the process's work per batched decision.
         plan = self._core.plan(identity, policy, CHECK, cost)
@@ -223,8 +311,8 @@ class AsyncRateLimiter(_Limiter):
 
     async def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
-        if self._memory is not None:
-            return self._memory.peek(identity, policy, cost)
+        if self._local is not None:
+            return self._local.peek(identity, policy, cost)
         return await self._decide(self._core.plan(identity, policy, PEEK, cost))
 
     async def reset(self, identity: str, policy: str) -> None:
@@ -232,8 +320,8 @@ class AsyncRateLimiter(_Limiter):
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
-        if self._memory is not None:
-            self._memory.reset(identity, policy)
+        if self._local is not None:
+            self._local.reset(identity, policy)
             return
         plan = self._core.plan(identity, policy, RESET)
         try:
@@ -244,8 +332,8 @@ class AsyncRateLimiter(_Limiter):
         self._core.deny_cache.forget(plan.call.key)
 
     async def check_many(self, items: Sequence[Item]) -> list[Decision]:
-        if self._memory is not None:
-            return self._memory.check_many(items)
+        if self._local is not None:
+            return self._local.check_many(items)
         plan = self._core.plan_many(items, CHECK)
         if plan.decisions is not None:
             return plan.decisions

@@ -1,5 +1,5 @@
 """Decision is a frozen dataclass (SPEC §2), however it was built: through its constructor or
-through the hot path's ``make_decision``."""
+through the decision exit's fast path (``ratewall._exit``)."""
 
 from __future__ import annotations
 
@@ -10,32 +10,52 @@ import pickle
 import pytest
 
 from ratewall import Decision
-from ratewall.decision import make_decision
+from ratewall._exit import PolicyExit
 
-ARGUMENTS = [
-    (True, "login", 5, 4, 60.0, None),
-    (False, "login", 5, 0, 15.0, 15.0),
-    (True, "api", 20, 0, 2.000001, None),
+# (exit's arguments, the same Decision through its constructor)
+MADE = [
+    (("allowed", 4, 60_000_000, "store"), Decision(True, "login", 5, 4, 60.0, None)),
+    (("refused", 0, 15_000_000, 15_000_000, "store"), Decision(False, "login", 5, 0, 15.0, 15.0)),
+    (
+        ("allowed", 0, 2_000_001, "lease"),
+        Decision(True, "login", 5, 0, 2.000001, None, False, "lease"),
+    ),
+    (("refused", -3, 1, 1, "cache"), Decision(False, "login", 5, 0, 1e-6, 1e-6, False, "cache")),
 ]
 
 
-@pytest.mark.parametrize("arguments", ARGUMENTS)
-def test_make_decision_builds_the_same_decision_as_the_constructor(
-    arguments: tuple[bool, str, int, int, float, float | None],
+@pytest.mark.parametrize(("arguments", "slow"), MADE)
+def test_the_exit_builds_the_same_decision_as_the_constructor(
+    arguments: tuple[object, ...], slow: Decision
 ) -> None:
-    fast, slow = make_decision(*arguments), Decision(*arguments)
+    method, *values = arguments
+    fast = getattr(PolicyExit("login", 5), str(method))(*values)
     assert type(fast) is Decision
     assert fast == slow
     assert hash(fast) == hash(slow)
     assert repr(fast) == repr(slow)
-    assert dataclasses.astuple(fast) == (*arguments, False)
+    assert dataclasses.astuple(fast) == dataclasses.astuple(slow)
     assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
-    assert bool(fast) is arguments[0]
+    assert bool(fast) is slow.allowed
+    assert fast.source == slow.source
     assert not fast.degraded
 
 
+def test_failure_mode_decisions_say_so() -> None:
+    exit = PolicyExit("login", 5)
+    assert exit.failed(True, 1.0) == Decision(True, "login", 5, 5, 0.0, None, degraded=True)
+    assert exit.failed(False, 1.0) == Decision(False, "login", 5, 0, 1.0, 1.0, degraded=True)
+    assert {exit.failed(True, 1.0).source, exit.failed(False, 1.0).source} == {"failure"}
+
+
+def test_the_source_takes_no_part_in_comparisons() -> None:
+    """The same answer reached through the deny cache or the store is the same decision."""
+    exit = PolicyExit("login", 5)
+    assert exit.refused(0, 1, 1, "cache") == exit.refused(0, 1, 1, "store")
+
+
 def test_a_made_decision_is_frozen_and_a_full_dataclass() -> None:
-    decision = make_decision(True, "login", 5, 4, 60.0, None)
+    decision = PolicyExit("login", 5).allowed(4, 60_000_000)
     assert dataclasses.is_dataclass(decision)
     assert [f.name for f in dataclasses.fields(decision)] == [
         "allowed",
@@ -45,6 +65,7 @@ def test_a_made_decision_is_frozen_and_a_full_dataclass() -> None:
         "reset_after",
         "retry_after",
         "degraded",
+        "source",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.allowed = False  # type: ignore[misc]

@@ -138,7 +138,7 @@ def test_the_facades_expose_the_same_names_and_signatures() -> None:
     assert {renamed.get(n, n) for n in sync} == set(asynchronous)
     for name, signature in sync.items():
         assert asynchronous[renamed.get(name, name)].parameters == signature.parameters, name
-    for name in ("check", "peek", "reset", "aclose"):
+    for name in ("check", "peek", "reset", "ping", "aclose"):
         assert inspect.iscoroutinefunction(getattr(AsyncRateLimiter, name))
 
 

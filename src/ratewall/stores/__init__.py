@@ -1,8 +1,19 @@
-"""Stores execute :class:`~ratewall.core.Call` lists: in this process, or in Redis/Valkey."""
+"""Where counts live: Redis/Valkey (:class:`RedisStore`, :class:`AsyncRedisStore`), or this
+process (:class:`MemoryStore`). The protocols a store implements are in :mod:`.base`."""
 
 from __future__ import annotations
 
+from .base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
 from .memory import MemoryStore
 from .redis import AsyncRedisStore, RedisStore, parse_store_url
 
-__all__ = ["AsyncRedisStore", "MemoryStore", "RedisStore", "parse_store_url"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncRedisStore",
+    "AsyncStore",
+    "LocalStore",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "parse_store_url",
+]

@@ -347,6 +347,24 @@ class ConnectionPool:
             self._idle.append(connection)
         return _check(reply)
 
+    def command(self, *command: str | int) -> Any:
+        """Send one plain command (``PING``) on a pooled connection; its reply, raised if it
+        is an error."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = Connection(self.endpoint)
+        try:
+            reply = connection.call(_pack(command))
+        except BaseException:
+            connection.close()
+            raise
+        if self._closed or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
+        return _check(reply)
+
     def close(self) -> None:
         self._closed = True
         while self._idle:
@@ -502,6 +520,23 @@ class ScriptCall:
         self._done(reply, error)
 
 
+class _Connected:
+    """Waits for :meth:`AsyncConnection.when_connected` on behalf of a plain command."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self._future = future
+
+    def connected(self, error: BaseException | None) -> None:
+        if self._future.done():
+            return
+        if error is not None:
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(None)
+
+
 class AsyncConnection:
     """One pipelined asyncio connection: calls are written as they come and their replies
     matched in order. Reconnects lazily after any failure. Must be used from one loop."""
@@ -517,7 +552,7 @@ class AsyncConnection:
         self._reader = hiredis.Reader()
         self._pending: collections.deque[_Waiter] = collections.deque()
         self._connecting: asyncio.Task[None] | None = None
-        self._after_connect: list[ScriptCall] = []
+        self._after_connect: list[ScriptCall | _Connected] = []
         reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -551,7 +586,7 @@ class AsyncConnection:
         Call from the connection's loop."""
         ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start()
 
-    def when_connected(self, call: ScriptCall) -> None:
+    def when_connected(self, call: ScriptCall | _Connected) -> None:
         """Connect (one attempt shared by every call that needs it), then tell ``call``."""
         if self._connecting is None:
             if self.ready:
@@ -645,6 +680,19 @@ class AsyncConnection:
                 waiter.set_exception(error)
         if transport is not None:
             transport.abort()
+
+    async def command(self, *command: str | int) -> Any:
+        """Send one plain command (``PING``), connecting first if needed, within the store
+        timeout; its reply, raised if it is an error."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.endpoint.timeout):
+            if not self.ready:
+                connected: asyncio.Future[None] = loop.create_future()
+                self.when_connected(_Connected(connected))
+                await connected
+            reply: asyncio.Future[Any] = loop.create_future()
+            self.send(_pack(command), reply)
+            return _check(await reply)
 
     async def aclose(self) -> None:
         self.closed = True

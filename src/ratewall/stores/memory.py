@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from .._clock import monotonic_micros
+from .._exit import PolicyExit
 from .._fork import reset_in_child
 from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
 from ..core import CHECK, PEEK
-from ..decision import Decision, make_decision
+from ..decision import Decision
 from ._memory_log import SlidingLog
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ Item = tuple[str, str] | tuple[str, str, int]
 # with the expiry last.
 E = TypeVar("E", bound=Sequence[Any])
 
-_MICROS = 1_000_000
 _SWEEP_AT = 1024
 
 
@@ -49,6 +49,7 @@ class _Table(Generic[E]):
     __slots__ = (
         "capacity",
         "entries",
+        "exit",
         "function",
         "interval",
         "limit",
@@ -59,9 +60,10 @@ class _Table(Generic[E]):
         "window",
     )
 
-    def __init__(self, name: str, rule: Rule) -> None:
+    def __init__(self, name: str, rule: Rule, exit: PolicyExit) -> None:
         self.name = name
         self.rule = rule
+        self.exit = exit
         self.function = FUNCTIONS[rule.algorithm]
         self.limit = rule.limit
         self.capacity = rule.capacity
@@ -109,15 +111,8 @@ class _Table(Generic[E]):
 
     def decision(self, outcome: Outcome) -> Decision:
         if outcome.allowed:
-            return make_decision(
-                True,
-                self.name,
-                self.capacity,
-                max(0, outcome.remaining),
-                outcome.reset / _MICROS,
-                None,
-            )
-        return _refused(self, max(0, outcome.remaining), outcome.reset, outcome.retry)
+            return self.exit.allowed(outcome.remaining, outcome.reset)
+        return self.exit.refused(outcome.remaining, outcome.reset, outcome.retry)
 
 
 class _Pure(_Table[tuple[tuple[int, ...], int]]):
@@ -147,12 +142,6 @@ class _Flat(_Table[list[int]]):
         return [*state, expiry]
 
 
-def _refused(table: _Table[Any], remaining: int, reset: int, retry: int) -> Decision:
-    return make_decision(
-        False, table.name, table.capacity, remaining, reset / _MICROS, retry / _MICROS
-    )
-
-
 class _FixedWindow(_Flat):
     """Entry ``[count, end, expiry]`` (expiry == end); twin of ``algorithms.fixed_window``."""
 
@@ -169,7 +158,7 @@ class _FixedWindow(_Flat):
         left = end - now
         limit = self.limit
         if count + cost > limit:
-            return _refused(self, max(0, limit - count), left, left)
+            return self.exit.refused(limit - count, left, left)
         count += cost
         if op == CHECK:
             if entry is None:
@@ -178,7 +167,7 @@ class _FixedWindow(_Flat):
                 entry[0] = count
                 entry[1] = end
                 entry[2] = end
-        return make_decision(True, self.name, limit, limit - count, left / _MICROS, None)
+        return self.exit.allowed(limit - count, left)
 
 
 class _SlidingWindow(_Flat):
@@ -187,8 +176,8 @@ class _SlidingWindow(_Flat):
 
     __slots__ = ("ms_capacity", "ms_window")
 
-    def __init__(self, name: str, rule: Rule) -> None:
-        super().__init__(name, rule)
+    def __init__(self, name: str, rule: Rule, exit: PolicyExit) -> None:
+        super().__init__(name, rule, exit)
         self.ms_window = rule.window // 1000
         self.ms_capacity = rule.limit * self.ms_window
 
@@ -220,9 +209,8 @@ class _SlidingWindow(_Flat):
             weighted = 0
         capacity = self.ms_capacity
         if weighted + (current + cost) * w > capacity:
-            return _refused(
-                self,
-                max(0, (capacity - weighted - current * w) // w),
+            return self.exit.refused(
+                (capacity - weighted - current * w) // w,
                 start + (2 if current > 0 else 1) * window - now,
                 _sliding_retry(previous, current, start, now, cost, self.rule),
             )
@@ -237,14 +225,7 @@ class _SlidingWindow(_Flat):
                 entry[3] = expiry
             else:
                 entry[1] = current
-        return make_decision(
-            True,
-            self.name,
-            self.capacity,
-            (capacity - weighted - current * w) // w,
-            (expiry - now) / _MICROS,
-            None,
-        )
+        return self.exit.allowed((capacity - weighted - current * w) // w, expiry - now)
 
 
 class _TokenBucket(_Flat):
@@ -273,8 +254,8 @@ class _TokenBucket(_Flat):
             last = now
         need = cost * interval
         if level < need:
-            return _refused(
-                self, level // interval, -((level - full) // rate), -((level - need) // rate)
+            return self.exit.refused(
+                level // interval, -((level - full) // rate), -((level - need) // rate)
             )
         level -= need
         reset = -((level - full) // rate)
@@ -285,9 +266,7 @@ class _TokenBucket(_Flat):
                 entry[0] = level
                 entry[1] = last
                 entry[2] = now + reset
-        return make_decision(
-            True, self.name, self.capacity, level // interval, reset / _MICROS, None
-        )
+        return self.exit.allowed(level // interval, reset)
 
 
 class _Gcra(_Flat):
@@ -307,9 +286,8 @@ class _Gcra(_Flat):
         full = self.capacity * interval
         after = ahead + cost * interval
         if after > full:
-            return _refused(
-                self,
-                max(0, (full - ahead) // interval),
+            return self.exit.refused(
+                (full - ahead) // interval,
                 -(-ahead // rate),
                 -((full - after) // rate),
             )
@@ -322,9 +300,7 @@ class _Gcra(_Flat):
                 entry[0] = tat
                 entry[1] = after % rate
                 entry[2] = now + reset
-        return make_decision(
-            True, self.name, self.capacity, (full - after) // interval, reset / _MICROS, None
-        )
+        return self.exit.allowed((full - after) // interval, reset)
 
 
 class _SlidingLog(_Table[list[Any]]):
@@ -355,13 +331,13 @@ class _SlidingLog(_Table[list[Any]]):
         remaining = log.take(now, cost, limit, window, op == CHECK)
         if remaining < 0:
             left, reset, retry = log.refusal(now, cost, limit, window)
-            return _refused(self, max(0, left), reset, retry)
+            return self.exit.refused(left, reset, retry)
         if op == CHECK:
             if entry is None:
                 self._insert(identity, [log, now + window], now)
             else:
                 entry[1] = now + window
-        return make_decision(True, self.name, self.capacity, remaining, window / _MICROS, None)
+        return self.exit.allowed(remaining, window)
 
 
 # Per algorithm, the table class that decides it; the base class runs the pure function.
@@ -374,8 +350,8 @@ _TABLES: dict[str, type[_Table[Any]]] = {
 }
 
 
-def table_for(name: str, rule: Rule) -> _Table[Any]:
-    return _TABLES.get(ALGORITHM_CODES[rule.algorithm], _Pure)(name, rule)
+def table_for(name: str, rule: Rule, exit: PolicyExit) -> _Table[Any]:
+    return _TABLES.get(ALGORITHM_CODES[rule.algorithm], _Pure)(name, rule, exit)
 
 
 class MemoryStore:
@@ -407,7 +383,9 @@ class MemoryStore:
 
     def attach(self, core: Core) -> None:
         """Make one table per policy of ``core``."""
-        self._tables = {name: table_for(name, rule) for name, rule in core.rules.items()}
+        self._tables = {
+            name: table_for(name, rule, core.exits[name]) for name, rule in core.rules.items()
+        }
         self._reject = core.reject
 
     def __len__(self) -> int:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.backoff import NoBackoff
@@ -32,6 +34,7 @@ from .._urls import STORE_SCHEMES, store_url_problem
 from ..algorithms import ALGORITHM_CODES, Rule
 from ..core import Call, Reply, Request
 from ..errors import ConfigError
+from ..observer import Observer
 from ._resp import (
     AsyncConnection,
     ConnectionPool,
@@ -41,8 +44,11 @@ from ._resp import (
     StoreProtocolError,
     bulk,
 )
+from .base import DEFAULT_TIMEOUT
 
 __all__ = ["SCRIPT", "AsyncRedisStore", "RedisStore", "parse_store_url"]
+
+_log = logging.getLogger("ratewall")
 
 _SCRIPT_PARTS: Final = ("_prelude", *ALGORITHM_CODES, "_main")
 
@@ -346,7 +352,7 @@ class RedisStore:
     """
 
     def __init__(
-        self, url: str, *, timeout: float = 0.05, clock: Callable[[], int] | None = None
+        self, url: str, *, timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], int] | None = None
     ) -> None:
         self.url = url
         kind, normalised = parse_store_url(url)
@@ -354,22 +360,29 @@ class RedisStore:
         self._close: Callable[[], None]
         self._pool: ConnectionPool | None = None
         self._script: Any = None
-        self._slot: Callable[[str], int] | None = None
+        self._client: Any = None
+        self._observer: Observer | None = None
+        self.slot_of: Callable[[str], int] | None = None
         if kind == "redis":
             self._pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
             self._close = self._pool.close
         else:
-            client = make_client(url, timeout)
+            client = self._client = make_client(url, timeout)
             self._script = client.register_script(SCRIPT)
             self._close = lambda: _close_client(client)
             if kind == "cluster":
-                self._slot = key_slot
+                self.slot_of = key_slot
 
     def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, in one atomic script call (one
         per hash slot on a cluster)."""
-        if self._slot is not None:
-            return _per_slot(self._slot, requests, self._run)
+        if self._observer is not None:
+            return _timed(self._observer, sum(map(len, requests)), self._run_slots, requests)
+        return self._run_slots(requests)
+
+    def _run_slots(self, requests: Sequence[Request]) -> list[list[Reply]]:
+        if self.slot_of is not None:
+            return _per_slot(self.slot_of, requests, self._run)
         return self._run(requests)
 
     def _run(self, requests: Sequence[Request]) -> list[list[Reply]]:
@@ -380,14 +393,55 @@ class RedisStore:
         return _regroup(requests, self._script(keys=keys, args=args))
 
     def run_one(self, call: Call) -> Reply:
+        if self._observer is not None:
+            return _timed(self._observer, 1, self._run_one, call)
+        return self._run_one(call)
+
+    def _run_one(self, call: Call) -> Reply:
         if self._pool is not None:
             argc, body = self._arguments.pack_one(call)
             reply: Reply = self._pool.run_script(argc, body)[0]
             return reply
-        return self.run(((call,),))[0][0]
+        return self._run_slots(((call,),))[0][0]
+
+    def ping(self) -> float:
+        """The round trip of a ``PING`` in seconds, within the store timeout; raises the
+        store's error if it does not answer."""
+        started = time.perf_counter()
+        if self._pool is not None:
+            self._pool.command("PING")
+        else:
+            self._client.ping()
+        return time.perf_counter() - started
+
+    def observe(self, observer: Observer | None) -> None:
+        self._observer = observer
 
     def close(self) -> None:
         self._close()
+
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+def _timed(observer: Observer, calls: int, run: Callable[[_A], _T], argument: _A) -> _T:
+    """``run(argument)``, reported to ``observer`` as one round trip carrying ``calls``."""
+    started = time.perf_counter()
+    try:
+        result = run(argument)
+    except BaseException as error:
+        _report(observer, time.perf_counter() - started, calls, error)
+        raise
+    _report(observer, time.perf_counter() - started, calls, None)
+    return result
+
+
+def _report(observer: Observer, seconds: float, calls: int, error: BaseException | None) -> None:
+    try:
+        observer.on_store_call(seconds, calls, error)
+    except Exception:  # noqa: BLE001 - an observer's bug must not fail the decision
+        _log.exception("ratewall observer failed on a store call")
 
 
 # The group parities of a batch of single calls, each call its own request.
@@ -421,7 +475,7 @@ class AsyncRedisStore:
         self,
         url: str,
         *,
-        timeout: float = 0.05,
+        timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] | None = None,
         max_in_flight: int = 2,
         max_batch: int = 512,
@@ -437,18 +491,19 @@ class AsyncRedisStore:
         self._connection: AsyncConnection | None = None
         self._execute: Callable[[list[str], list[int | str]], Awaitable[list[Reply]]]
         self._aclose: Callable[[], Awaitable[None]]
-        self._slot: Callable[[str], int] | None = None
+        self.slot_of: Callable[[str], int] | None = None
         self._initialize: Callable[[], Awaitable[Any]] | None = None
         self._ready = asyncio.Lock()
+        self._timeout = timeout
+        self._client: Any = None
         if kind == "redis":
             self._connection = AsyncConnection(
                 Endpoint.from_url(normalised, timeout), Script(SCRIPT)
             )
             self._aclose = self._connection.aclose
         else:
-            self._timeout = timeout
             if kind == "cluster":
-                self._slot = key_slot
+                self.slot_of = key_slot
             self._use_new_client()
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
@@ -466,6 +521,7 @@ class AsyncRedisStore:
         self._crowd = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._observer: Observer | None = None
         reset_in_child(self)
 
     def _use_new_client(self) -> None:
@@ -475,8 +531,8 @@ class AsyncRedisStore:
         script = client.register_script(SCRIPT)
         self._execute = lambda keys, args: script(keys=keys, args=args)
         self._aclose = lambda: _aclose_client(client)
-        self._client: Any = client
-        if self._slot is not None:
+        self._client = client
+        if self.slot_of is not None:
             # redis-py's asyncio cluster sets itself up lazily: see _send_per_slot.
             self._initialize = client.initialize
 
@@ -598,11 +654,16 @@ class AsyncRedisStore:
             self._fail(waiters, error)
             return
 
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
+
         def done(reply: Any, error: BaseException | None) -> None:
             self._in_flight -= 1
             self._in_flight_calls -= calls
             if error is None and (type(reply) is not list or len(reply) != calls):
                 error = StoreProtocolError(f"the script answered {calls} calls with {reply!r}")
+            if observer is not None:
+                _report(observer, time.perf_counter() - started, calls, error)
             if error is not None:
                 self._fail(waiters, error)
             elif requests:
@@ -649,10 +710,17 @@ class AsyncRedisStore:
         self, entries: list[Entry], waiters: list[Waiter], calls: int
     ) -> None:
         """One script call per hash slot through redis-py (Cluster, Sentinel)."""
+        observer = self._observer
+        started = time.perf_counter()
         try:
             flat = [request for entry in entries for request in _requests(entry)]
             results = await self._send_per_slot(flat)
+            if observer is not None:
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                _report(observer, time.perf_counter() - started, calls, failure)
         except BaseException as error:
+            if observer is not None:
+                _report(observer, time.perf_counter() - started, calls, error)
             for waiter in waiters:
                 if not waiter.done():
                     if isinstance(error, asyncio.CancelledError):
@@ -686,7 +754,7 @@ class AsyncRedisStore:
     ) -> list[list[Reply] | BaseException]:
         """Replies per request; on a cluster, a slot whose call failed gives its requests
         the exception while the other slots' requests get their replies."""
-        if self._slot is None:
+        if self.slot_of is None:
             return list(await self._send_one_slot(requests))
         if self._initialize is not None:
             # redis-py's asyncio cluster sets itself up lazily, and concurrent first commands
@@ -695,7 +763,7 @@ class AsyncRedisStore:
                 if self._initialize is not None:
                     await self._initialize()
                     self._initialize = None
-        parts = _slot_parts(self._slot, requests)
+        parts = _slot_parts(self.slot_of, requests)
         results = await asyncio.gather(
             *(self._send_one_slot([requests[i] for i in indexes]) for indexes in parts.values()),
             return_exceptions=True,
@@ -709,6 +777,20 @@ class AsyncRedisStore:
     async def _send_one_slot(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
         return _regroup(requests, await self._execute(keys, args))
+
+    async def aping(self) -> float:
+        """The round trip of a ``PING`` in seconds, within the store timeout; raises the
+        store's error if it does not answer."""
+        started = time.perf_counter()
+        if self._connection is not None:
+            await self._connection.command("PING")
+        else:
+            async with asyncio.timeout(self._timeout):
+                await self._client.ping()
+        return time.perf_counter() - started
+
+    def observe(self, observer: Observer | None) -> None:
+        self._observer = observer
 
     async def aclose(self) -> None:
         self._closed = True
