@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-from harness import FLOOR, Window, async_block, async_count, schedule
+from harness import Window, async_block, async_count, schedule
 from modes import SHAPES, Mode
 from peers import FLOOR_REDIS, AsyncFloor, AsyncLimiter, Library, LimitSpec
 from phase_result import PhaseResult
 
-from .common import Contender, Context, Roles, check_async, check_exhausted, cycle, mark_failed
+from .common import Contender, Context, Roles, check_async, check_exhausted, cycle, reported_on
 
 
 async def run_async_phase(
@@ -29,17 +29,14 @@ async def run_async_phase(
             async def open_limiter(s: LimitSpec, library: Library = library) -> AsyncLimiter:
                 return await library.open_async(s, ctx.url)
 
-            try:
+            with reported_on(result):
                 await check_async(open_limiter, spec)
                 limiter = await open_limiter(spec)
                 opened.push_async_callback(limiter.aclose)
                 if shape.exhaust_first:
                     answers = [await limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)]
                     check_exhausted(answers, shape.limit)
-            except Exception as error:  # this library is reported, the others run
-                mark_failed(result, error)
-                continue
-            contenders.append(Contender(library.name, limiter.hit, cycle(shape.keys), result))
+                contenders.append(Contender(library.name, limiter.hit, cycle(shape.keys), result))
         if not contenders:
             return
         roles = Roles.of(contenders, floor.hit, shape)
@@ -52,17 +49,12 @@ async def run_async_phase(
                     at_least=0 if step.measured else ctx.settings.warmup_calls,
                 )
             roles.record(step, sample, window)
-        tallies = roles.tallies
         for contender in contenders:
-            result = contender.result
-            result.fill(tallies[contender.name], tallies[FLOOR], FLOOR_REDIS, server=True)
+            roles.fill(contender, FLOOR_REDIS, server=True)
             calls = max(ctx.settings.count_calls, mode.concurrency)
-            try:
+            with reported_on(contender.result):
                 with ctx.monitor() as monitor:
                     errors = await async_count(
                         contender.hit, contender.next_key, calls, mode.concurrency
                     )
-            except Exception as error:  # reported on this library's row
-                mark_failed(result, error)
-                continue
-            result.fill_requests(monitor, calls - errors)
+                contender.result.fill_requests(monitor, calls - errors)

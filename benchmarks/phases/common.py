@@ -3,8 +3,9 @@ library before it is timed, the contenders and the roles of a schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -62,34 +63,45 @@ def cycle(keys: Sequence[str]) -> Callable[[], str]:
     return itertools.cycle(keys).__next__
 
 
+def sanity_specs(spec: LimitSpec) -> list[LimitSpec]:
+    """The sanity check's limiters: limit 3 a day, under a prefix of their own. Two, since a
+    clock-aligned window may roll over during the first try."""
+    return [
+        replace(spec, limit=SANITY_LIMIT, window=86_400, prefix=f"{spec.prefix}-s{attempt}")
+        for attempt in range(2)
+    ]
+
+
+def insane(answers: list[bool]) -> MisconfiguredError:
+    return MisconfiguredError(f"limit {SANITY_LIMIT} answered {answers}")
+
+
 def check_sync(open_limiter: Callable[[LimitSpec], SyncLimiter], spec: LimitSpec) -> None:
-    for attempt in range(2):  # a clock-aligned window may roll over during the first try
-        limiter = open_limiter(
-            replace(spec, limit=SANITY_LIMIT, window=86_400, prefix=f"{spec.prefix}-s{attempt}")
-        )
+    answers: list[bool] = []
+    for sanity in sanity_specs(spec):
+        limiter = open_limiter(sanity)
         try:
             answers = [limiter.hit("sanity") for _ in SANITY_EXPECTED]
         finally:
             limiter.close()
         if answers == SANITY_EXPECTED:
             return
-    raise MisconfiguredError(f"limit {SANITY_LIMIT} answered {answers}")
+    raise insane(answers)
 
 
 async def check_async(
     open_limiter: Callable[[LimitSpec], Awaitable[AsyncLimiter]], spec: LimitSpec
 ) -> None:
-    for attempt in range(2):
-        limiter = await open_limiter(
-            replace(spec, limit=SANITY_LIMIT, window=86_400, prefix=f"{spec.prefix}-s{attempt}")
-        )
+    answers: list[bool] = []
+    for sanity in sanity_specs(spec):
+        limiter = await open_limiter(sanity)
         try:
             answers = [await limiter.hit("sanity") for _ in SANITY_EXPECTED]
         finally:
             await limiter.aclose()
         if answers == SANITY_EXPECTED:
             return
-    raise MisconfiguredError(f"limit {SANITY_LIMIT} answered {answers}")
+    raise insane(answers)
 
 
 def check_exhausted(answers: list[bool], limit: int) -> None:
@@ -127,6 +139,12 @@ class Roles:
         keys = {c.name: c.next_key for c in contenders} | {FLOOR: cycle(shape.keys)}
         return cls(hits, keys, {role: Tally() for role in hits})
 
+    def fill(self, contender: Contender, floor_name: str, *, server: bool) -> None:
+        """The contender's result, from its tally and the floor's."""
+        contender.result.fill(
+            self.tallies[contender.name], self.tallies[FLOOR], floor_name, server=server
+        )
+
     def record(self, step: Step, sample: Tally, window: Window) -> None:
         """A block's sample, with the server's CPU and commands during it (measured only)."""
         if not step.measured:
@@ -142,3 +160,13 @@ def mark_failed(result: PhaseResult, error: Exception) -> None:
         result.status, result.error = "misconfigured", str(error)
     else:
         result.status, result.error = "error", f"{type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def reported_on(result: PhaseResult) -> Iterator[None]:
+    """An error inside is reported on ``result``'s row and goes no further: the phase goes on
+    with the other libraries."""
+    try:
+        yield
+    except Exception as error:
+        mark_failed(result, error)

@@ -7,12 +7,12 @@ import contextlib
 import functools
 from collections.abc import Callable, Sequence
 
-from harness import FLOOR, Window, schedule, sync_block, sync_count
+from harness import Window, schedule, sync_block, sync_count
 from modes import SHAPES, Mode
 from peers import FLOOR_MEMORY, FLOOR_REDIS, DictWindow, Library, LimitSpec, SyncFloor, SyncLimiter
 from phase_result import PhaseResult
 
-from .common import Contender, Context, Roles, check_exhausted, check_sync, cycle, mark_failed
+from .common import Contender, Context, Roles, check_exhausted, check_sync, cycle, reported_on
 
 
 def run_sync_phase(
@@ -39,7 +39,7 @@ def run_sync_phase(
                 if mode.kind == "memory"
                 else functools.partial(library.open_sync, url=ctx.url)
             )
-            try:
+            with reported_on(result):
                 check_sync(open_limiter, spec)
                 limiter = open_limiter(spec)
                 opened.callback(limiter.close)
@@ -47,10 +47,7 @@ def run_sync_phase(
                     check_exhausted(
                         [limiter.hit(shape.keys[0]) for _ in range(shape.limit + 1)], shape.limit
                     )
-            except Exception as error:  # this library is reported, the others run
-                mark_failed(result, error)
-                continue
-            contenders.append(Contender(library.name, limiter.hit, cycle(shape.keys), result))
+                contenders.append(Contender(library.name, limiter.hit, cycle(shape.keys), result))
         if not contenders:
             return
         roles = Roles.of(contenders, floor.hit, shape)
@@ -60,19 +57,12 @@ def run_sync_phase(
                     roles.hits[step.role], roles.keys[step.role], step.seconds, chunk
                 )
             roles.record(step, sample, window)
-        tallies = roles.tallies
         for contender in contenders:
-            result = contender.result
-            result.fill(
-                tallies[contender.name], tallies[FLOOR], floor_name, server=stats is not None
-            )
+            roles.fill(contender, floor_name, server=stats is not None)
             if stats is None:
                 continue
             calls = ctx.settings.count_calls
-            try:
+            with reported_on(contender.result):
                 with ctx.monitor() as monitor:
                     errors = sync_count(contender.hit, contender.next_key, calls)
-            except Exception as error:  # reported on this library's row
-                mark_failed(result, error)
-                continue
-            result.fill_requests(monitor, calls - errors)
+                contender.result.fill_requests(monitor, calls - errors)
