@@ -3,7 +3,7 @@
 The generator is deliberately small: one keep-alive connection per concurrent caller, one
 request in flight per connection (no pipelining), raw asyncio streams. A GET and the parse of
 its reply cost the generator a fraction of what uvicorn spends serving it; the harness checks
-that by measuring both processes' CPU time per block (see ``run.py``).
+that by measuring both processes' CPU time per block (see ``phases/asgi.py``).
 """
 
 from __future__ import annotations
