@@ -18,8 +18,9 @@ from .keys import DEFAULT_PREFIX
 from .observer import Observer
 from .policy import Policy
 from .stores.base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
+from .stores.batching import AsyncRedisStore
 from .stores.memory import MemoryStore
-from .stores.redis import AsyncRedisStore, RedisStore, parse_store_url
+from .stores.redis import RedisStore, parse_store_url
 
 if TYPE_CHECKING:
     from .config import Config

@@ -27,7 +27,8 @@ from .limiter import RateLimiter
 from .observer import BaseObserver
 from .policy import Policy
 from .stores.base import DEFAULT_TIMEOUT, AsyncStore, Store
-from .stores.redis import AsyncRedisStore, RedisStore
+from .stores.batching import AsyncRedisStore
+from .stores.redis import RedisStore
 
 if TYPE_CHECKING:
     from .core import Call, Reply, Request

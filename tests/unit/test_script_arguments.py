@@ -9,7 +9,7 @@ import pytest
 from ratewall import Policy
 from ratewall.algorithms import rule_for
 from ratewall.core import CHECK, LEASE, PEEK, RESET, Call
-from ratewall.stores.redis import _Arguments
+from ratewall.stores._arguments import Arguments
 
 RULES = [
     rule_for(Policy(5, 60)),
@@ -38,11 +38,11 @@ def _arguments(argc: int, body: bytes) -> list[bytes]:
 @pytest.mark.parametrize("call", CALLS)
 def test_a_lone_call_is_packed_as_the_general_packer_packs_it(call: Call) -> None:
     # One packer for each, so that neither finds the other's cached encodings.
-    lone = _Arguments(None).pack_one(call)
-    general = _Arguments(None).pack((call,), (0,))
+    lone = Arguments(None).pack_one(call)
+    general = Arguments(None).pack((call,), (0,))
     assert lone == general
     # And again from the lone packer's caches.
-    arguments = _Arguments(None)
+    arguments = Arguments(None)
     arguments.pack_one(call)
     assert arguments.pack_one(call) == general
 
@@ -51,7 +51,7 @@ def test_a_lone_call_carries_its_key_rule_and_values() -> None:
     rule = RULES[2]
     call = Call("ratelimit:{user_1}:p", LEASE, 3, rule)
     numkeys, key, clock, rules, text, op, group, cost, index = _arguments(
-        *_Arguments(None).pack_one(call)
+        *Arguments(None).pack_one(call)
     )
     assert (numkeys, key, clock, rules) == (b"1", call.key.encode(), b"", b"1")
     assert text == ":".join(str(value) for value in rule).encode()
@@ -60,5 +60,5 @@ def test_a_lone_call_carries_its_key_rule_and_values() -> None:
 
 def test_an_injected_clock_is_sent_with_a_lone_call() -> None:
     call = Call("ratelimit:{user_1}:login", CHECK, 1, RULES[0])
-    arguments = _Arguments(lambda: 1_700_000_000_123_456)
+    arguments = Arguments(lambda: 1_700_000_000_123_456)
     assert _arguments(*arguments.pack_one(call))[2] == b"1700000000123456"

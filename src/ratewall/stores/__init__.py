@@ -4,8 +4,9 @@ process (:class:`MemoryStore`). The protocols a store implements are in :mod:`.b
 from __future__ import annotations
 
 from .base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
+from .batching import AsyncRedisStore
 from .memory import MemoryStore
-from .redis import AsyncRedisStore, RedisStore, parse_store_url
+from .redis import RedisStore, parse_store_url
 
 __all__ = [
     "DEFAULT_TIMEOUT",

@@ -22,15 +22,29 @@ connecting and any recovery step included. When it passes, the call fails and th
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from ..core import Call, Core, Reply, Request
     from ..decision import Decision
     from ..observer import Observer
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncStore", "LocalStore", "Store"]
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncStore",
+    "LocalStore",
+    "Store",
+    "report_store_call",
+    "timed",
+]
+
+_log = logging.getLogger("ratewall")
 
 #: The store timeout when none is given, in seconds: a limiter answers or fails fast.
 DEFAULT_TIMEOUT: Final = 0.05
@@ -100,3 +114,24 @@ class LocalStore(Protocol):
     def check_many(self, items: Sequence[Item]) -> list[Decision]: ...
 
     def close(self) -> None: ...
+
+
+def timed(observer: Observer, calls: int, run: Callable[[_A], _T], argument: _A) -> _T:
+    """``run(argument)``, reported to ``observer`` as one round trip carrying ``calls``."""
+    started = time.perf_counter()
+    try:
+        result = run(argument)
+    except BaseException as error:
+        report_store_call(observer, time.perf_counter() - started, calls, error)
+        raise
+    report_store_call(observer, time.perf_counter() - started, calls, None)
+    return result
+
+
+def report_store_call(
+    observer: Observer, seconds: float, calls: int, error: BaseException | None
+) -> None:
+    try:
+        observer.on_store_call(seconds, calls, error)
+    except Exception:  # noqa: BLE001 - an observer's bug must not fail the decision
+        _log.exception("ratewall observer failed on a store call")
