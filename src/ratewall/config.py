@@ -222,7 +222,7 @@ def _parse(data: object, source: str) -> Config:
 
 def _with_http(config: Config, settings: Mapping[str, Any], source: str) -> Config:
     """Validate the HTTP sections now, so a bad route fails at load (and in check-config)."""
-    from .http.identity import ClientIP
+    from .http.client_ip import ClientIP
     from .http.routes import parse_routes
 
     client_ip = None

@@ -19,9 +19,9 @@ from ratewall._server import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,
+    HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Request,
     Route,
     RouteLimit,
 )
@@ -189,7 +189,7 @@ class BrokenLimiter:
 def test_limiter_failures_never_become_a_500(
     caplog: pytest.LogCaptureFixture, http: httpx.Client
 ) -> None:
-    def broken_identity(request: Request) -> str:
+    def broken_identity(request: HttpRequest) -> str:
         raise ValueError("bug in an identity source")
 
     dependencies = [

@@ -26,9 +26,9 @@ from ratewall.http import (
     ClientIP,
     Header,
     HttpLimiter,
+    HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Request,
     Respond,
     Route,
     RouteLimit,
@@ -291,7 +291,7 @@ async def test_reject_answers_400_when_the_identity_is_missing(
 
 
 class ExplodingSource:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         raise RuntimeError("identity source bug")
 
 
@@ -385,7 +385,7 @@ class UnsendableRefusal(HttpLimiter):
 
 
 class BrokenStart(HttpLimiter):
-    def start(self, request: Request) -> Any:
+    def start(self, request: HttpRequest) -> Any:
         raise RuntimeError("start bug")
 
 
@@ -395,7 +395,7 @@ class BrokenFinish(HttpLimiter):
 
 
 class WrongOutcome(HttpLimiter):
-    def start(self, request: Request) -> Any:
+    def start(self, request: HttpRequest) -> Any:
         return "pass, please"
 
 

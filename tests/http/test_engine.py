@@ -17,9 +17,9 @@ from ratewall.http import (
     ClientIP,
     Header,
     HttpLimiter,
+    HttpRequest,
     Pass,
     PathParam,
-    Request,
     Respond,
     Route,
     RouteLimit,
@@ -42,9 +42,9 @@ LOGIN = Route(
 )
 
 
-def login_request(user: str | None = "user_123", client: str | None = "203.0.113.7") -> Request:
+def login_request(user: str | None = "user_123", client: str | None = "203.0.113.7") -> HttpRequest:
     headers = {"x-user-id": user} if user is not None else {}
-    return Request("POST", "/login", headers, client=client)
+    return HttpRequest("POST", "/login", headers, client=client)
 
 
 def engine(*routes: Route, **options: object) -> HttpLimiter:
@@ -88,13 +88,13 @@ def test_a_matching_request_becomes_check_many_items() -> None:
 
 def test_unmatched_and_exempt_requests_pass_without_a_check() -> None:
     limiter = engine(Route("/health", []), LOGIN)
-    assert limiter.start(Request("GET", "/login", client="1.2.3.4")) is PASS
-    assert limiter.start(Request("GET", "/health", client="1.2.3.4")) is PASS
+    assert limiter.start(HttpRequest("GET", "/login", client="1.2.3.4")) is PASS
+    assert limiter.start(HttpRequest("GET", "/health", client="1.2.3.4")) is PASS
 
 
 def test_path_params_reach_the_identity_source() -> None:
     route = Route("/users/{user_id}", [RouteLimit("login", PathParam("user_id"), cost=2)])
-    check = check_of(engine(route).start(Request("GET", "/users/42")))
+    check = check_of(engine(route).start(HttpRequest("GET", "/users/42")))
     assert check.items == (("42", "login", 2),)
     assert check.request.path_params == {"user_id": "42"}
 
@@ -106,7 +106,7 @@ def test_missing_identity_falls_back_to_the_client_ip() -> None:
 
 def test_the_fallback_uses_the_configured_client_ip() -> None:
     limiter = engine(client_ip=ClientIP(trusted_proxies=["10.0.0.0/8"]))
-    request = Request("POST", "/login", {"x-forwarded-for": "198.51.100.9"}, client="10.0.0.1")
+    request = HttpRequest("POST", "/login", {"x-forwarded-for": "198.51.100.9"}, client="10.0.0.1")
     assert check_of(limiter.start(request)).items[0] == ("198.51.100.9", "login", 1)
 
 
@@ -147,12 +147,12 @@ def test_no_identity_and_no_address_skips_the_limit_with_a_warning(
 
 
 class ExplodingSource:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         raise ZeroDivisionError("bug in an identity source")
 
 
 class NotAString:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return 42  # type: ignore[return-value]
 
 
@@ -238,7 +238,7 @@ def test_a_refusal_is_a_429_problem_and_reports_unconsumed_quota() -> None:
 def test_degraded_refusals_are_503_not_429(caplog: pytest.LogCaptureFixture) -> None:
     route = Route("/x", [RouteLimit("closed", ClientIP())])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", client="1.2.3.4")))
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         outcome = limiter.finish(check, [degraded("closed", allowed=False)])
     assert isinstance(outcome, Respond)
@@ -255,7 +255,7 @@ def test_degraded_refusals_are_503_not_429(caplog: pytest.LogCaptureFixture) -> 
 def test_a_genuine_refusal_wins_over_a_degraded_one() -> None:
     route = Route("/x", [RouteLimit("login", ClientIP()), RouteLimit("closed", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     outcome = limiter.finish(check, [refused("login", 3.0), degraded("closed", allowed=False)])
     assert isinstance(outcome, Respond)
     assert outcome.status == 429
@@ -267,7 +267,7 @@ def test_fail_open_decisions_pass_without_invented_numbers(
 ) -> None:
     route = Route("/x", [RouteLimit("open", ClientIP()), RouteLimit("login", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         outcome = limiter.finish(check, [degraded("open", allowed=True), allowed("login", 2)])
     assert isinstance(outcome, Pass)
@@ -306,7 +306,7 @@ def test_limiter_errors_pass_when_nothing_fails_closed(
 def test_limiter_errors_fail_closed_when_a_policy_says_so() -> None:
     route = Route("/x", [RouteLimit("login", ClientIP()), RouteLimit("closed", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     outcome = limiter.failed(check, StoreError("down"))
     assert isinstance(outcome, Respond)
     assert outcome.status == 503
@@ -355,8 +355,8 @@ def test_broken_responses_fall_back_to_plain_ones(caplog: pytest.LogCaptureFixtu
     )
     limiter = BrokenResponses([route], POLICIES)
     with caplog.at_level(logging.ERROR, logger="ratewall"):
-        rejected = limiter.start(Request("GET", "/x", client="1.2.3.4"))
-        check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+        rejected = limiter.start(HttpRequest("GET", "/x", client="1.2.3.4"))
+        check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
         over = limiter.finish(check, [refused("login", 2.5), allowed("closed")])
         down = limiter.finish(check, [allowed("login"), degraded("closed", allowed=False)])
     statuses = []
@@ -376,7 +376,7 @@ def test_failures_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
         "/x", [RouteLimit("login", ExplodingSource()), RouteLimit("login_ip", ClientIP())]
     )
     limiter = HttpLimiter([route], POLICIES, log=LogThrottle(interval=60.0, clock=clock))
-    request = Request("GET", "/x", client="1.2.3.4")
+    request = HttpRequest("GET", "/x", client="1.2.3.4")
     with caplog.at_level(logging.ERROR, logger="ratewall"):
         for _ in range(100):
             limiter.start(request)

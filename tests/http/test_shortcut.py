@@ -16,9 +16,9 @@ from ratewall.http import (
     ClientIP,
     Header,
     HttpLimiter,
+    HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Request,
     Respond,
     Route,
     RouteLimit,
@@ -69,7 +69,7 @@ class OwnHeaders(HttpLimiter):
 class LoggingStart(HttpLimiter):
     started = 0
 
-    def start(self, request: Request) -> Any:
+    def start(self, request: HttpRequest) -> Any:
         LoggingStart.started += 1
         return super().start(request)
 
@@ -175,13 +175,13 @@ async def test_allowed_and_refused_alike(
     scenario: Scenario = [(step, scope_for()) for step in [0, 0.4, 0.4, 1.7, 0, 0, 0, 3.3, 0]]
     scenario += [(0.1, scope_for(client=("198.51.100.1", 1))), (59.5, scope_for())]
     built = [0]
-    original = Request.from_asgi_scope.__func__  # type: ignore[attr-defined]
+    original = HttpRequest.from_asgi_scope.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[Request], scope: Any) -> Request:
+    def counting(cls: type[HttpRequest], scope: Any) -> HttpRequest:
         built[0] += 1
         return original(cls, scope)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(Request, "from_asgi_scope", classmethod(counting))
+    monkeypatch.setattr(HttpRequest, "from_asgi_scope", classmethod(counting))
     exchanges = await both_ways(
         limiter_of({"api": Policy(5, 10, algorithm)}),
         routes,

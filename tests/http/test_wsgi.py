@@ -19,7 +19,7 @@ from ratewall.http import (
     ClientIP,
     Header,
     HttpLimiter,
-    Request,
+    HttpRequest,
     Respond,
     Route,
     RouteLimit,
@@ -152,7 +152,7 @@ def test_exc_info_reaches_the_server(limiter: RateLimiter) -> None:
 
 
 class ExplodingSource:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         raise RuntimeError("identity source bug")
 
 
@@ -184,7 +184,7 @@ class UnsendableRefusal(HttpLimiter):
 
 
 class BrokenStart(HttpLimiter):
-    def start(self, request: Request) -> Any:
+    def start(self, request: HttpRequest) -> Any:
         raise RuntimeError("start bug")
 
 

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Self
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
 from ..stores.memory import MemoryStore
+from .client_ip import ClientIP
 from .engine import (
     NO_HEADERS,
     PLAIN_REFUSAL,
@@ -46,7 +47,7 @@ from .engine import (
     fallback_response,
     routes_from_config,
 )
-from .identity import ClientIP, Request, _asgi_target
+from .request import HttpRequest, _asgi_target
 from .routes import Route, RouteTable
 
 __all__ = ["ASGIApp", "RateLimitMiddleware"]
@@ -146,7 +147,7 @@ class RateLimitMiddleware:
         answer: list[Decision] | Exception | None = None
         shortcut = self._shortcut
         if shortcut is not None:
-            # The usual request's short way (see engine._Shortcut): no Request, no Check.
+            # The usual request's short way (see engine._Shortcut): no HttpRequest, no Check.
             # What it cannot answer, the general path below decides, with the limiter's
             # answer if it already has one, exactly as it would have without the shortcut.
             item = _shortcut_item(shortcut, scope)
@@ -173,7 +174,7 @@ class RateLimitMiddleware:
         # a helper coroutine per request would cost more than some of the steps themselves.
         engine = self.engine
         try:
-            step = engine.start(Request.from_asgi_scope(scope))
+            step = engine.start(HttpRequest.from_asgi_scope(scope))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             step = engine.internal_error("request", error)
         outcome: object = step

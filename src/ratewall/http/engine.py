@@ -54,6 +54,7 @@ from ..decision import Decision
 from ..errors import ConfigError, StoreError
 from ..limiter import AsyncRateLimiter
 from ..policy import Policy
+from .client_ip import ClientIP
 from .headers import (
     _SF_INTEGER_MAX,
     PROBLEM_CONTENT_TYPE,
@@ -65,7 +66,7 @@ from .headers import (
     rate_limit_headers,
     retry_after,
 )
-from .identity import ClientIP, Request
+from .request import HttpRequest
 from .routes import Route, RouteLimit, RouteTable, parse_routes
 
 __all__ = [
@@ -151,7 +152,7 @@ class Check:
     (a limit whose identity is missing and that is skipped is in neither).
     """
 
-    request: Request
+    request: HttpRequest
     route: Route
     limits: tuple[RouteLimit, ...]
     items: tuple[Item, ...]
@@ -172,7 +173,7 @@ _PASS_ENCODED: Final = Pass.__dict__["encoded"].__set__
 
 
 def _check(
-    request: Request, route: Route, limits: tuple[RouteLimit, ...], items: tuple[Item, ...]
+    request: HttpRequest, route: Route, limits: tuple[RouteLimit, ...], items: tuple[Item, ...]
 ) -> Check:
     check = object.__new__(Check)
     set_request, set_route, set_limits, set_items = _CHECK_SETTERS
@@ -277,7 +278,7 @@ class _Shortcut:
     Most requests match a route with one limit on the client address trusting no proxy, are
     allowed, and get the two RateLimit fields (or none, without ``headers_on_allowed``). Such
     a request needs nothing but its method, path and peer: :meth:`item` finds what to check
-    without a :class:`Request` (no header snapshot), a :class:`Check` or a pass through
+    without a :class:`HttpRequest` (no header snapshot), a :class:`Check` or a pass through
     :meth:`HttpLimiter.start`, and :meth:`fields` gives the fields
     :meth:`HttpLimiter.finish` would add, encoded, from the decision's two numbers. Whatever
     they cannot answer they leave (``None``) to the general path, which then decides the
@@ -451,7 +452,7 @@ class HttpLimiter:
 
     # -- the steps ------------------------------------------------------------------------
 
-    def start(self, request: Request) -> Step:
+    def start(self, request: HttpRequest) -> Step:
         """The check to run for ``request``, or an outcome when there is nothing to check
         (no route, an exempt route, skipped identities: :data:`PASS`) or it must be
         answered now (a missing identity the route rejects: 400)."""
@@ -463,7 +464,7 @@ class HttpLimiter:
             if params:
                 request = (
                     request._with_path_params(params)
-                    if type(request) is Request
+                    if type(request) is HttpRequest
                     else dataclasses.replace(request, path_params=params)
                 )
             items: list[Item] = []
@@ -723,7 +724,7 @@ class HttpLimiter:
         )
 
     def _resolve_identity(
-        self, limit: RouteLimit, request: Request, value: object
+        self, limit: RouteLimit, request: HttpRequest, value: object
     ) -> str | _Reject | None:
         """The identity for what ``limit``'s source returned, when that is not simply a
         non-empty string: none (the route's missing-identity rule applies) or nonsense."""

@@ -41,7 +41,8 @@ from typing import Final, Literal, NamedTuple, get_args
 
 from ..errors import ConfigError
 from ..policy import Policy
-from .identity import ClientIP, IdentitySource, PathParam, parse_identity_source
+from .client_ip import ClientIP
+from .identities import IdentitySource, PathParam, parse_identity_source
 
 __all__ = [
     "ON_MISSING_IDENTITY",

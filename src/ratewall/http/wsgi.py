@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ..decision import Decision
 from ..limiter import RateLimiter
+from .client_ip import ClientIP
 from .engine import (
     NO_HEADERS,
     PLAIN_REFUSAL,
@@ -36,7 +37,7 @@ from .engine import (
     fallback_response,
     routes_from_config,
 )
-from .identity import ClientIP, Request
+from .request import HttpRequest
 from .routes import Route, RouteTable
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ class WSGIRateLimitMiddleware:
     def _outcome(self, environ: WSGIEnvironment) -> Outcome:
         engine = self.engine
         try:
-            step = engine.start(Request.from_wsgi_environ(environ))
+            step = engine.start(HttpRequest.from_wsgi_environ(environ))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return engine.internal_error("request", error)
         if not isinstance(step, Check):

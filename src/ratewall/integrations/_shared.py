@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..errors import ConfigError
+from ..http.client_ip import ClientIP
 from ..http.engine import (
     NO_HEADERS,
     PLAIN_REFUSAL,
@@ -29,7 +30,8 @@ from ..http.engine import (
     encode_headers,
     fallback_response,
 )
-from ..http.identity import ClientIP, IdentitySource, PathParam, Request, User
+from ..http.identities import IdentitySource, PathParam, User
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit
 from ..limiter import AsyncRateLimiter, RateLimiter
 from ..policy import Policy
@@ -56,7 +58,7 @@ class _ConfiguredClientIP:
     """Stands for "the client address, as the integration's ``client_ip`` finds it" until
     the engine is built and the integration's :class:`~ratewall.http.ClientIP` is known."""
 
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return None
 
     def describe(self) -> str:
@@ -71,7 +73,7 @@ class _ViewPathParam:
 
     param: PathParam
 
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return self.param(request)
 
     def describe(self) -> str:
@@ -213,7 +215,7 @@ class Checker:
         self.engine = engine
         self.limiter = limiter
 
-    def outcome(self, build_request: Callable[[], Request]) -> Outcome:
+    def outcome(self, build_request: Callable[[], HttpRequest]) -> Outcome:
         """What to do with the request ``build_request()`` describes. Never raises."""
         engine = self.engine
         try:
@@ -242,7 +244,7 @@ class AsyncChecker:
         self.engine = engine
         self.limiter = limiter
 
-    async def outcome(self, build_request: Callable[[], Request]) -> Outcome:
+    async def outcome(self, build_request: Callable[[], HttpRequest]) -> Outcome:
         """What to do with the request ``build_request()`` describes. Never raises."""
         engine = self.engine
         try:

@@ -64,8 +64,10 @@ from django.http import HttpResponse
 
 from ..config import Config, load_config, parse_config, validate_store_url
 from ..errors import ConfigError
+from ..http.client_ip import ClientIP
 from ..http.engine import HttpLimiter, Pass, Respond, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
 from ..limiter import RateLimiter
 from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
@@ -236,10 +238,10 @@ def _user(request: Any) -> str | None:
     return remote if isinstance(remote, str) and remote else None
 
 
-def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool) -> Request:
+def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool) -> HttpRequest:
     """The limiter's view of a Django request."""
     remote: object = request.META.get("REMOTE_ADDR")
-    return Request(
+    return HttpRequest(
         str(request.method or "GET"),
         str(request.path_info),
         dict(request.headers.items()),

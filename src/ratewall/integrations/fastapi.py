@@ -51,8 +51,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
+from ..http.client_ip import ClientIP
 from ..http.engine import AsyncLimiter, Respond
-from ..http.identity import ClientIP, IdentitySource
+from ..http.identities import IdentitySource
 from ..http.routes import OnMissingIdentity, RouteLimit
 from ._shared import AsyncChecker, ViewLimits, apply_headers
 from .starlette import ratewall_request, refusal_response

@@ -44,8 +44,10 @@ from flask import request as flask_request
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..http.client_ip import ClientIP
 from ..http.engine import HttpLimiter, Pass, Respond, SyncLimiter, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
 from ..limiter import RateLimiter
 from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
@@ -225,16 +227,16 @@ class _AppState:
             checker = self._views.setdefault(declared, Checker(engine, self.limiter))
         return checker
 
-    def request(self, view_args: Mapping[str, object] | None, uses_user: bool) -> Request:
+    def request(self, view_args: Mapping[str, object] | None, uses_user: bool) -> HttpRequest:
         """The limiter's view of the current Flask request."""
-        request = Request.from_wsgi_environ(flask_request.environ)
+        request = HttpRequest.from_wsgi_environ(flask_request.environ)
         user = request.user
         if uses_user and self.extension.user is not None:
             found = self.extension.user()
             user = None if found is None else str(found)
         if not view_args and user == request.user:
             return request
-        return Request(
+        return HttpRequest(
             request.method,
             request.path,
             request.headers,

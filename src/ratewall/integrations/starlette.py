@@ -36,8 +36,10 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
 from ..http.asgi import RateLimitMiddleware
+from ..http.client_ip import ClientIP
 from ..http.engine import AsyncLimiter, Respond, encode_headers
-from ..http.identity import ClientIP, IdentitySource, Request
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, RouteLimit
 from ._shared import AsyncChecker, ViewLimits, apply_headers, path_params
 
@@ -46,13 +48,13 @@ __all__ = ["RateLimitMiddleware", "rate_limit", "ratewall_request", "refusal_res
 Endpoint: TypeAlias = Callable[[StarletteRequest], Awaitable[Response] | Response]
 
 
-def ratewall_request(connection: HTTPConnection) -> Request:
+def ratewall_request(connection: HTTPConnection) -> HttpRequest:
     """The rate limiter's view of a Starlette request, with the route's path parameters."""
-    request = Request.from_asgi_scope(connection.scope)
+    request = HttpRequest.from_asgi_scope(connection.scope)
     params: dict[str, Any] = connection.scope.get("path_params") or {}
     if not params:
         return request
-    return Request(
+    return HttpRequest(
         request.method,
         request.path,
         request.headers,
