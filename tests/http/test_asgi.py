@@ -22,18 +22,17 @@ from starlette.routing import Route as StarletteRoute
 from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, StoreError
 from ratewall.config import load_config
 from ratewall.http import (
-    Check,
     ClientIP,
     Header,
-    HttpLimiter,
+    HttpEngine,
     HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Respond,
     Route,
     RouteLimit,
     User,
 )
+from ratewall.http.steps import AskLimiter, Respond
 from ratewall.testing import FakeClock
 
 from ._support import AsyncDeadStoreLimiter, Calls, asgi_app, ratelimit_members
@@ -364,42 +363,42 @@ async def test_limiter_returning_garbage(clock: FakeClock) -> None:
         assert (await login(http)).status_code == 200
 
 
-class BrokenHeaders(HttpLimiter):
+class BrokenHeaders(HttpEngine):
     def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
+        self, check: AskLimiter, decisions: Sequence[Decision]
     ) -> list[tuple[str, str]]:
         raise RuntimeError("header bug")
 
 
-class UnsendableHeaders(HttpLimiter):
+class UnsendableHeaders(HttpEngine):
     def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
+        self, check: AskLimiter, decisions: Sequence[Decision]
     ) -> list[tuple[str, str]]:
         return [("RateLimit", "\u2603"), ("X-Evil", "a\r\nSet-Cookie: x=1")]
 
 
-class UnsendableRefusal(HttpLimiter):
-    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+class UnsendableRefusal(HttpEngine):
+    def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         response = super().too_many_requests(check, decisions)
         return Respond(429, (*response.headers, ("X-Note", "\u2603")), response.body)
 
 
-class BrokenStart(HttpLimiter):
+class BrokenStart(HttpEngine):
     def start(self, request: HttpRequest) -> Any:
         raise RuntimeError("start bug")
 
 
-class BrokenFinish(HttpLimiter):
-    def finish(self, check: Check, decisions: Sequence[Decision]) -> Any:
+class BrokenFinish(HttpEngine):
+    def finish(self, check: AskLimiter, decisions: Sequence[Decision]) -> Any:
         raise RuntimeError("finish bug")
 
 
-class WrongOutcome(HttpLimiter):
+class WrongOutcome(HttpEngine):
     def start(self, request: HttpRequest) -> Any:
         return "pass, please"
 
 
-def middleware_with(engine: type[HttpLimiter]) -> type[RateLimitMiddleware]:
+def middleware_with(engine: type[HttpEngine]) -> type[RateLimitMiddleware]:
     return type("Middleware", (RateLimitMiddleware,), {"engine_class": engine})
 
 
@@ -409,7 +408,7 @@ def middleware_with(engine: type[HttpLimiter]) -> type[RateLimitMiddleware]:
     ids=lambda engine: engine.__name__,
 )
 async def test_broken_engine_hooks_never_break_allowed_requests(
-    engine: type[HttpLimiter], limiter: AsyncRateLimiter, caplog: pytest.LogCaptureFixture
+    engine: type[HttpEngine], limiter: AsyncRateLimiter, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = middleware_with(engine)(asgi_app(), limiter, SEED)
     with caplog.at_level(logging.ERROR, logger="ratewall"):
@@ -424,7 +423,7 @@ async def test_broken_engine_hooks_never_break_allowed_requests(
 
 @pytest.mark.parametrize("engine", [BrokenHeaders, UnsendableRefusal])
 async def test_broken_refusal_hooks_still_refuse(
-    engine: type[HttpLimiter], limiter: AsyncRateLimiter, clock: FakeClock
+    engine: type[HttpEngine], limiter: AsyncRateLimiter, clock: FakeClock
 ) -> None:
     calls = Calls()
     app = middleware_with(engine)(asgi_app(calls), limiter, SEED)

@@ -6,10 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ratewall.http import (
-    ClientIP,
-    HttpRequest,
-)
+from ratewall.http import ClientIP, HttpRequest
 from ratewall.http.client_ip import MAX_PROXY_HOPS
 
 PROXIES = ("10.0.0.0/8", "2001:db8:ffff::/48")

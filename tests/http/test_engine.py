@@ -6,25 +6,15 @@ import json
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, RateLimiter, StoreError
-from ratewall.http import (
-    PASS,
-    Check,
-    ClientIP,
-    Header,
-    HttpLimiter,
-    HttpRequest,
-    Pass,
-    PathParam,
-    Respond,
-    Route,
-    RouteLimit,
-)
-from ratewall.http.engine import LogThrottle, checks_singly, encode_headers, routes_from_config
+from ratewall import ConfigError, Decision, Policy, RateLimiter, StoreError
+from ratewall.http import ClientIP, Header, HttpEngine, HttpRequest, PathParam, Route, RouteLimit
+from ratewall.http.log_throttle import LogThrottle
+from ratewall.http.routes import routes_from_config
+from ratewall.http.steps import PASS, AskLimiter, Pass, Respond
+from ratewall.http.wire import encode_headers
 from ratewall.testing import FakeClock
 
 from ._support import parse_sf_list, ratelimit_members
@@ -47,12 +37,12 @@ def login_request(user: str | None = "user_123", client: str | None = "203.0.113
     return HttpRequest("POST", "/login", headers, client=client)
 
 
-def engine(*routes: Route, **options: object) -> HttpLimiter:
-    return HttpLimiter(routes or (LOGIN,), POLICIES, **options)  # type: ignore[arg-type]
+def engine(*routes: Route, **options: object) -> HttpEngine:
+    return HttpEngine(routes or (LOGIN,), POLICIES, **options)  # type: ignore[arg-type]
 
 
-def check_of(step: object) -> Check:
-    assert isinstance(step, Check), step
+def check_of(step: object) -> AskLimiter:
+    assert isinstance(step, AskLimiter), step
     return step
 
 
@@ -317,15 +307,15 @@ def test_limiter_errors_fail_closed_when_a_policy_says_so() -> None:
 # -- overridden responses that break ---------------------------------------------------------
 
 
-class BrokenHeaders(HttpLimiter):
+class BrokenHeaders(HttpEngine):
     def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
+        self, check: AskLimiter, decisions: Sequence[Decision]
     ) -> list[tuple[str, str]]:
         raise RuntimeError("header bug")
 
 
-class BrokenResponses(HttpLimiter):
-    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+class BrokenResponses(HttpEngine):
+    def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         raise RuntimeError("429 bug")
 
     def unavailable(self, policies: Sequence[str], wait: int) -> Respond:
@@ -375,7 +365,7 @@ def test_failures_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     route = Route(
         "/x", [RouteLimit("login", ExplodingSource()), RouteLimit("login_ip", ClientIP())]
     )
-    limiter = HttpLimiter([route], POLICIES, log=LogThrottle(interval=60.0, clock=clock))
+    limiter = HttpEngine([route], POLICIES, log=LogThrottle(interval=60.0, clock=clock))
     request = HttpRequest("GET", "/x", client="1.2.3.4")
     with caplog.at_level(logging.ERROR, logger="ratewall"):
         for _ in range(100):
@@ -388,20 +378,13 @@ def test_failures_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     assert caplog.records[0].exc_info is not None
 
 
-def test_encode_headers_refuses_what_cannot_go_on_the_wire() -> None:
-    assert encode_headers([("RateLimit", '"a";r=1;t=2')]) == [(b"ratelimit", b'"a";r=1;t=2')]
-    for bad in [("X", "caf\u00e9\u2603"), ("X", "a\r\nSet-Cookie: x=1"), ("", "x"), ("A B", "x")]:
-        with pytest.raises(ValueError):  # noqa: PT011 - UnicodeEncodeError or our own
-            encode_headers([bad])
-
-
 # -- against a real limiter ------------------------------------------------------------------
 
 
 def test_engine_with_a_memory_limiter_follows_the_seed() -> None:
     clock = FakeClock()
     with RateLimiter(POLICIES, clock=clock) as limiter:
-        http = HttpLimiter([LOGIN], limiter.policies)
+        http = HttpEngine([LOGIN], limiter.policies)
         statuses = []
         for step in [0, 10, 10, 5, 5, 15, 5, 11]:
             clock.advance(step)
@@ -440,9 +423,9 @@ def test_an_allowed_pass_carries_its_headers_encoded(route: Route) -> None:
 
 
 def test_overridden_response_headers_are_not_pre_encoded() -> None:
-    class Custom(HttpLimiter):
+    class Custom(HttpEngine):
         def response_headers(
-            self, check: Check, decisions: Sequence[Decision]
+            self, check: AskLimiter, decisions: Sequence[Decision]
         ) -> list[tuple[str, str]]:
             return [("X-Quota", str(decisions[0].remaining))]
 
@@ -452,18 +435,3 @@ def test_overridden_response_headers_are_not_pre_encoded() -> None:
     assert outcome == Pass((("X-Quota", "2"),))
     assert isinstance(outcome, Pass)
     assert outcome.encoded is None
-
-
-def test_checks_singly_only_for_a_limiter_whose_check_methods_are_its_own() -> None:
-    class Counting(AsyncRateLimiter):
-        pass
-
-    class Overriding(AsyncRateLimiter):
-        async def check_many(self, items: Sequence[Any], /) -> list[Decision]:
-            return await super().check_many(items)
-
-    assert checks_singly(AsyncRateLimiter(POLICIES))
-    assert checks_singly(Counting(POLICIES))
-    assert not checks_singly(Overriding(POLICIES))
-    assert not checks_singly(RateLimiter(POLICIES))
-    assert not checks_singly(SimpleNamespace(check_many=None, check=None))

@@ -6,10 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
-from ratewall.http import (
-    Header,
-    HttpRequest,
-)
+from ratewall.http import Header, HttpRequest
 
 
 class _StarletteLikeUser:

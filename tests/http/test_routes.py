@@ -7,17 +7,8 @@ from typing import Any
 import pytest
 
 from ratewall import ConfigError, Policy
-from ratewall.http import (
-    APIKey,
-    ClientIP,
-    Header,
-    PathParam,
-    Route,
-    RouteLimit,
-    RouteTable,
-    User,
-    parse_routes,
-)
+from ratewall.http import APIKey, ClientIP, Header, PathParam, Route, RouteLimit, RouteTable, User
+from ratewall.http.routes import parse_routes
 
 POLICIES = {
     "login": Policy(5, 60),

@@ -28,27 +28,20 @@ from typing import Any, ClassVar, Self
 
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
-from ..stores.memory import MemoryStore
 from .client_ip import ClientIP
-from .engine import (
-    NO_HEADERS,
-    PLAIN_REFUSAL,
+from .engine import HttpEngine
+from .request import HttpRequest
+from .routes import Route, RouteTable, routes_from_config
+from .shortcut import (
     UNCHECKED,
-    AsyncLimiter,
-    Check,
-    HttpLimiter,
-    Item,
-    Pass,
-    Respond,
-    _Shortcut,
-    _Unchecked,
+    Shortcut,
     checks_singly,
-    encode_headers,
-    fallback_response,
-    routes_from_config,
+    memory_store_check,
+    shortcut_for,
+    shortcut_item,
 )
-from .request import HttpRequest, _asgi_target
-from .routes import Route, RouteTable
+from .steps import AskLimiter, AsyncLimiter, Pass, Respond
+from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 __all__ = ["ASGIApp", "RateLimitMiddleware"]
 
@@ -65,18 +58,18 @@ class RateLimitMiddleware:
     ``limiter`` is an :class:`~ratewall.AsyncRateLimiter` (anything with its ``policies`` and
     awaitable ``check_many``). ``routes`` is a :class:`~ratewall.http.RouteTable` or a
     sequence of :class:`~ratewall.http.Route`; requests no route matches pass unchecked.
-    Options as :class:`~ratewall.http.HttpLimiter`: ``legacy_headers``,
+    Options as :class:`~ratewall.http.HttpEngine`: ``legacy_headers``,
     ``headers_on_allowed``, ``client_ip`` (the client address for identity fallbacks).
 
     No failure of the limiter or of this middleware becomes an error response of the
     application: see :mod:`ratewall.http.engine` for what happens instead. Exceptions of the
     application itself propagate unchanged.
 
-    Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpLimiter` subclass
+    Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpEngine` subclass
     to change how responses are built.
     """
 
-    engine_class: ClassVar[type[HttpLimiter]] = HttpLimiter
+    engine_class: ClassVar[type[HttpEngine]] = HttpEngine
 
     def __init__(
         self,
@@ -98,14 +91,13 @@ class RateLimitMiddleware:
             client_ip=client_ip,
         )
         # Chosen once: the shortcut needs a ratewall limiter (asked through ``check``) and
-        # an engine giving the default outcomes.
-        self._shortcut = self.engine._shortcut() if checks_singly(limiter) else None
-        # On the memory store, AsyncRateLimiter.check only returns the store's decision (no
-        # I/O): asking the store directly saves creating and running a coroutine per request.
-        memory = getattr(limiter, "_memory", None) if self._shortcut is not None else None
-        self._check_now: Callable[[str, str, int], Decision] | None = (
-            memory.check if isinstance(memory, MemoryStore) else None
-        )
+        # an engine giving the default verdicts.
+        self._shortcut: Shortcut | None = None
+        self._check_now: Callable[[str, str, int], Decision] | None = None
+        if checks_singly(limiter):
+            self._shortcut = shortcut_for(self.engine)
+            if self._shortcut is not None:
+                self._check_now = memory_store_check(limiter)
 
     @classmethod
     def from_config(
@@ -147,10 +139,10 @@ class RateLimitMiddleware:
         answer: list[Decision] | Exception | None = None
         shortcut = self._shortcut
         if shortcut is not None:
-            # The usual request's short way (see engine._Shortcut): no HttpRequest, no Check.
+            # The usual request's short way (ratewall.http.shortcut): no HttpRequest, no step.
             # What it cannot answer, the general path below decides, with the limiter's
             # answer if it already has one, exactly as it would have without the shortcut.
-            item = _shortcut_item(shortcut, scope)
+            item = shortcut_item(shortcut, scope)
             if item is UNCHECKED:
                 await self.app(scope, receive, send)
                 return
@@ -178,7 +170,7 @@ class RateLimitMiddleware:
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             step = engine.internal_error("request", error)
         outcome: object = step
-        if isinstance(step, Check):
+        if isinstance(step, AskLimiter):
             if answer is None:
                 limiter = self.limiter
                 items = step.items
@@ -189,7 +181,7 @@ class RateLimitMiddleware:
                         answer = await limiter.check_many(items)
                 except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
                     answer = error
-            outcome = engine._settle(step, answer)
+            outcome = engine.settle(step, answer)
         if not isinstance(outcome, (Pass, Respond)):  # a tuple: faster than a union
             outcome = engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
         if isinstance(outcome, Respond):
@@ -240,12 +232,3 @@ class RateLimitMiddleware:
             headers = encode_headers(outcome.headers)
         await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
         await send({"type": "http.response.body", "body": outcome.body})
-
-
-def _shortcut_item(shortcut: _Shortcut, scope: Scope) -> Item | _Unchecked | None:
-    """What ``shortcut`` finds to check for ``scope``; ``None`` if it cannot tell, or fails
-    (the general path then meets the failure again, and reports it)."""
-    try:
-        return shortcut.item(*_asgi_target(scope))
-    except Exception:  # noqa: BLE001 - see above
-        return None

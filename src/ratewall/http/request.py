@@ -166,7 +166,7 @@ class HttpRequest:
         # request, and a call with keyword arguments costs as much as the rest.
         request = object.__new__(cls)
         set_method, set_path, set_headers, set_client, set_params, set_user = _SETTERS
-        method, path, client = _asgi_target(scope)
+        method, path, client = asgi_target(scope)
         set_method(request, method)
         set_path(request, path)
         # A snapshot: what the application later does to the scope cannot change it.
@@ -215,7 +215,7 @@ _SETTERS: Final = tuple(
 )
 
 
-def _asgi_target(scope: Mapping[str, Any]) -> tuple[str, str, str | None]:
+def asgi_target(scope: Mapping[str, Any]) -> tuple[str, str, str | None]:
     """The method, path and client of the request :meth:`HttpRequest.from_asgi_scope` builds
     for ``scope``; the ASGI middleware's shortcut reads these three alone, and must see them
     exactly as the request would."""

@@ -460,3 +460,32 @@ def _known_policy(
     raise ConfigError(
         f"unknown policy {name!r}; known policies: {known}", source=source, field=field
     )
+
+
+def routes_from_config(
+    config: object,
+    routes: RouteTable | Iterable[Route] | None,
+    client_ip: ClientIP | None,
+) -> RouteTable:
+    """The route table for a :class:`~ratewall.config.Config`: ``routes`` given in code, or
+    the file's ``routes`` section (exposed by the config as ``config.routes``)."""
+    source = str(getattr(config, "source", "<config>"))
+    raw = getattr(config, "routes", None)
+    if routes is not None:
+        if raw is not None:
+            raise ConfigError(
+                "defines routes, and routes= was given too; keep one of them",
+                source=source,
+                field="routes",
+            )
+        return routes if isinstance(routes, RouteTable) else RouteTable(routes)
+    if raw is None:
+        raise ConfigError(
+            "has no routes; add a 'routes' section or pass routes= in code",
+            source=source,
+            field="routes",
+        )
+    policies: Mapping[str, Policy] = getattr(config, "policies", {})
+    if client_ip is None:
+        client_ip = getattr(config, "client_ip", None)
+    return parse_routes(raw, source=source, policies=policies, client_ip=client_ip)

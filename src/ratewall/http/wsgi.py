@@ -24,21 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 from ..decision import Decision
 from ..limiter import RateLimiter
 from .client_ip import ClientIP
-from .engine import (
-    NO_HEADERS,
-    PLAIN_REFUSAL,
-    Check,
-    HttpLimiter,
-    Outcome,
-    Pass,
-    Respond,
-    SyncLimiter,
-    encode_headers,
-    fallback_response,
-    routes_from_config,
-)
+from .engine import HttpEngine
 from .request import HttpRequest
-from .routes import Route, RouteTable
+from .routes import Route, RouteTable, routes_from_config
+from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict
+from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -55,7 +45,7 @@ class WSGIRateLimitMiddleware:
     limiter or this middleware does wrong becomes an error response of the application.
     """
 
-    engine_class: ClassVar[type[HttpLimiter]] = HttpLimiter
+    engine_class: ClassVar[type[HttpEngine]] = HttpEngine
 
     def __init__(
         self,
@@ -135,20 +125,20 @@ class WSGIRateLimitMiddleware:
 
         return self.app(environ, start_with_headers)
 
-    def _outcome(self, environ: WSGIEnvironment) -> Outcome:
+    def _outcome(self, environ: WSGIEnvironment) -> Verdict:
         engine = self.engine
         try:
             step = engine.start(HttpRequest.from_wsgi_environ(environ))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return engine.internal_error("request", error)
-        if not isinstance(step, Check):
+        if not isinstance(step, AskLimiter):
             return step
         answer: Sequence[Decision] | Exception
         try:
             answer = self.limiter.check_many(step.items)
         except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
             answer = error
-        return engine._settle(step, answer)
+        return engine.settle(step, answer)
 
     def _respond(self, start_response: StartResponse, outcome: Respond) -> Iterable[bytes]:
         try:

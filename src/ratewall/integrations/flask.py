@@ -45,12 +45,13 @@ from flask import request as flask_request
 from ..config import load_config
 from ..errors import ConfigError
 from ..http.client_ip import ClientIP
-from ..http.engine import HttpLimiter, Pass, Respond, SyncLimiter, routes_from_config
+from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource
 from ..http.request import HttpRequest
-from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
+from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable, routes_from_config
+from ..http.steps import Pass, Respond, SyncLimiter
 from ..limiter import RateLimiter
-from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
+from ._shared import EngineDriver, ViewLimits, apply_headers, path_params, uses_user
 
 if TYPE_CHECKING:
     from flask.wrappers import Response
@@ -109,7 +110,7 @@ class FlaskRateLimit:
             raise RuntimeError(f"ratewall is already set up for app {app.name!r}")
         state = self._state_for(app)
         for declared, where in self._declared:
-            state.checker(declared, where)
+            state.driver(declared, where)
         app.extensions[EXTENSION] = state
         self._states.append(state)
         if state.routes is not None:
@@ -144,20 +145,20 @@ class FlaskRateLimit:
             where = f"@limit on view {getattr(view, '__qualname__', view)!r}"
             self._declared.append((declared, where))
             for state in self._states:
-                state.checker(declared, where)
+                state.driver(declared, where)
 
             @functools.wraps(view)
             def limited(*args: Any, **kwargs: Any) -> Response:
                 app = current_app
                 state = _state(app)
-                checker = state.checker(declared, where)
-                outcome = checker.outcome(
+                driver = state.driver(declared, where)
+                outcome = driver.verdict(
                     lambda: state.request(flask_request.view_args, declared.uses_user)
                 )
                 if isinstance(outcome, Respond):
                     return _refusal(app, outcome)
                 response = app.make_response(app.ensure_sync(view)(*args, **kwargs))
-                _add_headers(checker.engine, response, outcome)
+                _add_headers(driver.engine, response, outcome)
                 return response
 
             return cast(View, limited)
@@ -199,23 +200,23 @@ class _AppState:
         self.extension = extension
         self.limiter = limiter
         self.client_ip = client_ip
-        self.routes: Checker | None = None
+        self.routes: EngineDriver | None = None
         self._routes_use_user = False
         if routes is not None:
-            engine = HttpLimiter(
+            engine = HttpEngine(
                 routes,
                 limiter.policies,
                 legacy_headers=extension.legacy_headers,
                 headers_on_allowed=extension.headers_on_allowed,
                 client_ip=client_ip,
             )
-            self.routes = Checker(engine, limiter)
+            self.routes = EngineDriver(engine, limiter)
             self._routes_use_user = uses_user(engine)
-        self._views: dict[ViewLimits, Checker] = {}
+        self._views: dict[ViewLimits, EngineDriver] = {}
 
-    def checker(self, declared: ViewLimits, where: str) -> Checker:
-        checker = self._views.get(declared)
-        if checker is None:
+    def driver(self, declared: ViewLimits, where: str) -> EngineDriver:
+        driver = self._views.get(declared)
+        if driver is None:
             engine = declared.engine(
                 self.limiter.policies,
                 client_ip=self.client_ip,
@@ -224,8 +225,8 @@ class _AppState:
                 where=where,
             )
             # Two threads may build one at once; either engine is as good as the other.
-            checker = self._views.setdefault(declared, Checker(engine, self.limiter))
-        return checker
+            driver = self._views.setdefault(declared, EngineDriver(engine, self.limiter))
+        return driver
 
     def request(self, view_args: Mapping[str, object] | None, uses_user: bool) -> HttpRequest:
         """The limiter's view of the current Flask request."""
@@ -248,7 +249,7 @@ class _AppState:
     def before_request(self) -> Response | None:
         if self.routes is None:
             return None
-        outcome = self.routes.outcome(lambda: self.request(None, self._routes_use_user))
+        outcome = self.routes.verdict(lambda: self.request(None, self._routes_use_user))
         if isinstance(outcome, Respond):
             return _refusal(current_app, outcome)
         if outcome.headers:
@@ -275,5 +276,5 @@ def _refusal(app: Flask, outcome: Respond) -> Response:
     return app.response_class(outcome.body, status=outcome.status, headers=list(outcome.headers))
 
 
-def _add_headers(engine: HttpLimiter, response: Response, outcome: Pass) -> None:
+def _add_headers(engine: HttpEngine, response: Response, outcome: Pass) -> None:
     apply_headers(engine, response.headers.get, response.headers.__setitem__, outcome.headers)

@@ -37,11 +37,12 @@ from starlette.responses import Response
 
 from ..http.asgi import RateLimitMiddleware
 from ..http.client_ip import ClientIP
-from ..http.engine import AsyncLimiter, Respond, encode_headers
 from ..http.identities import IdentitySource
 from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, RouteLimit
-from ._shared import AsyncChecker, ViewLimits, apply_headers, path_params
+from ..http.steps import AsyncLimiter, Respond
+from ..http.wire import encode_headers
+from ._shared import AsyncEngineDriver, ViewLimits, apply_headers, path_params
 
 __all__ = ["RateLimitMiddleware", "rate_limit", "ratewall_request", "refusal_response"]
 
@@ -106,12 +107,12 @@ def rate_limit(
             headers_on_allowed=headers_on_allowed,
             where=f"@rate_limit on {name}",
         )
-        checker = AsyncChecker(engine, limiter)
+        driver = AsyncEngineDriver(engine, limiter)
         is_async = inspect.iscoroutinefunction(endpoint)
 
         @functools.wraps(endpoint)
         async def limited(request: StarletteRequest) -> Response:
-            outcome = await checker.outcome(lambda: ratewall_request(request))
+            outcome = await driver.verdict(lambda: ratewall_request(request))
             if isinstance(outcome, Respond):
                 return refusal_response(outcome)
             result = endpoint(request) if is_async else await run_in_threadpool(endpoint, request)
