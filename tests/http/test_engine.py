@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import pytest
 
 from ratewall import ConfigError, Decision, Policy, RateLimiter, StoreError
 from ratewall.http import ClientIP, Header, HttpEngine, HttpRequest, PathParam, Route, RouteLimit
 from ratewall.http.log_throttle import LogThrottle
-from ratewall.http.routes import routes_from_config
 from ratewall.http.steps import PASS, AskLimiter, Pass, Respond
 from ratewall.http.wire import encode_headers
 from ratewall.testing import FakeClock
@@ -392,22 +390,6 @@ def test_engine_with_a_memory_limiter_follows_the_seed() -> None:
             outcome = http.finish(check, limiter.check_many(check.items))
             statuses.append(outcome.status if isinstance(outcome, Respond) else 200)
         assert statuses == [200, 200, 200, 200, 200, 429, 429, 200]
-
-
-def test_routes_from_config() -> None:
-    config = SimpleNamespace(
-        source="limits.yaml",
-        policies=POLICIES,
-        routes=[{"match": "POST /login", "policies": ["login"]}],
-    )
-    no_routes = SimpleNamespace(source="limits.yaml", policies=POLICIES)
-    table = routes_from_config(config, None, None)
-    assert table.routes[0].path == "/login"
-    assert routes_from_config(no_routes, [LOGIN], None).routes == (LOGIN,)
-    with pytest.raises(ConfigError, match="routes= was given too"):
-        routes_from_config(config, [LOGIN], None)
-    with pytest.raises(ConfigError, match="has no routes"):
-        routes_from_config(no_routes, None, None)
 
 
 @pytest.mark.parametrize("route", [LOGIN, Route("/login", [RouteLimit("login", ClientIP())])])

@@ -22,16 +22,16 @@ middleware if a limit uses :class:`~ratewall.http.User`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, ClassVar, Self
+from typing import Any
 
+from ..config import Config
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
 from .client_ip import ClientIP
-from .engine import HttpEngine
+from .middleware import Middleware
 from .request import HttpRequest
-from .routes import Route, RouteTable, routes_from_config
+from .routes import Route, RouteTable
 from .shortcut import (
     UNCHECKED,
     Shortcut,
@@ -52,7 +52,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
     """Rate-limits an ASGI application's HTTP requests by ``routes``.
 
     ``limiter`` is an :class:`~ratewall.AsyncRateLimiter` (anything with its ``policies`` and
@@ -69,8 +69,6 @@ class RateLimitMiddleware:
     to change how responses are built.
     """
 
-    engine_class: ClassVar[type[HttpEngine]] = HttpEngine
-
     def __init__(
         self,
         app: ASGIApp,
@@ -81,11 +79,10 @@ class RateLimitMiddleware:
         headers_on_allowed: bool = True,
         client_ip: ClientIP | None = None,
     ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.engine = self.engine_class(
+        super().__init__(
+            app,
+            limiter,
             routes,
-            limiter.policies,
             legacy_headers=legacy_headers,
             headers_on_allowed=headers_on_allowed,
             client_ip=client_ip,
@@ -100,36 +97,12 @@ class RateLimitMiddleware:
                 self._check_now = memory_store_check(limiter)
 
     @classmethod
-    def from_config(
-        cls,
-        app: ASGIApp,
-        path: str | os.PathLike[str],
-        *,
-        store: str | None = None,
-        routes: RouteTable | Iterable[Route] | None = None,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> Self:
-        """The middleware for a config file: its policies and settings build an
-        :class:`~ratewall.AsyncRateLimiter` (``store`` overrides the file's), its ``routes``
-        section the routes (or pass ``routes=`` in code). The limiter is
-        ``middleware.limiter``; close it with ``await middleware.limiter.aclose()``.
-        """
-        from ..config import load_config
-
-        config = load_config(path)
-        table = routes_from_config(config, routes, client_ip)
-        limiter = AsyncRateLimiter.from_config(config, store, clock=clock)
-        return cls(
-            app,
-            limiter,
-            table,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip if client_ip is not None else config.client_ip,
-        )
+    def limiter_from_config(
+        cls, config: Config, store: str | None, clock: Callable[[], float] | None
+    ) -> AsyncLimiter:
+        """An :class:`~ratewall.AsyncRateLimiter`: close it with
+        ``await middleware.limiter.aclose()``."""
+        return AsyncRateLimiter.from_config(config, store, clock=clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":

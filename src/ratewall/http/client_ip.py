@@ -12,23 +12,27 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
+from ..config import ClientIPSettings, Config, ForwardedHeader, IPNetwork
 from .request import HttpRequest
 
-__all__ = ["MAX_PROXY_HOPS", "MAX_VALUE_LENGTH", "ClientIP", "ForwardedHeader"]
+__all__ = [
+    "MAX_PROXY_HOPS",
+    "MAX_VALUE_LENGTH",
+    "ClientIP",
+    "ForwardedHeader",
+    "client_ip_from_config",
+]
 
 MAX_VALUE_LENGTH: Final = 4096
 """How many characters of forwarded-address headers (and of the peer address) are parsed."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _MAX_ADDRESS_TEXT: Final = 64  # "[" + 45-character IPv6 + "]:" + port, with room to spare
 MAX_PROXY_HOPS: Final = 32
 """How many forwarded hops :class:`ClientIP` walks at most before it stops trusting."""
-
-ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -181,16 +185,6 @@ def _peer_identity(client: str | None, ipv4_prefix: int, ipv6_prefix: int) -> st
     return _grouped(peer, ipv6_prefix if peer.version == 6 else ipv4_prefix)
 
 
-def _network(spec: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(spec.strip(), strict=False)
-    except ValueError:
-        raise ValueError(
-            f"trusted proxy {spec!r} is not an IP address or CIDR network "
-            "(write '10.0.0.0/8', '192.0.2.7', '2001:db8::/32' or 'unix')"
-        ) from None
-
-
 @dataclass(frozen=True, slots=True)
 class ClientIP:
     """The client's IP address, grouped into a network for IPv6 (and optionally IPv4).
@@ -229,25 +223,19 @@ class ClientIP:
     _peers: dict[str | None, str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.trusted_proxies, str):
-            raise TypeError("trusted_proxies must be a list of addresses or networks, not a str")
-        specs = tuple(self.trusted_proxies)
-        networks = tuple(_network(spec) for spec in specs if spec.strip().lower() != "unix")
-        object.__setattr__(self, "trusted_proxies", specs)
+        # The config file's client_ip section checks the same settings: one set of rules.
+        settings = ClientIPSettings(
+            self.trusted_proxies,
+            self.header,
+            self.ipv6_prefix,
+            self.ipv4_prefix,
+        )
+        networks = settings.networks()
+        object.__setattr__(self, "trusted_proxies", settings.trusted_proxies)
         object.__setattr__(self, "_networks", networks)
-        object.__setattr__(self, "_trust_unix", len(networks) != len(specs))
-        object.__setattr__(self, "_trusts_nobody", not specs)
+        object.__setattr__(self, "_trust_unix", len(networks) != len(settings.trusted_proxies))
+        object.__setattr__(self, "_trusts_nobody", not settings.trusted_proxies)
         object.__setattr__(self, "_peers", {})
-        for name, value, top in (
-            ("ipv6_prefix", self.ipv6_prefix, 128),
-            ("ipv4_prefix", self.ipv4_prefix, 32),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
-        if self.header not in ("x-forwarded-for", "forwarded"):
-            raise ValueError(
-                f"header must be 'x-forwarded-for' or 'forwarded', got {self.header!r}"
-            )
 
     def __call__(self, request: HttpRequest) -> str | None:
         if self._trusts_nobody:
@@ -294,3 +282,13 @@ class ClientIP:
 
     def describe(self) -> str:
         return "the client address"
+
+
+def client_ip_from_config(config: Config) -> ClientIP | None:
+    """The :class:`ClientIP` of ``config``'s ``client_ip`` section, if it has one."""
+    settings = config.client_ip
+    if settings is None:
+        return None
+    return ClientIP(
+        settings.trusted_proxies, settings.ipv6_prefix, settings.ipv4_prefix, settings.header
+    )

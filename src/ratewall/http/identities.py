@@ -25,12 +25,10 @@ that differ anywhere never share a quota.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ..errors import ConfigError
+from ..config import check_header_name, check_param_name, parse_identity_spec
 from .client_ip import ClientIP
 from .request import HttpRequest
 
@@ -42,9 +40,6 @@ __all__ = [
     "User",
     "parse_identity_source",
 ]
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an RFC 9110 token
-_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @runtime_checkable
@@ -62,12 +57,6 @@ def _bounded(value: str | None) -> str | None:
     return value or None
 
 
-def _check_header_name(name: str) -> str:
-    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a valid HTTP header name")
-    return name
-
-
 @dataclass(frozen=True, slots=True)
 class Header:
     """The value of request header ``name`` (case-insensitive).
@@ -80,7 +69,7 @@ class Header:
     name: str
 
     def __post_init__(self) -> None:
-        _check_header_name(self.name)
+        check_header_name(self.name)
 
     def __call__(self, request: HttpRequest) -> str | None:
         return _bounded(request.header(self.name))
@@ -119,7 +108,7 @@ class APIKey:
     secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        _check_header_name(self.header)
+        check_header_name(self.header)
         if self.secret is not None and not 1 <= len(self.secret) <= 64:
             raise ValueError("an APIKey secret must be 1 to 64 bytes")
 
@@ -153,17 +142,13 @@ class PathParam:
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _PARAM_NAME.fullmatch(self.name):
-            raise ValueError(f"{self.name!r} is not a valid path parameter name")
+        check_param_name(self.name)
 
     def __call__(self, request: HttpRequest) -> str | None:
         return _bounded(request.path_params.get(self.name))
 
     def describe(self) -> str:
         return f"the {{{self.name}}} path parameter"
-
-
-_SOURCE_KINDS: Final = "'ip', 'user', 'header:<name>', 'api_key', 'api_key:<header>', 'path:<name>'"
 
 
 def parse_identity_source(
@@ -173,44 +158,16 @@ def parse_identity_source(
     field: str = "identity",
     client_ip: ClientIP | None = None,
 ) -> IdentitySource:
-    """An identity source from its config-file form.
-
-    ``"ip"`` (the client address: ``client_ip``, by default one that trusts no proxy),
-    ``"user"``, ``"header:X-User-ID"``, ``"api_key"`` (header ``X-API-Key``),
-    ``"api_key:X-Token"``, ``"path:user_id"``. Raises :class:`~ratewall.ConfigError` naming
-    ``source`` and ``field`` otherwise.
-    """
-    if not isinstance(spec, str):
-        raise ConfigError(
-            f"an identity source must be a string ({_SOURCE_KINDS}), got {type(spec).__name__}",
-            source=source,
-            field=field,
-        )
-    kind, colon, argument = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    argument = argument.strip()
-    builders: dict[str, Callable[[], IdentitySource]] = {
-        "ip": lambda: client_ip or ClientIP(),
-        "user": User,
-        "api_key": lambda: APIKey(argument) if colon else APIKey(),
-        "header": lambda: Header(argument),
-        "path": lambda: PathParam(argument),
-    }
-    builder = builders.get(kind)
-    needs_argument = kind in ("header", "path")
-    takes_argument = needs_argument or kind == "api_key"
-    if builder is None:
-        problem = f"unknown identity source {spec!r}"
-    elif needs_argument and not argument:
-        example = "header:X-User-ID" if kind == "header" else "path:user_id"
-        problem = f"{kind!r} needs a name after the colon, as in {example!r}"
-    elif colon and not takes_argument:
-        problem = f"{kind!r} takes no argument, got {spec!r}"
-    elif colon and not argument:
-        problem = f"{spec!r} has an empty name after the colon"
-    else:
-        try:
-            return builder()
-        except ValueError as error:
-            problem = str(error)
-    raise ConfigError(f"{problem}; expected one of {_SOURCE_KINDS}", source=source, field=field)
+    """An identity source from its config-file form (:func:`ratewall.config.parse_identity_spec`
+    says which forms there are, and raises :class:`~ratewall.ConfigError` naming ``source``
+    and ``field`` for any other). ``"ip"`` is ``client_ip``, by default trusting no proxy."""
+    kind, argument = parse_identity_spec(spec, source=source, field=field)
+    if kind == "ip":
+        return client_ip or ClientIP()
+    if kind == "user":
+        return User()
+    if kind == "api_key":
+        return APIKey(argument) if argument is not None else APIKey()
+    if kind == "header":
+        return Header(argument or "")
+    return PathParam(argument or "")

@@ -17,26 +17,25 @@ path below the application's mount point (``SCRIPT_NAME``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any
 
+from ..config import Config
 from ..decision import Decision
 from ..limiter import RateLimiter
-from .client_ip import ClientIP
-from .engine import HttpEngine
+from .middleware import Middleware
 from .request import HttpRequest
-from .routes import Route, RouteTable, routes_from_config
 from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict
 from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    # WSGIApplication is named in a base class, where it must be a string at runtime.
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
 __all__ = ["WSGIRateLimitMiddleware"]
 
 
-class WSGIRateLimitMiddleware:
+class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
     """Rate-limits a WSGI application's requests by ``routes``.
 
     ``limiter`` is a :class:`~ratewall.RateLimiter` (anything with its ``policies`` and
@@ -45,56 +44,12 @@ class WSGIRateLimitMiddleware:
     limiter or this middleware does wrong becomes an error response of the application.
     """
 
-    engine_class: ClassVar[type[HttpEngine]] = HttpEngine
-
-    def __init__(
-        self,
-        app: WSGIApplication,
-        limiter: SyncLimiter,
-        routes: RouteTable | Iterable[Route],
-        *,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-    ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.engine = self.engine_class(
-            routes,
-            limiter.policies,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip,
-        )
-
     @classmethod
-    def from_config(
-        cls,
-        app: WSGIApplication,
-        path: str | os.PathLike[str],
-        *,
-        store: str | None = None,
-        routes: RouteTable | Iterable[Route] | None = None,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> Self:
-        """As :meth:`RateLimitMiddleware.from_config`, with a :class:`~ratewall.RateLimiter`
-        (close it with ``middleware.limiter.close()``)."""
-        from ..config import load_config
-
-        config = load_config(path)
-        table = routes_from_config(config, routes, client_ip)
-        limiter = RateLimiter.from_config(config, store, clock=clock)
-        return cls(
-            app,
-            limiter,
-            table,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip if client_ip is not None else config.client_ip,
-        )
+    def limiter_from_config(
+        cls, config: Config, store: str | None, clock: Callable[[], float] | None
+    ) -> SyncLimiter:
+        """A :class:`~ratewall.RateLimiter`: close it with ``middleware.limiter.close()``."""
+        return RateLimiter.from_config(config, store, clock=clock)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         outcome: object = self._outcome(environ)

@@ -64,7 +64,7 @@ from django.http import HttpResponse
 
 from ..config import Config, load_config, parse_config, validate_store_url
 from ..errors import ConfigError
-from ..http.client_ip import ClientIP
+from ..http.client_ip import ClientIP, client_ip_from_config
 from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource
 from ..http.request import HttpRequest
@@ -139,7 +139,7 @@ class _Setup:
                 )
             config = parse_config(options, source=_SOURCE)
             self.limiter = RateLimiter.from_config(config, clock=clock)
-        self.client_ip: ClientIP | None = code_client_ip or config.client_ip
+        self.client_ip: ClientIP | None = code_client_ip or client_ip_from_config(config)
         self.routes: EngineDriver | None = None
         self.routes_use_user = False
         if code_routes is not None or config.routes is not None:

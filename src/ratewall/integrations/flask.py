@@ -44,7 +44,7 @@ from flask import request as flask_request
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..http.client_ip import ClientIP
+from ..http.client_ip import ClientIP, client_ip_from_config
 from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource
 from ..http.request import HttpRequest
@@ -182,7 +182,7 @@ class FlaskRateLimit:
             if routes is not None or config.routes is not None:
                 routes = routes_from_config(config, routes, client_ip)
             if client_ip is None:
-                client_ip = config.client_ip
+                client_ip = client_ip_from_config(config)
             limiter = RateLimiter.from_config(config, app.config.get("RATEWALL_STORE"))
         return _AppState(self, limiter, routes, client_ip)
 
