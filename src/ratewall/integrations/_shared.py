@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..decision import Decision
 from ..errors import ConfigError
 from ..http.client_ip import ClientIP
 from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource, PathParam, User
 from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit
-from ..http.steps import AskLimiter, AsyncLimiter, Pass, Respond, SyncLimiter, Verdict
+from ..http.steps import AskLimiter, AsyncLimiter, Pass, Respond, Step, SyncLimiter, Verdict
 from ..http.wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 from ..limiter import AsyncRateLimiter, RateLimiter
 from ..policy import Policy
@@ -193,6 +194,15 @@ def _sendable(engine: HttpEngine, outcome: object) -> Verdict:
     return engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
 
 
+def _start(engine: HttpEngine, build_request: Callable[[], HttpRequest]) -> Step:
+    """The engine's first step for the request ``build_request()`` describes; a request
+    that cannot be described passes (logged)."""
+    try:
+        return engine.start(build_request())
+    except Exception as error:  # noqa: BLE001 - never a 500 of the application
+        return engine.internal_error("request", error)
+
+
 class EngineDriver:
     """Runs ``engine`` for a synchronous limiter (a :class:`~ratewall.RateLimiter`)."""
 
@@ -207,19 +217,15 @@ class EngineDriver:
 
     def verdict(self, build_request: Callable[[], HttpRequest]) -> Verdict:
         """What to do with the request ``build_request()`` describes. Never raises."""
-        engine = self.engine
+        step = _start(self.engine, build_request)
+        if not isinstance(step, AskLimiter):
+            return _sendable(self.engine, step)
+        answer: Sequence[Decision] | Exception
         try:
-            step = engine.start(build_request())
-            if isinstance(step, AskLimiter):
-                try:
-                    decisions = self.limiter.check_many(step.items)
-                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
-                    step = engine.failed(step, error)
-                else:
-                    step = engine.finish(step, decisions)
-        except Exception as error:  # noqa: BLE001 - never a 500 of the application
-            return engine.internal_error("request", error)
-        return _sendable(engine, step)
+            answer = self.limiter.check_many(step.items)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            answer = error
+        return _sendable(self.engine, self.engine.settle(step, answer))
 
 
 class AsyncEngineDriver:
@@ -236,19 +242,15 @@ class AsyncEngineDriver:
 
     async def verdict(self, build_request: Callable[[], HttpRequest]) -> Verdict:
         """What to do with the request ``build_request()`` describes. Never raises."""
-        engine = self.engine
+        step = _start(self.engine, build_request)
+        if not isinstance(step, AskLimiter):
+            return _sendable(self.engine, step)
+        answer: Sequence[Decision] | Exception
         try:
-            step = engine.start(build_request())
-            if isinstance(step, AskLimiter):
-                try:
-                    decisions = await self.limiter.check_many(step.items)
-                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
-                    step = engine.failed(step, error)
-                else:
-                    step = engine.finish(step, decisions)
-        except Exception as error:  # noqa: BLE001 - never a 500 of the application
-            return engine.internal_error("request", error)
-        return _sendable(engine, step)
+            answer = await self.limiter.check_many(step.items)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            answer = error
+        return _sendable(self.engine, self.engine.settle(step, answer))
 
 
 def header_updates(
