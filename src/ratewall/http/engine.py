@@ -224,11 +224,9 @@ class HttpEngine:
             # Most requests: one limit, allowed. The same Pass as below, built directly.
             decision = decisions[0]
             if type(decision) is Decision and decision.allowed and not decision.degraded:
-                try:
-                    headers, encoded = rate_limit_fields(decisions, self.policies)
-                    return encoded_pass(headers, encoded)
-                except Exception:  # noqa: BLE001, S110 - the general path below reports it
-                    pass
+                verdict = self._fields_pass(decisions)
+                if verdict is not None:
+                    return verdict
         try:
             # Typed as what a buggy or foreign limiter may really return.
             answers: list[object] = list(decisions)
@@ -265,11 +263,9 @@ class HttpEngine:
             if not self.headers_on_allowed:
                 return PASS
             if not degraded and not self.legacy_headers and self._default_headers:
-                try:
-                    headers, encoded = rate_limit_fields(decisions, self.policies)
-                    return encoded_pass(headers, encoded)
-                except Exception:  # noqa: BLE001, S110 - the general path below reports it
-                    pass
+                verdict = self._fields_pass(decisions)
+                if verdict is not None:
+                    return verdict
             try:
                 return Pass(tuple(self.response_headers(check, decisions)))
             except Exception as error:  # noqa: BLE001 - the response goes out without them
@@ -473,6 +469,16 @@ class HttpEngine:
             )
             return None
         return fallback
+
+    def _fields_pass(self, decisions: Sequence[Decision]) -> Pass | None:
+        """The Pass of allowed ``decisions`` with the default RateLimit fields, built with
+        their wire encoding at once (the adapters then send ``encoded`` as it is); ``None``
+        if they cannot be built, for the general path to build and report."""
+        try:
+            headers, encoded = rate_limit_fields(decisions, self.policies)
+        except Exception:  # noqa: BLE001 - see above
+            return None
+        return encoded_pass(headers, encoded)
 
     def _contained(self, build: Callable[[], Respond], where: str, *, fallback: Respond) -> Respond:
         """``build()``, or ``fallback`` (logged) if building the response failed: a refusal
