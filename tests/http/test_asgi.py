@@ -35,7 +35,14 @@ from ratewall.http import (
 from ratewall.http.steps import AskLimiter, Respond
 from ratewall.testing import FakeClock
 
-from ._support import AsyncDeadStoreLimiter, Calls, asgi_app, ratelimit_members
+from ._support import (
+    AsyncDeadStoreLimiter,
+    BrokenHeaders,
+    BrokenStart,
+    Calls,
+    asgi_app,
+    ratelimit_members,
+)
 
 PEER = ("203.0.113.7", 50000)
 POLICIES = {"login": Policy(5, 60), "login_ip": Policy(3, 60)}
@@ -363,13 +370,6 @@ async def test_limiter_returning_garbage(clock: FakeClock) -> None:
         assert (await login(http)).status_code == 200
 
 
-class BrokenHeaders(HttpEngine):
-    def response_headers(
-        self, check: AskLimiter, decisions: Sequence[Decision]
-    ) -> list[tuple[str, str]]:
-        raise RuntimeError("header bug")
-
-
 class UnsendableHeaders(HttpEngine):
     def response_headers(
         self, check: AskLimiter, decisions: Sequence[Decision]
@@ -381,11 +381,6 @@ class UnsendableRefusal(HttpEngine):
     def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         response = super().too_many_requests(check, decisions)
         return Respond(429, (*response.headers, ("X-Note", "\u2603")), response.body)
-
-
-class BrokenStart(HttpEngine):
-    def start(self, request: HttpRequest) -> Any:
-        raise RuntimeError("start bug")
 
 
 class BrokenFinish(HttpEngine):

@@ -15,7 +15,7 @@ from ratewall.http.steps import PASS, AskLimiter, Pass, Respond
 from ratewall.http.wire import encode_headers
 from ratewall.testing import FakeClock
 
-from ._support import parse_sf_list, ratelimit_members
+from ._support import BrokenHeaders, parse_sf_list, ratelimit_members
 
 POLICIES = {
     "login": Policy(5, 60),
@@ -303,13 +303,6 @@ def test_limiter_errors_fail_closed_when_a_policy_says_so() -> None:
 
 
 # -- overridden responses that break ---------------------------------------------------------
-
-
-class BrokenHeaders(HttpEngine):
-    def response_headers(
-        self, check: AskLimiter, decisions: Sequence[Decision]
-    ) -> list[tuple[str, str]]:
-        raise RuntimeError("header bug")
 
 
 class BrokenResponses(HttpEngine):

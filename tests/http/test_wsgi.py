@@ -27,7 +27,14 @@ from ratewall.http import (
 from ratewall.http.steps import AskLimiter, Respond
 from ratewall.testing import FakeClock
 
-from ._support import Calls, DeadStoreLimiter, ratelimit_members, wsgi_app
+from ._support import (
+    BrokenHeaders,
+    BrokenStart,
+    Calls,
+    DeadStoreLimiter,
+    ratelimit_members,
+    wsgi_app,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -162,13 +169,6 @@ class RaisingLimiter(RateLimiter):
         raise self.error
 
 
-class BrokenHeaders(HttpEngine):
-    def response_headers(
-        self, check: AskLimiter, decisions: Sequence[Decision]
-    ) -> list[tuple[str, str]]:
-        raise RuntimeError("header bug")
-
-
 class UnsendableHeaders(HttpEngine):
     def response_headers(
         self, check: AskLimiter, decisions: Sequence[Decision]
@@ -180,11 +180,6 @@ class UnsendableRefusal(HttpEngine):
     def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         response = super().too_many_requests(check, decisions)
         return Respond(429, (*response.headers, ("X-Note", "a\nb")), response.body)
-
-
-class BrokenStart(HttpEngine):
-    def start(self, request: HttpRequest) -> Any:
-        raise RuntimeError("start bug")
 
 
 def test_identity_source_raising(limiter: RateLimiter, caplog: pytest.LogCaptureFixture) -> None:
