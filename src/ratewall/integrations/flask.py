@@ -35,6 +35,7 @@ Without ``limiter=``, :meth:`FlaskRateLimit.init_app` builds one from the app's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -237,14 +238,7 @@ class _AppState:
             user = None if found is None else str(found)
         if not view_args and user == request.user:
             return request
-        return HttpRequest(
-            request.method,
-            request.path,
-            request.headers,
-            client=request.client,
-            path_params=path_params(view_args or {}),
-            user=user,
-        )
+        return dataclasses.replace(request, path_params=path_params(view_args or {}), user=user)
 
     def before_request(self) -> Response | None:
         if self.routes is None:

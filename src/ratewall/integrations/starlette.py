@@ -25,6 +25,7 @@ parameters of the Starlette route (``/users/{user_id}``) are what
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,14 +56,7 @@ def ratewall_request(connection: HTTPConnection) -> HttpRequest:
     params: dict[str, Any] = connection.scope.get("path_params") or {}
     if not params:
         return request
-    return HttpRequest(
-        request.method,
-        request.path,
-        request.headers,
-        client=request.client,
-        path_params=path_params(params),
-        user=request.user,
-    )
+    return dataclasses.replace(request, path_params=path_params(params))
 
 
 def refusal_response(outcome: Respond) -> Response:
