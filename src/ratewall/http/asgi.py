@@ -142,7 +142,7 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
             step = engine.start(HttpRequest.from_asgi_scope(scope))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             step = engine.internal_error("request", error)
-        outcome: object = step
+        verdict: object = step
         if isinstance(step, AskLimiter):
             if answer is None:
                 limiter = self.limiter
@@ -154,24 +154,24 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
                         answer = await limiter.check_many(items)
                 except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
                     answer = error
-            outcome = engine.settle(step, answer)
-        if not isinstance(outcome, (Pass, Respond)):  # a tuple: faster than a union
-            outcome = engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
-        if isinstance(outcome, Respond):
-            await self._respond(send, outcome)
+            verdict = engine.settle(step, answer)
+        if not isinstance(verdict, (Pass, Respond)):  # a tuple: faster than a union
+            verdict = engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
+        if isinstance(verdict, Respond):
+            await self._respond(send, verdict)
             return
-        extra = outcome.encoded
-        if extra is None and outcome.headers:
-            extra = self._encoded(outcome)
+        extra = verdict.encoded
+        if extra is None and verdict.headers:
+            extra = self._encoded(verdict)
         if not extra:
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, self._adding(send, extra))
 
-    def _encoded(self, outcome: Pass) -> list[tuple[bytes, bytes]] | None:
-        """``outcome``'s headers encoded; ``None`` (logged) if they cannot be sent."""
+    def _encoded(self, verdict: Pass) -> list[tuple[bytes, bytes]] | None:
+        """``verdict``'s headers encoded; ``None`` (logged) if they cannot be sent."""
         try:
-            return encode_headers(outcome.headers)
+            return encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - the response goes out without them
             self.engine.internal_error("encode headers", error, NO_HEADERS)
             return None
@@ -196,12 +196,12 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
 
         return send_with_headers
 
-    async def _respond(self, send: Send, outcome: Respond) -> None:
+    async def _respond(self, send: Send, verdict: Respond) -> None:
         try:
-            headers = encode_headers(outcome.headers)
+            headers = encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             self.engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            outcome = fallback_response(outcome)
-            headers = encode_headers(outcome.headers)
-        await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
-        await send({"type": "http.response.body", "body": outcome.body})
+            verdict = fallback_response(verdict)
+            headers = encode_headers(verdict.headers)
+        await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
+        await send({"type": "http.response.body", "body": verdict.body})

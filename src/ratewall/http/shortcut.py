@@ -41,7 +41,7 @@ _Encoded = list[tuple[bytes, bytes]]
 
 
 class Shortcut:
-    """The usual request's short way through an engine whose outcomes are the default ones
+    """The usual request's short way through an engine whose verdicts are the default ones
     (see :func:`shortcut_for`); an adapter may take it before the general path.
 
     Most requests match a route with one limit on the client address trusting no proxy, are
@@ -52,7 +52,7 @@ class Shortcut:
     :meth:`HttpEngine.finish` would add, encoded, from the decision's two numbers. Whatever
     they cannot answer they leave (``None``) to the general path, which then decides the
     request as it always does: another identity source, a missing identity, a refusal, a
-    degraded or unusual decision, an error. The outcomes are the same either way
+    degraded or unusual decision, an error. The verdicts are the same either way
     (``tests/http/test_shortcut.py``).
 
     Built from the engine's routes, policies and options as they are when it is made.

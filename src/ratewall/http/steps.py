@@ -128,7 +128,7 @@ def ask_limiter(
 
 
 def encoded_pass(headers: Headers, encoded: list[tuple[bytes, bytes]]) -> Pass:
-    outcome = object.__new__(Pass)
-    _PASS_HEADERS(outcome, headers)
-    _PASS_ENCODED(outcome, encoded)
-    return outcome
+    verdict = object.__new__(Pass)
+    _PASS_HEADERS(verdict, headers)
+    _PASS_ENCODED(verdict, encoded)
+    return verdict

@@ -49,16 +49,16 @@ def plain_response(status: int, title: str, wait: int = 1) -> Respond:
     return Respond(status, tuple(headers), body)
 
 
-def fallback_response(outcome: Respond) -> Respond:
-    """The plain response adapters send when ``outcome``'s headers cannot be encoded: the
+def fallback_response(verdict: Respond) -> Respond:
+    """The plain response adapters send when ``verdict``'s headers cannot be encoded: the
     same status, and its ``Retry-After`` if that is a valid number of seconds."""
     try:
-        status, title = outcome.status, HTTPStatus(outcome.status).phrase
+        status, title = verdict.status, HTTPStatus(verdict.status).phrase
     except ValueError:
         status, title = 429, "Too Many Requests"
     wait = 1
     try:
-        for name, value in outcome.headers:
+        for name, value in verdict.headers:
             if name.lower() == "retry-after" and value.isascii() and value.isdigit():
                 wait = int(value[:15])
     except Exception:  # noqa: BLE001 - no usable Retry-After: the plain one says 1 second

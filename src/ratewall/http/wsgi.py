@@ -52,16 +52,16 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
         return RateLimiter.from_config(config, store, clock=clock)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        outcome: object = self._outcome(environ)
-        if not isinstance(outcome, Pass | Respond):
-            outcome = self.engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
-        if isinstance(outcome, Respond):
-            return self._respond(start_response, outcome)
+        verdict: object = self._verdict(environ)
+        if not isinstance(verdict, Pass | Respond):
+            verdict = self.engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
+        if isinstance(verdict, Respond):
+            return self._respond(start_response, verdict)
         extra: list[tuple[str, str]] = []
-        if outcome.headers:
+        if verdict.headers:
             try:
-                encode_headers(outcome.headers)  # validates: nothing unsendable reaches the server
-                extra = list(outcome.headers)
+                encode_headers(verdict.headers)  # validates: nothing unsendable reaches the server
+                extra = list(verdict.headers)
             except Exception as error:  # noqa: BLE001 - the response goes out without them
                 self.engine.internal_error("encode headers", error, NO_HEADERS)
         if not extra:
@@ -80,7 +80,7 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
 
         return self.app(environ, start_with_headers)
 
-    def _outcome(self, environ: WSGIEnvironment) -> Verdict:
+    def _verdict(self, environ: WSGIEnvironment) -> Verdict:
         engine = self.engine
         try:
             step = engine.start(HttpRequest.from_wsgi_environ(environ))
@@ -95,11 +95,11 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
             answer = error
         return engine.settle(step, answer)
 
-    def _respond(self, start_response: StartResponse, outcome: Respond) -> Iterable[bytes]:
+    def _respond(self, start_response: StartResponse, verdict: Respond) -> Iterable[bytes]:
         try:
-            encode_headers(outcome.headers)
+            encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             self.engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            outcome = fallback_response(outcome)
-        start_response(f"{outcome.status} {outcome.reason}", list(outcome.headers))
-        return [outcome.body]
+            verdict = fallback_response(verdict)
+        start_response(f"{verdict.status} {verdict.reason}", list(verdict.headers))
+        return [verdict.body]

@@ -173,25 +173,25 @@ def path_params(values: Mapping[str, object]) -> dict[str, str]:
     return {str(name): str(value) for name, value in values.items()}
 
 
-def _sendable(engine: HttpEngine, outcome: object) -> Verdict:
-    """``outcome`` made safe to send: a refusal whose headers cannot go on the wire becomes
+def _sendable(engine: HttpEngine, verdict: object) -> Verdict:
+    """``verdict`` made safe to send: a refusal whose headers cannot go on the wire becomes
     a plain one, allowed-response headers that cannot are dropped (both logged)."""
-    if isinstance(outcome, Respond):
+    if isinstance(verdict, Respond):
         try:
-            encode_headers(outcome.headers)
+            encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            return fallback_response(outcome)
-        return outcome
-    if isinstance(outcome, Pass):
-        if outcome.headers:
+            return fallback_response(verdict)
+        return verdict
+    if isinstance(verdict, Pass):
+        if verdict.headers:
             try:
-                encode_headers(outcome.headers)
+                encode_headers(verdict.headers)
             except Exception as error:  # noqa: BLE001 - the response goes out without them
                 engine.internal_error("encode headers", error, NO_HEADERS)
                 return Pass()
-        return outcome
-    return engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
+        return verdict
+    return engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
 
 
 def _start(engine: HttpEngine, build_request: Callable[[], HttpRequest]) -> Step:

@@ -252,15 +252,15 @@ def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool)
     )
 
 
-def _refusal(outcome: Respond) -> Any:
-    response = HttpResponse(outcome.body, status=outcome.status)
-    for name, value in outcome.headers:
+def _refusal(verdict: Respond) -> Any:
+    response = HttpResponse(verdict.body, status=verdict.status)
+    for name, value in verdict.headers:
         response[name] = value
     return response
 
 
-def _add_headers(engine: HttpEngine, response: Any, outcome: Pass) -> None:
-    apply_headers(engine, response.get, response.__setitem__, outcome.headers)
+def _add_headers(engine: HttpEngine, response: Any, verdict: Pass) -> None:
+    apply_headers(engine, response.get, response.__setitem__, verdict.headers)
 
 
 class RateLimitMiddleware:
@@ -281,11 +281,11 @@ class RateLimitMiddleware:
         self.uses_user = setup.routes_use_user
 
     def __call__(self, request: Any) -> Any:
-        outcome = self.driver.verdict(lambda: _request(request, None, self.uses_user))
-        if isinstance(outcome, Respond):
-            return _refusal(outcome)
+        verdict = self.driver.verdict(lambda: _request(request, None, self.uses_user))
+        if isinstance(verdict, Respond):
+            return _refusal(verdict)
         response = self.get_response(request)
-        _add_headers(self.driver.engine, response, outcome)
+        _add_headers(self.driver.engine, response, verdict)
         return response
 
 
@@ -321,11 +321,11 @@ def rate_limit(
         @functools.wraps(view)
         def limited(request: Any, *args: Any, **kwargs: Any) -> Any:
             driver = _current().driver(declared, where)
-            outcome = driver.verdict(lambda: _request(request, kwargs, declared.uses_user))
-            if isinstance(outcome, Respond):
-                return _refusal(outcome)
+            verdict = driver.verdict(lambda: _request(request, kwargs, declared.uses_user))
+            if isinstance(verdict, Respond):
+                return _refusal(verdict)
             response = view(request, *args, **kwargs)
-            _add_headers(driver.engine, response, outcome)
+            _add_headers(driver.engine, response, verdict)
             return response
 
         return cast(View, limited)

@@ -126,11 +126,11 @@ class RateLimit:
         return f"RateLimit({', '.join(repr(limit.policy) for limit in self.limits)})"
 
     async def __call__(self, request: FastAPIRequest, response: FastAPIResponse) -> None:
-        outcome = await self._driver.verdict(functools.partial(ratewall_request, request))
-        if isinstance(outcome, Respond):
-            raise RateLimited(outcome)
+        verdict = await self._driver.verdict(functools.partial(ratewall_request, request))
+        if isinstance(verdict, Respond):
+            raise RateLimited(verdict)
         apply_headers(
-            self.engine, response.headers.get, response.headers.__setitem__, outcome.headers
+            self.engine, response.headers.get, response.headers.__setitem__, verdict.headers
         )
 
 

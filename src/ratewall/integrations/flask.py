@@ -153,13 +153,13 @@ class FlaskRateLimit:
                 app = current_app
                 state = _state(app)
                 driver = state.driver(declared, where)
-                outcome = driver.verdict(
+                verdict = driver.verdict(
                     lambda: state.request(flask_request.view_args, declared.uses_user)
                 )
-                if isinstance(outcome, Respond):
-                    return _refusal(app, outcome)
+                if isinstance(verdict, Respond):
+                    return _refusal(app, verdict)
                 response = app.make_response(app.ensure_sync(view)(*args, **kwargs))
-                _add_headers(driver.engine, response, outcome)
+                _add_headers(driver.engine, response, verdict)
                 return response
 
             return cast(View, limited)
@@ -243,17 +243,17 @@ class _AppState:
     def before_request(self) -> Response | None:
         if self.routes is None:
             return None
-        outcome = self.routes.verdict(lambda: self.request(None, self._routes_use_user))
-        if isinstance(outcome, Respond):
-            return _refusal(current_app, outcome)
-        if outcome.headers:
-            setattr(g, _G_HEADERS, outcome)
+        verdict = self.routes.verdict(lambda: self.request(None, self._routes_use_user))
+        if isinstance(verdict, Respond):
+            return _refusal(current_app, verdict)
+        if verdict.headers:
+            setattr(g, _G_HEADERS, verdict)
         return None
 
     def after_request(self, response: Response) -> Response:
-        outcome = g.pop(_G_HEADERS, None)
-        if self.routes is not None and isinstance(outcome, Pass):
-            _add_headers(self.routes.engine, response, outcome)
+        verdict = g.pop(_G_HEADERS, None)
+        if self.routes is not None and isinstance(verdict, Pass):
+            _add_headers(self.routes.engine, response, verdict)
         return response
 
 
@@ -266,9 +266,9 @@ def _state(app: Flask) -> _AppState:
     return state
 
 
-def _refusal(app: Flask, outcome: Respond) -> Response:
-    return app.response_class(outcome.body, status=outcome.status, headers=list(outcome.headers))
+def _refusal(app: Flask, verdict: Respond) -> Response:
+    return app.response_class(verdict.body, status=verdict.status, headers=list(verdict.headers))
 
 
-def _add_headers(engine: HttpEngine, response: Response, outcome: Pass) -> None:
-    apply_headers(engine, response.headers.get, response.headers.__setitem__, outcome.headers)
+def _add_headers(engine: HttpEngine, response: Response, verdict: Pass) -> None:
+    apply_headers(engine, response.headers.get, response.headers.__setitem__, verdict.headers)

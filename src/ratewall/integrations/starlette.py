@@ -59,11 +59,11 @@ def ratewall_request(connection: HTTPConnection) -> HttpRequest:
     return dataclasses.replace(request, path_params=path_params(params))
 
 
-def refusal_response(outcome: Respond) -> Response:
+def refusal_response(verdict: Respond) -> Response:
     """The engine's refusal (429, 503 or 400) as a Starlette response, byte for byte the one
     the middleware sends."""
-    response = Response(outcome.body, status_code=outcome.status)
-    response.raw_headers = encode_headers(outcome.headers)
+    response = Response(verdict.body, status_code=verdict.status)
+    response.raw_headers = encode_headers(verdict.headers)
     return response
 
 
@@ -106,13 +106,13 @@ def rate_limit(
 
         @functools.wraps(endpoint)
         async def limited(request: StarletteRequest) -> Response:
-            outcome = await driver.verdict(lambda: ratewall_request(request))
-            if isinstance(outcome, Respond):
-                return refusal_response(outcome)
+            verdict = await driver.verdict(lambda: ratewall_request(request))
+            if isinstance(verdict, Respond):
+                return refusal_response(verdict)
             result = endpoint(request) if is_async else await run_in_threadpool(endpoint, request)
             response: Response = await result if inspect.isawaitable(result) else result
             apply_headers(
-                engine, response.headers.get, response.headers.__setitem__, outcome.headers
+                engine, response.headers.get, response.headers.__setitem__, verdict.headers
             )
             return response
 
