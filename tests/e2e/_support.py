@@ -13,10 +13,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import httpx
 import uvicorn
@@ -31,8 +32,10 @@ __all__ = [
     "EXAMPLES",
     "Spawned",
     "assert_exact_admission",
+    "assert_example_shares_one_limit",
     "burst",
     "descendants",
+    "example_argv",
     "free_port",
     "processes_connected_to",
     "serve_asgi",
@@ -287,6 +290,35 @@ def assert_exact_admission(responses: Sequence[httpx.Response], limit: int) -> N
         if response.status_code == 200
     )
     assert remaining == list(range(limit))
+
+
+def example_argv(server: Literal["gunicorn", "uvicorn"], target: str, port: int) -> list[str]:
+    """The command line that serves the docs/examples app ``target`` (``module:app``) with
+    two worker processes on ``port``."""
+    if server == "gunicorn":
+        return [
+            *("python", "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}"),
+            *("--chdir", str(EXAMPLES), target),
+        ]
+    return [
+        *("python", "-m", "uvicorn", target, "--app-dir", str(EXAMPLES)),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--no-access-log"),
+    ]
+
+
+def assert_example_shares_one_limit(
+    server: Literal["gunicorn", "uvicorn"], target: str, redis_url: str, redis_port: int
+) -> None:
+    """The README's example app ``target``, under ``server`` with two workers sharing the
+    Redis at ``redis_url``: 20 concurrent logins of one user, once both workers have served,
+    admit exactly the limit of 5."""
+    port = free_port()
+    with spawned(example_argv(server, target, port), env={"RATEWALL_STORE": redis_url}) as app:
+        url = f"http://127.0.0.1:{port}"
+        app.wait_for_http(url + "/")
+        warm_up_workers(url + "/login", app, redis_port, 2, "warm-up")
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        assert_exact_admission(burst(url + "/login", [{"X-User-ID": user}] * 20), limit=5)
 
 
 @contextlib.contextmanager

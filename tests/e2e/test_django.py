@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,9 @@ from ratewall.testing import FakeClock
 
 from ..http._support import ratelimit_members, wsgi_app
 from ._support import (
-    EXAMPLES,
-    assert_exact_admission,
-    burst,
+    assert_example_shares_one_limit,
     free_port,
     serve_wsgi,
-    spawned,
-    warm_up_workers,
     wire,
 )
 
@@ -72,17 +67,11 @@ if not settings.configured:
 
 @pytest.mark.slow
 def test_readme_example_under_gunicorn_workers_shares_one_limit(
-    redis_url: str, redis_server: LocalServer, http: httpx.Client
+    redis_url: str, redis_server: LocalServer
 ) -> None:
-    port = free_port()
-    argv = ["python", "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}"]
-    argv += ["--chdir", str(EXAMPLES), "django_app:application"]
-    with spawned(argv, env={"RATEWALL_STORE": redis_url}) as server:
-        url = f"http://127.0.0.1:{port}"
-        server.wait_for_http(url + "/")
-        warm_up_workers(url + "/login", server, redis_server.port, 2, "warm-up")
-        user = f"user-{uuid.uuid4().hex[:8]}"
-        assert_exact_admission(burst(url + "/login", [{"X-User-ID": user}] * 20), limit=5)
+    assert_example_shares_one_limit(
+        "gunicorn", "django_app:application", redis_url, redis_server.port
+    )
 
 
 # -- this module's project --------------------------------------------------------------------

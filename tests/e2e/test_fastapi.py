@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +18,9 @@ from ratewall._server import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,
+    HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Request,
     Route,
     RouteLimit,
 )
@@ -30,13 +29,9 @@ from ratewall.testing import FakeClock
 
 from ..http._support import asgi_app, ratelimit_members
 from ._support import (
-    EXAMPLES,
-    assert_exact_admission,
-    burst,
+    assert_example_shares_one_limit,
     free_port,
     serve_asgi,
-    spawned,
-    warm_up_workers,
     wire,
 )
 
@@ -46,17 +41,9 @@ USER = {"X-User-ID": "user_123"}
 
 @pytest.mark.slow
 def test_readme_example_under_uvicorn_workers_shares_one_limit(
-    redis_url: str, redis_server: LocalServer, http: httpx.Client
+    redis_url: str, redis_server: LocalServer
 ) -> None:
-    port = free_port()
-    argv = ["python", "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(EXAMPLES)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--no-access-log"]
-    with spawned(argv, env={"RATEWALL_STORE": redis_url}) as server:
-        url = f"http://127.0.0.1:{port}"
-        server.wait_for_http(url + "/")
-        warm_up_workers(url + "/login", server, redis_server.port, 2, "warm-up")
-        user = f"user-{uuid.uuid4().hex[:8]}"
-        assert_exact_admission(burst(url + "/login", [{"X-User-ID": user}] * 20), limit=5)
+    assert_example_shares_one_limit("uvicorn", "fastapi_app:app", redis_url, redis_server.port)
 
 
 def limiter(clock: FakeClock | None = None, **policies: Policy) -> AsyncRateLimiter:
@@ -189,7 +176,7 @@ class BrokenLimiter:
 def test_limiter_failures_never_become_a_500(
     caplog: pytest.LogCaptureFixture, http: httpx.Client
 ) -> None:
-    def broken_identity(request: Request) -> str:
+    def broken_identity(request: HttpRequest) -> str:
         raise ValueError("bug in an identity source")
 
     dependencies = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,13 +28,9 @@ from ratewall.testing import FakeClock
 
 from ..http._support import ratelimit_members, wsgi_app
 from ._support import (
-    EXAMPLES,
-    assert_exact_admission,
-    burst,
+    assert_example_shares_one_limit,
     free_port,
     serve_wsgi,
-    spawned,
-    warm_up_workers,
     wire,
 )
 
@@ -46,17 +41,9 @@ LOGIN = [Route("/login", [RouteLimit("login", Header("X-User-ID"))], method="POS
 
 @pytest.mark.slow
 def test_readme_example_under_gunicorn_workers_shares_one_limit(
-    redis_url: str, redis_server: LocalServer, http: httpx.Client
+    redis_url: str, redis_server: LocalServer
 ) -> None:
-    port = free_port()
-    argv = ["python", "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}"]
-    argv += ["--chdir", str(EXAMPLES), "flask_app:app"]
-    with spawned(argv, env={"RATEWALL_STORE": redis_url}) as server:
-        url = f"http://127.0.0.1:{port}"
-        server.wait_for_http(url + "/")
-        warm_up_workers(url + "/login", server, redis_server.port, 2, "warm-up")
-        user = f"user-{uuid.uuid4().hex[:8]}"
-        assert_exact_admission(burst(url + "/login", [{"X-User-ID": user}] * 20), limit=5)
+    assert_example_shares_one_limit("gunicorn", "flask_app:app", redis_url, redis_server.port)
 
 
 def limiter(clock: FakeClock | None = None) -> RateLimiter:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from http_sfv.list import List
 
-from ratewall import AsyncRateLimiter, RateLimiter
+from ratewall import AsyncRateLimiter, Decision, RateLimiter
+from ratewall.http import HttpEngine, HttpRequest
+from ratewall.http.steps import AskLimiter
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -95,3 +97,19 @@ class DeadStoreLimiter(RateLimiter):
 class AsyncDeadStoreLimiter(AsyncRateLimiter):
     def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
         return DeadStore()
+
+
+class BrokenHeaders(HttpEngine):
+    """An engine subclass whose RateLimit fields cannot be built."""
+
+    def response_headers(
+        self, check: AskLimiter, decisions: Sequence[Decision]
+    ) -> list[tuple[str, str]]:
+        raise RuntimeError("header bug")
+
+
+class BrokenStart(HttpEngine):
+    """An engine subclass that cannot look at a request."""
+
+    def start(self, request: HttpRequest) -> Any:
+        raise RuntimeError("start bug")

@@ -5,29 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, RateLimiter, StoreError
-from ratewall.http import (
-    PASS,
-    Check,
-    ClientIP,
-    Header,
-    HttpLimiter,
-    Pass,
-    PathParam,
-    Request,
-    Respond,
-    Route,
-    RouteLimit,
-)
-from ratewall.http.engine import LogThrottle, checks_singly, encode_headers, routes_from_config
+from ratewall import ConfigError, Decision, Policy, RateLimiter, StoreError
+from ratewall.http import ClientIP, Header, HttpEngine, HttpRequest, PathParam, Route, RouteLimit
+from ratewall.http.log_throttle import LogThrottle
+from ratewall.http.steps import PASS, AskLimiter, Pass, Respond
+from ratewall.http.wire import encode_headers
 from ratewall.testing import FakeClock
 
-from ._support import parse_sf_list, ratelimit_members
+from ._support import BrokenHeaders, parse_sf_list, ratelimit_members
 
 POLICIES = {
     "login": Policy(5, 60),
@@ -42,17 +30,17 @@ LOGIN = Route(
 )
 
 
-def login_request(user: str | None = "user_123", client: str | None = "203.0.113.7") -> Request:
+def login_request(user: str | None = "user_123", client: str | None = "203.0.113.7") -> HttpRequest:
     headers = {"x-user-id": user} if user is not None else {}
-    return Request("POST", "/login", headers, client=client)
+    return HttpRequest("POST", "/login", headers, client=client)
 
 
-def engine(*routes: Route, **options: object) -> HttpLimiter:
-    return HttpLimiter(routes or (LOGIN,), POLICIES, **options)  # type: ignore[arg-type]
+def engine(*routes: Route, **options: object) -> HttpEngine:
+    return HttpEngine(routes or (LOGIN,), POLICIES, **options)  # type: ignore[arg-type]
 
 
-def check_of(step: object) -> Check:
-    assert isinstance(step, Check), step
+def check_of(step: object) -> AskLimiter:
+    assert isinstance(step, AskLimiter), step
     return step
 
 
@@ -88,13 +76,13 @@ def test_a_matching_request_becomes_check_many_items() -> None:
 
 def test_unmatched_and_exempt_requests_pass_without_a_check() -> None:
     limiter = engine(Route("/health", []), LOGIN)
-    assert limiter.start(Request("GET", "/login", client="1.2.3.4")) is PASS
-    assert limiter.start(Request("GET", "/health", client="1.2.3.4")) is PASS
+    assert limiter.start(HttpRequest("GET", "/login", client="1.2.3.4")) is PASS
+    assert limiter.start(HttpRequest("GET", "/health", client="1.2.3.4")) is PASS
 
 
 def test_path_params_reach_the_identity_source() -> None:
     route = Route("/users/{user_id}", [RouteLimit("login", PathParam("user_id"), cost=2)])
-    check = check_of(engine(route).start(Request("GET", "/users/42")))
+    check = check_of(engine(route).start(HttpRequest("GET", "/users/42")))
     assert check.items == (("42", "login", 2),)
     assert check.request.path_params == {"user_id": "42"}
 
@@ -106,7 +94,7 @@ def test_missing_identity_falls_back_to_the_client_ip() -> None:
 
 def test_the_fallback_uses_the_configured_client_ip() -> None:
     limiter = engine(client_ip=ClientIP(trusted_proxies=["10.0.0.0/8"]))
-    request = Request("POST", "/login", {"x-forwarded-for": "198.51.100.9"}, client="10.0.0.1")
+    request = HttpRequest("POST", "/login", {"x-forwarded-for": "198.51.100.9"}, client="10.0.0.1")
     assert check_of(limiter.start(request)).items[0] == ("198.51.100.9", "login", 1)
 
 
@@ -147,12 +135,12 @@ def test_no_identity_and_no_address_skips_the_limit_with_a_warning(
 
 
 class ExplodingSource:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         raise ZeroDivisionError("bug in an identity source")
 
 
 class NotAString:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return 42  # type: ignore[return-value]
 
 
@@ -238,7 +226,7 @@ def test_a_refusal_is_a_429_problem_and_reports_unconsumed_quota() -> None:
 def test_degraded_refusals_are_503_not_429(caplog: pytest.LogCaptureFixture) -> None:
     route = Route("/x", [RouteLimit("closed", ClientIP())])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", client="1.2.3.4")))
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         outcome = limiter.finish(check, [degraded("closed", allowed=False)])
     assert isinstance(outcome, Respond)
@@ -255,7 +243,7 @@ def test_degraded_refusals_are_503_not_429(caplog: pytest.LogCaptureFixture) -> 
 def test_a_genuine_refusal_wins_over_a_degraded_one() -> None:
     route = Route("/x", [RouteLimit("login", ClientIP()), RouteLimit("closed", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     outcome = limiter.finish(check, [refused("login", 3.0), degraded("closed", allowed=False)])
     assert isinstance(outcome, Respond)
     assert outcome.status == 429
@@ -267,7 +255,7 @@ def test_fail_open_decisions_pass_without_invented_numbers(
 ) -> None:
     route = Route("/x", [RouteLimit("open", ClientIP()), RouteLimit("login", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         outcome = limiter.finish(check, [degraded("open", allowed=True), allowed("login", 2)])
     assert isinstance(outcome, Pass)
@@ -306,7 +294,7 @@ def test_limiter_errors_pass_when_nothing_fails_closed(
 def test_limiter_errors_fail_closed_when_a_policy_says_so() -> None:
     route = Route("/x", [RouteLimit("login", ClientIP()), RouteLimit("closed", Header("A"))])
     limiter = engine(route)
-    check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+    check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
     outcome = limiter.failed(check, StoreError("down"))
     assert isinstance(outcome, Respond)
     assert outcome.status == 503
@@ -317,15 +305,8 @@ def test_limiter_errors_fail_closed_when_a_policy_says_so() -> None:
 # -- overridden responses that break ---------------------------------------------------------
 
 
-class BrokenHeaders(HttpLimiter):
-    def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
-    ) -> list[tuple[str, str]]:
-        raise RuntimeError("header bug")
-
-
-class BrokenResponses(HttpLimiter):
-    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+class BrokenResponses(HttpEngine):
+    def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         raise RuntimeError("429 bug")
 
     def unavailable(self, policies: Sequence[str], wait: int) -> Respond:
@@ -355,8 +336,8 @@ def test_broken_responses_fall_back_to_plain_ones(caplog: pytest.LogCaptureFixtu
     )
     limiter = BrokenResponses([route], POLICIES)
     with caplog.at_level(logging.ERROR, logger="ratewall"):
-        rejected = limiter.start(Request("GET", "/x", client="1.2.3.4"))
-        check = check_of(limiter.start(Request("GET", "/x", {"a": "b"}, client="1.2.3.4")))
+        rejected = limiter.start(HttpRequest("GET", "/x", client="1.2.3.4"))
+        check = check_of(limiter.start(HttpRequest("GET", "/x", {"a": "b"}, client="1.2.3.4")))
         over = limiter.finish(check, [refused("login", 2.5), allowed("closed")])
         down = limiter.finish(check, [allowed("login"), degraded("closed", allowed=False)])
     statuses = []
@@ -375,8 +356,8 @@ def test_failures_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     route = Route(
         "/x", [RouteLimit("login", ExplodingSource()), RouteLimit("login_ip", ClientIP())]
     )
-    limiter = HttpLimiter([route], POLICIES, log=LogThrottle(interval=60.0, clock=clock))
-    request = Request("GET", "/x", client="1.2.3.4")
+    limiter = HttpEngine([route], POLICIES, log=LogThrottle(interval=60.0, clock=clock))
+    request = HttpRequest("GET", "/x", client="1.2.3.4")
     with caplog.at_level(logging.ERROR, logger="ratewall"):
         for _ in range(100):
             limiter.start(request)
@@ -388,20 +369,13 @@ def test_failures_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     assert caplog.records[0].exc_info is not None
 
 
-def test_encode_headers_refuses_what_cannot_go_on_the_wire() -> None:
-    assert encode_headers([("RateLimit", '"a";r=1;t=2')]) == [(b"ratelimit", b'"a";r=1;t=2')]
-    for bad in [("X", "caf\u00e9\u2603"), ("X", "a\r\nSet-Cookie: x=1"), ("", "x"), ("A B", "x")]:
-        with pytest.raises(ValueError):  # noqa: PT011 - UnicodeEncodeError or our own
-            encode_headers([bad])
-
-
 # -- against a real limiter ------------------------------------------------------------------
 
 
 def test_engine_with_a_memory_limiter_follows_the_seed() -> None:
     clock = FakeClock()
     with RateLimiter(POLICIES, clock=clock) as limiter:
-        http = HttpLimiter([LOGIN], limiter.policies)
+        http = HttpEngine([LOGIN], limiter.policies)
         statuses = []
         for step in [0, 10, 10, 5, 5, 15, 5, 11]:
             clock.advance(step)
@@ -409,22 +383,6 @@ def test_engine_with_a_memory_limiter_follows_the_seed() -> None:
             outcome = http.finish(check, limiter.check_many(check.items))
             statuses.append(outcome.status if isinstance(outcome, Respond) else 200)
         assert statuses == [200, 200, 200, 200, 200, 429, 429, 200]
-
-
-def test_routes_from_config() -> None:
-    config = SimpleNamespace(
-        source="limits.yaml",
-        policies=POLICIES,
-        routes=[{"match": "POST /login", "policies": ["login"]}],
-    )
-    no_routes = SimpleNamespace(source="limits.yaml", policies=POLICIES)
-    table = routes_from_config(config, None, None)
-    assert table.routes[0].path == "/login"
-    assert routes_from_config(no_routes, [LOGIN], None).routes == (LOGIN,)
-    with pytest.raises(ConfigError, match="routes= was given too"):
-        routes_from_config(config, [LOGIN], None)
-    with pytest.raises(ConfigError, match="has no routes"):
-        routes_from_config(no_routes, None, None)
 
 
 @pytest.mark.parametrize("route", [LOGIN, Route("/login", [RouteLimit("login", ClientIP())])])
@@ -440,9 +398,9 @@ def test_an_allowed_pass_carries_its_headers_encoded(route: Route) -> None:
 
 
 def test_overridden_response_headers_are_not_pre_encoded() -> None:
-    class Custom(HttpLimiter):
+    class Custom(HttpEngine):
         def response_headers(
-            self, check: Check, decisions: Sequence[Decision]
+            self, check: AskLimiter, decisions: Sequence[Decision]
         ) -> list[tuple[str, str]]:
             return [("X-Quota", str(decisions[0].remaining))]
 
@@ -452,18 +410,3 @@ def test_overridden_response_headers_are_not_pre_encoded() -> None:
     assert outcome == Pass((("X-Quota", "2"),))
     assert isinstance(outcome, Pass)
     assert outcome.encoded is None
-
-
-def test_checks_singly_only_for_a_limiter_whose_check_methods_are_its_own() -> None:
-    class Counting(AsyncRateLimiter):
-        pass
-
-    class Overriding(AsyncRateLimiter):
-        async def check_many(self, items: Sequence[Any], /) -> list[Decision]:
-            return await super().check_many(items)
-
-    assert checks_singly(AsyncRateLimiter(POLICIES))
-    assert checks_singly(Counting(POLICIES))
-    assert not checks_singly(Overriding(POLICIES))
-    assert not checks_singly(RateLimiter(POLICIES))
-    assert not checks_singly(SimpleNamespace(check_many=None, check=None))

@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratewall import Decision, Policy
-from ratewall.http.engine import encode_headers
 from ratewall.http.headers import (
     QUOTA_EXCEEDED,
     most_restrictive,
@@ -25,6 +24,7 @@ from ratewall.http.headers import (
     whole_seconds,
     window_seconds,
 )
+from ratewall.http.wire import encode_headers
 
 from ._support import parse_sf_list
 

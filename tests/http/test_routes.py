@@ -7,17 +7,9 @@ from typing import Any
 import pytest
 
 from ratewall import ConfigError, Policy
-from ratewall.http import (
-    APIKey,
-    ClientIP,
-    Header,
-    PathParam,
-    Route,
-    RouteLimit,
-    RouteTable,
-    User,
-    parse_routes,
-)
+from ratewall.config import parse_config
+from ratewall.http import APIKey, ClientIP, Header, PathParam, Route, RouteLimit, RouteTable, User
+from ratewall.http.routes import parse_routes, routes_from_config
 
 POLICIES = {
     "login": Policy(5, 60),
@@ -309,3 +301,27 @@ def test_an_exact_route_of_another_method_falls_through_to_the_next_candidate() 
     assert found is not None
     assert found.route is anything
     assert RouteTable([post]).match("POST", "/other") is None
+
+
+def test_routes_from_config() -> None:
+    """A config's routes section compiles with its client_ip section; routes in code replace
+    a config without one; both, or neither, is an error naming the file."""
+    login = Route("/login", [limit()], method="POST")
+    config = parse_config(
+        {
+            "policies": {"login": {"limit": 5, "window": 60}},
+            "client_ip": {"trusted_proxies": ["10.0.0.0/8"]},
+            "routes": [{"match": "POST /login", "policies": ["login"]}],
+        },
+        source="limits.yaml",
+    )
+    no_routes = parse_config({"login": {"limit": 5, "window": 60}}, source="limits.yaml")
+    table = routes_from_config(config)
+    assert table.routes[0].path == "/login"
+    assert table.routes[0].limits[0].identity == ClientIP(trusted_proxies=["10.0.0.0/8"])
+    assert routes_from_config(no_routes, [login]).routes == (login,)
+    with pytest.raises(ConfigError, match="routes= was given too") as caught:
+        routes_from_config(config, [login])
+    assert caught.value.source == "limits.yaml"
+    with pytest.raises(ConfigError, match="has no routes"):
+        routes_from_config(no_routes)

@@ -1,4 +1,4 @@
-"""The ASGI middleware's shortcut for the usual request (engine._Shortcut) answers exactly as
+"""The ASGI middleware's shortcut for the usual request (engine.Shortcut) answers exactly as
 the general path does: every test runs the same requests through a middleware that takes it
 and one that cannot, and compares everything the client and the application see."""
 
@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from ratewall import AsyncRateLimiter, Decision, Policy
+from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter
 from ratewall.http import (
-    Check,
     ClientIP,
     Header,
-    HttpLimiter,
+    HttpEngine,
+    HttpRequest,
     PathParam,
     RateLimitMiddleware,
-    Request,
-    Respond,
     Route,
     RouteLimit,
     User,
 )
+from ratewall.http.shortcut import checks_singly
+from ratewall.http.steps import AskLimiter, Respond, Step
 from ratewall.testing import FakeClock
 
 from ._support import AsyncDeadStoreLimiter, asgi_app
@@ -45,31 +46,32 @@ class CountingClock(FakeClock):
         return super().__call__()
 
 
-class General(HttpLimiter):
-    """The default engine, without the shortcut: what the shortcut must equal."""
+class General(HttpEngine):
+    """The default engine, without the shortcut (shortcut_for() leaves an engine whose start
+    is overridden to the general path): what the shortcut must equal."""
 
-    def _shortcut(self) -> Any:
-        return None
+    def start(self, request: HttpRequest) -> Step:
+        return super().start(request)
 
 
-class Refusing(HttpLimiter):
+class Refusing(HttpEngine):
     """Overrides only how refusals look: the shortcut still serves allowed requests."""
 
-    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+    def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         return Respond(429, (("X-Refused-By", check.limits[0].policy),), b"slow down")
 
 
-class OwnHeaders(HttpLimiter):
+class OwnHeaders(HttpEngine):
     def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
+        self, check: AskLimiter, decisions: Sequence[Decision]
     ) -> list[tuple[str, str]]:
         return [("X-Left", str(decisions[0].remaining))]
 
 
-class LoggingStart(HttpLimiter):
+class LoggingStart(HttpEngine):
     started = 0
 
-    def start(self, request: Request) -> Any:
+    def start(self, request: HttpRequest) -> Any:
         LoggingStart.started += 1
         return super().start(request)
 
@@ -119,7 +121,7 @@ async def exchange(app: RateLimitMiddleware, served: Served, scope: dict[str, An
     return sent, served.count - before
 
 
-def middleware(engine: type[HttpLimiter]) -> type[RateLimitMiddleware]:
+def middleware(engine: type[HttpEngine]) -> type[RateLimitMiddleware]:
     return type("Middleware", (RateLimitMiddleware,), {"engine_class": engine})
 
 
@@ -128,7 +130,7 @@ async def both_ways(
     routes: Sequence[Route],
     scenario: Scenario,
     *,
-    engine: type[HttpLimiter] = HttpLimiter,
+    engine: type[HttpEngine] = HttpEngine,
     shortcut: bool = True,
     options: dict[str, Any] | None = None,
 ) -> list[Exchange]:
@@ -175,13 +177,13 @@ async def test_allowed_and_refused_alike(
     scenario: Scenario = [(step, scope_for()) for step in [0, 0.4, 0.4, 1.7, 0, 0, 0, 3.3, 0]]
     scenario += [(0.1, scope_for(client=("198.51.100.1", 1))), (59.5, scope_for())]
     built = [0]
-    original = Request.from_asgi_scope.__func__  # type: ignore[attr-defined]
+    original = HttpRequest.from_asgi_scope.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[Request], scope: Any) -> Request:
+    def counting(cls: type[HttpRequest], scope: Any) -> HttpRequest:
         built[0] += 1
         return original(cls, scope)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(Request, "from_asgi_scope", classmethod(counting))
+    monkeypatch.setattr(HttpRequest, "from_asgi_scope", classmethod(counting))
     exchanges = await both_ways(
         limiter_of({"api": Policy(5, 10, algorithm)}),
         routes,
@@ -281,7 +283,7 @@ async def test_root_path(root_path: str, path: str, limited: bool) -> None:
     [(Refusing, True), (OwnHeaders, False), (LoggingStart, False)],
     ids=lambda value: getattr(value, "__name__", str(value)),
 )
-async def test_subclass_overrides(engine: type[HttpLimiter], shortcut: bool) -> None:
+async def test_subclass_overrides(engine: type[HttpEngine], shortcut: bool) -> None:
     exchanges = await both_ways(
         limiter_of({"api": Policy(2, 60)}),
         EVERYTHING,
@@ -377,3 +379,19 @@ async def test_a_first_route_that_may_take_everything(first: Route) -> None:
     policies = {"api": Policy(2, 60), "other": Policy(1, 60)}
     exchanges = await both_ways(limiter_of(policies), routes, [(1, s) for s in scopes * 3])
     assert 429 in statuses(exchanges) or first.limits == ()
+
+
+def test_checks_singly_only_for_a_limiter_whose_check_methods_are_its_own() -> None:
+    class Counting(AsyncRateLimiter):
+        pass
+
+    class Overriding(AsyncRateLimiter):
+        async def check_many(self, items: Sequence[Any], /) -> list[Decision]:
+            return await super().check_many(items)
+
+    policies = {"api": Policy(5, 60)}
+    assert checks_singly(AsyncRateLimiter(policies))
+    assert checks_singly(Counting(policies))
+    assert not checks_singly(Overriding(policies))
+    assert not checks_singly(RateLimiter(policies))
+    assert not checks_singly(SimpleNamespace(check_many=None, check=None))

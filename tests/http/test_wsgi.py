@@ -15,20 +15,26 @@ from werkzeug.test import Client
 
 from ratewall import Decision, Policy, RateLimiter, StoreError
 from ratewall.http import (
-    Check,
     ClientIP,
     Header,
-    HttpLimiter,
-    Request,
-    Respond,
+    HttpEngine,
+    HttpRequest,
     Route,
     RouteLimit,
     User,
     WSGIRateLimitMiddleware,
 )
+from ratewall.http.steps import AskLimiter, Respond
 from ratewall.testing import FakeClock
 
-from ._support import Calls, DeadStoreLimiter, ratelimit_members, wsgi_app
+from ._support import (
+    BrokenHeaders,
+    BrokenStart,
+    Calls,
+    DeadStoreLimiter,
+    ratelimit_members,
+    wsgi_app,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -152,7 +158,7 @@ def test_exc_info_reaches_the_server(limiter: RateLimiter) -> None:
 
 
 class ExplodingSource:
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         raise RuntimeError("identity source bug")
 
 
@@ -163,29 +169,17 @@ class RaisingLimiter(RateLimiter):
         raise self.error
 
 
-class BrokenHeaders(HttpLimiter):
+class UnsendableHeaders(HttpEngine):
     def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
-    ) -> list[tuple[str, str]]:
-        raise RuntimeError("header bug")
-
-
-class UnsendableHeaders(HttpLimiter):
-    def response_headers(
-        self, check: Check, decisions: Sequence[Decision]
+        self, check: AskLimiter, decisions: Sequence[Decision]
     ) -> list[tuple[str, str]]:
         return [("RateLimit", "\u2603")]
 
 
-class UnsendableRefusal(HttpLimiter):
-    def too_many_requests(self, check: Check, decisions: Sequence[Decision]) -> Respond:
+class UnsendableRefusal(HttpEngine):
+    def too_many_requests(self, check: AskLimiter, decisions: Sequence[Decision]) -> Respond:
         response = super().too_many_requests(check, decisions)
         return Respond(429, (*response.headers, ("X-Note", "a\nb")), response.body)
-
-
-class BrokenStart(HttpLimiter):
-    def start(self, request: Request) -> Any:
-        raise RuntimeError("start bug")
 
 
 def test_identity_source_raising(limiter: RateLimiter, caplog: pytest.LogCaptureFixture) -> None:
@@ -210,7 +204,7 @@ def test_limiter_raising_lets_requests_through(error: Exception, clock: FakeCloc
     "engine", [BrokenHeaders, UnsendableHeaders, BrokenStart], ids=lambda e: e.__name__
 )
 def test_broken_engine_hooks_never_break_allowed_requests(
-    engine: type[HttpLimiter], limiter: RateLimiter
+    engine: type[HttpEngine], limiter: RateLimiter
 ) -> None:
     middleware = type("Middleware", (WSGIRateLimitMiddleware,), {"engine_class": engine})
     response = login(Client(middleware(wsgi_app(), limiter, SEED)))
@@ -220,7 +214,7 @@ def test_broken_engine_hooks_never_break_allowed_requests(
 
 @pytest.mark.parametrize("engine", [BrokenHeaders, UnsendableRefusal], ids=lambda e: e.__name__)
 def test_broken_refusal_hooks_still_refuse(
-    engine: type[HttpLimiter], limiter: RateLimiter, clock: FakeClock
+    engine: type[HttpEngine], limiter: RateLimiter, clock: FakeClock
 ) -> None:
     middleware = type("Middleware", (WSGIRateLimitMiddleware,), {"engine_class": engine})
     http = Client(middleware(wsgi_app(), limiter, SEED))

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratewall import AsyncRateLimiter, RateLimiter
+from ratewall.cli import main
 from ratewall.config import (
     DEFAULT_LOCAL_CACHE_SIZE,
     DEFAULT_TIMEOUT,
@@ -22,6 +23,7 @@ from ratewall.config import (
     parse_config,
 )
 from ratewall.errors import ConfigError
+from ratewall.http.routes import routes_from_config
 from ratewall.keys import DEFAULT_PREFIX
 from ratewall.policy import ALGORITHMS, FAILURE_MODES, Policy
 
@@ -637,3 +639,138 @@ def test_random_json_files_raise_only_config_error(
         error = caught
     if error is not None:
         assert error.source == str(path)
+
+
+# --- every field of a long-form config, HTTP sections included ------------------------------
+
+# Valid as it stands, and using every field: each mutation below reaches a real check.
+LONG_FORM: dict[str, object] = {
+    "policies": {
+        "login": {"limit": 5, "window": "1m", "failure_mode": "closed"},
+        "api": {"limit": 100, "window": 1, "algorithm": "token_bucket", "burst": 200, "lease": 5},
+        "search": {"limit": 20, "window": "30s", "algorithm": "sliding_window"},
+    },
+    "store": "memory://",
+    "key_prefix": "rl",
+    "local_cache_size": 100,
+    "timeout": "50ms",
+    "failure_mode": "open",
+    "client_ip": {
+        "trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "unix"],
+        "header": "forwarded",
+        "ipv6_prefix": 56,
+        "ipv4_prefix": 24,
+    },
+    "routes": [
+        {
+            "match": "POST /login",
+            "identity": "header:X-User-ID",
+            "on_missing_identity": "reject",
+            "policies": [
+                "login",
+                {"policy": "api", "identity": "ip", "cost": 2, "on_missing_identity": "skip"},
+            ],
+        },
+        {
+            "match": "GET /users/{user_id}",
+            "policies": [{"policy": "api", "identity": "path:user_id"}],
+        },
+        {"match": "* /api/*", "identity": "api_key:X-Token", "policies": ["api"]},
+        {"match": "/health", "policies": []},
+    ],
+}
+
+
+def _positions(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every position inside ``value`` (each mapping key, each list item), at every depth."""
+    found: list[tuple[str | int, ...]] = []
+    children: list[tuple[str | int, object]] = []
+    if isinstance(value, dict):
+        children = list(value.items())
+    elif isinstance(value, list):
+        children = list(enumerate(value))
+    for key, child in children:
+        found.append((*path, key))
+        found.extend(_positions(child, (*path, key)))
+    return found
+
+
+POSITIONS = _positions(LONG_FORM)
+
+
+def _mutated(position: tuple[str | int, ...], value: object, *, delete: bool) -> object:
+    """A deep copy of :data:`LONG_FORM` with ``value`` at ``position`` (or nothing there)."""
+    document = json.loads(json.dumps(LONG_FORM))  # JSON, so positions are JSON's own
+    parent = document
+    for step in position[:-1]:
+        parent = parent[step]
+    if delete:
+        del parent[position[-1]]
+    else:
+        parent[position[-1]] = value
+    return document
+
+
+def _only_config_errors_or_routes(data: object) -> None:
+    """Loading gives a ConfigError naming the source and a field, or a config whose routes
+    compile: nothing else may come out of a bad file."""
+    error: ConfigError | None = None
+    try:
+        config = parse_config(data, source="fuzz.json")
+    except ConfigError as caught:
+        error = caught
+    else:
+        if config.routes is not None:
+            assert routes_from_config(config).routes is not None
+    if error is not None:
+        assert error.source == "fuzz.json"
+        assert error.reason
+
+
+def test_the_long_form_uses_every_section_and_is_valid() -> None:
+    config = parse_config(LONG_FORM, source="fuzz.json")
+    assert config.client_ip is not None
+    assert config.routes is not None
+    assert len(routes_from_config(config).routes) == 4
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(st.sampled_from(POSITIONS), JSON_VALUES, st.booleans())
+def test_any_value_in_any_field_raises_only_config_error(
+    position: tuple[str | int, ...], value: object, delete: bool
+) -> None:
+    _only_config_errors_or_routes(_mutated(position, value, delete=delete))
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "field", "reason"),
+    [
+        ({"trusted_proxies": [123]}, "client_ip.trusted_proxies[0]", "got int 123"),
+        ({"trusted_proxies": [None]}, "client_ip.trusted_proxies[0]", "got null"),
+        (
+            {"trusted_proxies": ["10.0.0.0/8", None]},
+            "client_ip.trusted_proxies[1]",
+            "got null",
+        ),
+        ({"trusted_proxies": None}, "client_ip.trusted_proxies", "must be a list"),
+        ({"trusted_proxies": [["10.0.0.0/8"]]}, "client_ip.trusted_proxies[0]", "got a list"),
+        ({"header": None}, "client_ip", "header must be 'x-forwarded-for' or 'forwarded'"),
+        ({"ipv6_prefix": None}, "client_ip", "ipv6_prefix must be an integer from 1 to 128"),
+    ],
+)
+def test_malformed_client_ip_sections_are_config_errors(
+    tmp_path: Path, client_ip: dict[str, object], field: str, reason: str
+) -> None:
+    """These raised AttributeError from load_config and RateLimiter.from_config, and
+    check-config died with a traceback (issue 19)."""
+    path = write(
+        tmp_path,
+        "limits.json",
+        json.dumps({"policies": {"login": {"limit": 5, "window": 60}}, "client_ip": client_ip}),
+    )
+    for load in (load_config, RateLimiter.from_config):
+        with pytest.raises(ConfigError) as caught:
+            load(path)
+        assert (caught.value.source, caught.value.field) == (str(path), field)
+        assert reason in caught.value.reason
+    assert main(["check-config", str(path)]) == 2

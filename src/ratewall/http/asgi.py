@@ -22,32 +22,26 @@ middleware if a limit uses :class:`~ratewall.http.User`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, ClassVar, Self
+from typing import Any
 
+from ..config import Config
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
-from ..stores.memory import MemoryStore
-from .engine import (
-    NO_HEADERS,
-    PLAIN_REFUSAL,
-    UNCHECKED,
-    AsyncLimiter,
-    Check,
-    HttpLimiter,
-    Item,
-    Pass,
-    Respond,
-    _Shortcut,
-    _Unchecked,
-    checks_singly,
-    encode_headers,
-    fallback_response,
-    routes_from_config,
-)
-from .identity import ClientIP, Request, _asgi_target
+from .client_ip import ClientIP
+from .middleware import Middleware
+from .request import HttpRequest
 from .routes import Route, RouteTable
+from .shortcut import (
+    UNCHECKED,
+    Shortcut,
+    checks_singly,
+    memory_store_check,
+    shortcut_for,
+    shortcut_item,
+)
+from .steps import AskLimiter, AsyncLimiter, Pass, Respond
+from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 __all__ = ["ASGIApp", "RateLimitMiddleware"]
 
@@ -58,24 +52,22 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
     """Rate-limits an ASGI application's HTTP requests by ``routes``.
 
     ``limiter`` is an :class:`~ratewall.AsyncRateLimiter` (anything with its ``policies`` and
     awaitable ``check_many``). ``routes`` is a :class:`~ratewall.http.RouteTable` or a
     sequence of :class:`~ratewall.http.Route`; requests no route matches pass unchecked.
-    Options as :class:`~ratewall.http.HttpLimiter`: ``legacy_headers``,
+    Options as :class:`~ratewall.http.HttpEngine`: ``legacy_headers``,
     ``headers_on_allowed``, ``client_ip`` (the client address for identity fallbacks).
 
     No failure of the limiter or of this middleware becomes an error response of the
     application: see :mod:`ratewall.http.engine` for what happens instead. Exceptions of the
     application itself propagate unchanged.
 
-    Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpLimiter` subclass
+    Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpEngine` subclass
     to change how responses are built.
     """
-
-    engine_class: ClassVar[type[HttpLimiter]] = HttpLimiter
 
     def __init__(
         self,
@@ -87,56 +79,30 @@ class RateLimitMiddleware:
         headers_on_allowed: bool = True,
         client_ip: ClientIP | None = None,
     ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.engine = self.engine_class(
+        super().__init__(
+            app,
+            limiter,
             routes,
-            limiter.policies,
             legacy_headers=legacy_headers,
             headers_on_allowed=headers_on_allowed,
             client_ip=client_ip,
         )
         # Chosen once: the shortcut needs a ratewall limiter (asked through ``check``) and
-        # an engine giving the default outcomes.
-        self._shortcut = self.engine._shortcut() if checks_singly(limiter) else None
-        # On the memory store, AsyncRateLimiter.check only returns the store's decision (no
-        # I/O): asking the store directly saves creating and running a coroutine per request.
-        memory = getattr(limiter, "_memory", None) if self._shortcut is not None else None
-        self._check_now: Callable[[str, str, int], Decision] | None = (
-            memory.check if isinstance(memory, MemoryStore) else None
-        )
+        # an engine giving the default verdicts.
+        self._shortcut: Shortcut | None = None
+        self._check_now: Callable[[str, str, int], Decision] | None = None
+        if checks_singly(limiter):
+            self._shortcut = shortcut_for(self.engine)
+            if self._shortcut is not None:
+                self._check_now = memory_store_check(limiter)
 
     @classmethod
-    def from_config(
-        cls,
-        app: ASGIApp,
-        path: str | os.PathLike[str],
-        *,
-        store: str | None = None,
-        routes: RouteTable | Iterable[Route] | None = None,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> Self:
-        """The middleware for a config file: its policies and settings build an
-        :class:`~ratewall.AsyncRateLimiter` (``store`` overrides the file's), its ``routes``
-        section the routes (or pass ``routes=`` in code). The limiter is
-        ``middleware.limiter``; close it with ``await middleware.limiter.aclose()``.
-        """
-        from ..config import load_config
-
-        config = load_config(path)
-        table = routes_from_config(config, routes, client_ip)
-        limiter = AsyncRateLimiter.from_config(config, store, clock=clock)
-        return cls(
-            app,
-            limiter,
-            table,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip if client_ip is not None else config.client_ip,
-        )
+    def limiter_from_config(
+        cls, config: Config, store: str | None, clock: Callable[[], float] | None
+    ) -> AsyncLimiter:
+        """An :class:`~ratewall.AsyncRateLimiter`: close it with
+        ``await middleware.limiter.aclose()``."""
+        return AsyncRateLimiter.from_config(config, store, clock=clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -146,10 +112,10 @@ class RateLimitMiddleware:
         answer: list[Decision] | Exception | None = None
         shortcut = self._shortcut
         if shortcut is not None:
-            # The usual request's short way (see engine._Shortcut): no Request, no Check.
+            # The usual request's short way (ratewall.http.shortcut): no HttpRequest, no step.
             # What it cannot answer, the general path below decides, with the limiter's
             # answer if it already has one, exactly as it would have without the shortcut.
-            item = _shortcut_item(shortcut, scope)
+            item = shortcut_item(shortcut, scope)
             if item is UNCHECKED:
                 await self.app(scope, receive, send)
                 return
@@ -173,11 +139,11 @@ class RateLimitMiddleware:
         # a helper coroutine per request would cost more than some of the steps themselves.
         engine = self.engine
         try:
-            step = engine.start(Request.from_asgi_scope(scope))
+            step = engine.start(HttpRequest.from_asgi_scope(scope))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             step = engine.internal_error("request", error)
-        outcome: object = step
-        if isinstance(step, Check):
+        verdict: object = step
+        if isinstance(step, AskLimiter):
             if answer is None:
                 limiter = self.limiter
                 items = step.items
@@ -188,24 +154,24 @@ class RateLimitMiddleware:
                         answer = await limiter.check_many(items)
                 except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
                     answer = error
-            outcome = engine._settle(step, answer)
-        if not isinstance(outcome, (Pass, Respond)):  # a tuple: faster than a union
-            outcome = engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
-        if isinstance(outcome, Respond):
-            await self._respond(send, outcome)
+            verdict = engine.settle(step, answer)
+        if not isinstance(verdict, (Pass, Respond)):  # a tuple: faster than a union
+            verdict = engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
+        if isinstance(verdict, Respond):
+            await self._respond(send, verdict)
             return
-        extra = outcome.encoded
-        if extra is None and outcome.headers:
-            extra = self._encoded(outcome)
+        extra = verdict.encoded
+        if extra is None and verdict.headers:
+            extra = self._encoded(verdict)
         if not extra:
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, self._adding(send, extra))
 
-    def _encoded(self, outcome: Pass) -> list[tuple[bytes, bytes]] | None:
-        """``outcome``'s headers encoded; ``None`` (logged) if they cannot be sent."""
+    def _encoded(self, verdict: Pass) -> list[tuple[bytes, bytes]] | None:
+        """``verdict``'s headers encoded; ``None`` (logged) if they cannot be sent."""
         try:
-            return encode_headers(outcome.headers)
+            return encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - the response goes out without them
             self.engine.internal_error("encode headers", error, NO_HEADERS)
             return None
@@ -230,21 +196,12 @@ class RateLimitMiddleware:
 
         return send_with_headers
 
-    async def _respond(self, send: Send, outcome: Respond) -> None:
+    async def _respond(self, send: Send, verdict: Respond) -> None:
         try:
-            headers = encode_headers(outcome.headers)
+            headers = encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             self.engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            outcome = fallback_response(outcome)
-            headers = encode_headers(outcome.headers)
-        await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
-        await send({"type": "http.response.body", "body": outcome.body})
-
-
-def _shortcut_item(shortcut: _Shortcut, scope: Scope) -> Item | _Unchecked | None:
-    """What ``shortcut`` finds to check for ``scope``; ``None`` if it cannot tell, or fails
-    (the general path then meets the failure again, and reports it)."""
-    try:
-        return shortcut.item(*_asgi_target(scope))
-    except Exception:  # noqa: BLE001 - see above
-        return None
+            verdict = fallback_response(verdict)
+            headers = encode_headers(verdict.headers)
+        await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
+        await send({"type": "http.response.body", "body": verdict.body})

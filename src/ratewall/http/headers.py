@@ -246,7 +246,7 @@ def rate_limit_fields(
     decisions: Sequence[Decision], policies: Mapping[str, Policy]
 ) -> tuple[tuple[tuple[str, str], ...], list[tuple[bytes, bytes]]]:
     """``rate_limit_headers(decisions, policies)`` (without the legacy fields), and the same
-    fields encoded as ``encode_headers`` of :mod:`ratewall.http.engine` would encode them.
+    fields encoded as ``encode_headers`` of :mod:`ratewall.http.wire` would encode them.
 
     The hot path of every allowed request builds both at once, from members computed once
     per policy. Raises :class:`ValueError` (or whatever nonsense in the decisions causes)

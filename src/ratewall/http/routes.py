@@ -37,11 +37,23 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal, NamedTuple, get_args
+from typing import Final, NamedTuple
 
+from ..config import (
+    HTTP_METHOD,
+    ON_MISSING_IDENTITY,
+    PATH_CAPTURE,
+    Config,
+    LimitEntry,
+    OnMissingIdentity,
+    RouteEntry,
+    path_captures,
+    validate_routes,
+)
 from ..errors import ConfigError
 from ..policy import Policy
-from .identity import ClientIP, IdentitySource, PathParam, parse_identity_source
+from .client_ip import ClientIP, client_ip_from_config
+from .identities import IdentitySource, PathParam, parse_identity_source
 
 __all__ = [
     "ON_MISSING_IDENTITY",
@@ -50,14 +62,11 @@ __all__ = [
     "RouteLimit",
     "RouteMatch",
     "RouteTable",
+    "compile_routes",
     "parse_routes",
+    "routes_from_config",
 ]
 
-OnMissingIdentity = Literal["ip", "reject", "skip"]
-ON_MISSING_IDENTITY: Final[tuple[str, ...]] = get_args(OnMissingIdentity)
-
-_METHOD = re.compile(r"[A-Za-z]{1,32}")
-_CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
 _SOURCE: Final = "<routes>"
 
 
@@ -98,38 +107,21 @@ class RouteLimit:
 
 
 def _compile(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
-    """A path pattern as a regular expression and its capture names; ValueError if invalid."""
-    if not isinstance(path, str):
-        raise ValueError(f"a path pattern must be a string, got {type(path).__name__}")
+    """A path pattern as a regular expression and its capture names; ValueError if invalid
+    (the config file's rule: :func:`ratewall.config.path_captures`)."""
+    names = path_captures(path)
     if path == "*":
         return re.compile(r".*", re.DOTALL), ()
-    if not path.startswith("/"):
-        raise ValueError(f"path pattern {path!r} must start with '/' (or be '*')")
     prefix = path.endswith("/*")
     body = path[:-2] if prefix else path
-    names: list[str] = []
-    parts: list[str] = []
-    for index, segment in enumerate(body.split("/")):
-        if index == 0:
-            continue  # the empty string before the leading slash
-        capture = _CAPTURE.fullmatch(segment)
-        if capture:
-            name = capture[1]
-            if name in names:
-                raise ValueError(f"path pattern {path!r} captures {{{name}}} twice")
-            names.append(name)
-            parts.append("/(?P<" + name + ">[^/]+)")
-        elif any(char in segment for char in "{}*"):
-            raise ValueError(
-                f"path pattern {path!r}: '{{name}}' must be a whole segment and '*' may only "
-                "end the pattern, as in '/users/{user_id}' or '/api/*'"
-            )
-        else:
-            parts.append("/" + re.escape(segment))
+    parts = []
+    for segment in body.split("/")[1:]:  # [0] is the empty string before the leading slash
+        capture = PATH_CAPTURE.fullmatch(segment)
+        parts.append(f"/(?P<{capture[1]}>[^/]+)" if capture else "/" + re.escape(segment))
     regex = "".join(parts)
     if prefix:
         regex += "(?:/.*)?"
-    return re.compile(regex, re.DOTALL), tuple(names)
+    return re.compile(regex, re.DOTALL), names
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +149,7 @@ class Route:
     def __post_init__(self) -> None:
         regex, names = _compile(self.path)
         method = self.method.upper() if isinstance(self.method, str) else self.method
-        if method != "*" and not (isinstance(method, str) and _METHOD.fullmatch(method)):
+        if method != "*" and not (isinstance(method, str) and HTTP_METHOD.fullmatch(method)):
             raise ValueError(f"method must be an HTTP method such as 'POST' or '*', got {method!r}")
         limits = tuple(self.limits)
         seen: set[str] = set()
@@ -263,10 +255,32 @@ class RouteTable:
         return frozenset(limit.policy for route in self._routes for limit in route.limits)
 
 
-# --- config ---------------------------------------------------------------------------------
-
-_ROUTE_FIELDS: Final = ("match", "policies", "identity", "on_missing_identity")
-_LIMIT_FIELDS: Final = ("policy", "identity", "cost", "on_missing_identity")
+def routes_from_config(
+    config: Config,
+    routes: RouteTable | Iterable[Route] | None = None,
+    client_ip: ClientIP | None = None,
+) -> RouteTable:
+    """The route table for ``config``: ``routes`` given in code, or the config's ``routes``
+    section compiled, its ``ip`` identities found by ``client_ip`` (default: the config's
+    ``client_ip`` section, else trusting no proxy). A config with both, or neither, is a
+    :class:`~ratewall.ConfigError`."""
+    if routes is not None:
+        if config.routes is not None:
+            raise ConfigError(
+                "defines routes, and routes= was given too; keep one of them",
+                source=config.source,
+                field="routes",
+            )
+        return routes if isinstance(routes, RouteTable) else RouteTable(routes)
+    if config.routes is None:
+        raise ConfigError(
+            "has no routes; add a 'routes' section or pass routes= in code",
+            source=config.source,
+            field="routes",
+        )
+    if client_ip is None:
+        client_ip = client_ip_from_config(config)
+    return compile_routes(config.routes, source=config.source, client_ip=client_ip)
 
 
 def parse_routes(
@@ -276,186 +290,42 @@ def parse_routes(
     policies: Mapping[str, Policy],
     client_ip: ClientIP | None = None,
 ) -> RouteTable:
-    """A :class:`RouteTable` from the ``routes`` section of a config file (decoded data).
+    """A :class:`RouteTable` from the ``routes`` section of a config file (decoded data),
+    checked as :func:`ratewall.config.validate_routes` checks it: every error is a
+    :class:`~ratewall.ConfigError` naming ``source`` and the field path, such as
+    ``routes[0].policies[1].identity``. ``ip`` identities are found by ``client_ip`` (by
+    default trusting no proxy)."""
+    entries = validate_routes(data, source=source, policies=policies)
+    return compile_routes(entries, source=source, client_ip=client_ip)
 
-    ``data`` is a list of mappings with ``match`` (``"POST /login"``, or a bare path for any
-    method), ``policies`` (a list of policy names or mappings with ``policy`` and optionally
-    ``identity``, ``cost`` and ``on_missing_identity``) and optionally ``identity`` and
-    ``on_missing_identity`` as defaults for the route's policies. The default identity is
-    ``"ip"``, the client address as ``client_ip`` determines it (by default trusting no
-    proxy). ``policies`` are the known policies: names must exist, costs must fit.
 
-    Every error is a :class:`~ratewall.ConfigError` naming ``source`` and the field path,
-    such as ``routes[0].policies[1].identity``.
-    """
-    if not isinstance(data, list | tuple):
-        raise ConfigError(
-            "must be a list of routes, each like "
-            "{match: 'POST /login', policies: [login], identity: 'header:X-User-ID'}",
-            source=source,
-            field="routes",
-        )
+def compile_routes(
+    entries: Iterable[RouteEntry], *, source: str = _SOURCE, client_ip: ClientIP | None = None
+) -> RouteTable:
+    """The route table of validated ``routes`` entries (see :func:`parse_routes`)."""
     routes: list[Route] = []
-    for index, entry in enumerate(data):
-        routes.append(
-            _parse_route(
-                entry, f"routes[{index}]", source=source, policies=policies, client_ip=client_ip
+    for index, entry in enumerate(entries):
+        at = f"routes[{index}]"
+        words = entry["match"].split()  # "METHOD /path" or "/path", as validated
+        method, path = words if len(words) == 2 else ("*", words[0])
+        route_identity = entry.get("identity", "ip")
+        route_missing = entry.get("on_missing_identity", "ip")
+        limits: list[RouteLimit] = []
+        for position, item in enumerate(entry["policies"]):
+            limit: LimitEntry = {"policy": item} if isinstance(item, str) else item
+            identity = parse_identity_source(
+                limit.get("identity", route_identity),
+                source=source,
+                field=f"{at}.policies[{position}].identity",
+                client_ip=client_ip,
             )
-        )
+            limits.append(
+                RouteLimit(
+                    limit["policy"],
+                    identity,
+                    limit.get("cost", 1),
+                    limit.get("on_missing_identity", route_missing),
+                )
+            )
+        routes.append(Route(path, limits, method))
     return RouteTable(routes)
-
-
-def _parse_route(
-    entry: object,
-    at: str,
-    *,
-    source: str,
-    policies: Mapping[str, Policy],
-    client_ip: ClientIP | None,
-) -> Route:
-    if not isinstance(entry, Mapping):
-        raise ConfigError("must be a mapping with 'match' and 'policies'", source=source, field=at)
-    _check_fields(entry, _ROUTE_FIELDS, at, source)
-    for required in ("match", "policies"):
-        if required not in entry:
-            raise ConfigError("is required", source=source, field=f"{at}.{required}")
-    method, path = _parse_match(entry["match"], source=source, field=f"{at}.match")
-    identity_spec = entry.get("identity", "ip")
-    route_identity = parse_identity_source(
-        identity_spec, source=source, field=f"{at}.identity", client_ip=client_ip
-    )
-    route_missing = _on_missing(
-        entry.get("on_missing_identity", "ip"), source=source, field=f"{at}.on_missing_identity"
-    )
-    raw_limits = entry["policies"]
-    if not isinstance(raw_limits, list | tuple):
-        raise ConfigError(
-            "must be a list of policy names or mappings (an empty list exempts the route)",
-            source=source,
-            field=f"{at}.policies",
-        )
-    limits: list[RouteLimit] = []
-    seen: set[str] = set()
-    for position, raw in enumerate(raw_limits):
-        here = f"{at}.policies[{position}]"
-        if isinstance(raw, str):
-            name, identity, cost, missing = raw, route_identity, 1, route_missing
-            name_field = here
-        elif isinstance(raw, Mapping):
-            _check_fields(raw, _LIMIT_FIELDS, here, source)
-            if "policy" not in raw:
-                raise ConfigError("is required", source=source, field=f"{here}.policy")
-            name = raw["policy"]
-            name_field = f"{here}.policy"
-            identity = (
-                parse_identity_source(
-                    raw["identity"], source=source, field=f"{here}.identity", client_ip=client_ip
-                )
-                if "identity" in raw
-                else route_identity
-            )
-            cost = raw.get("cost", 1)
-            missing = (
-                _on_missing(
-                    raw["on_missing_identity"],
-                    source=source,
-                    field=f"{here}.on_missing_identity",
-                )
-                if "on_missing_identity" in raw
-                else route_missing
-            )
-        else:
-            raise ConfigError(
-                f"must be a policy name or a mapping with 'policy', got {type(raw).__name__}",
-                source=source,
-                field=here,
-            )
-        policy = _known_policy(name, policies, source=source, field=name_field)
-        if name in seen:
-            raise ConfigError(
-                f"policy {name!r} is listed twice in this route; define a second policy "
-                "for a second identity",
-                source=source,
-                field=name_field,
-            )
-        seen.add(name)
-        if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= policy.capacity:
-            raise ConfigError(
-                f"must be an integer from 1 to {policy.capacity} (the capacity of policy "
-                f"{name!r}), got {cost!r}",
-                source=source,
-                field=f"{here}.cost",
-            )
-        limits.append(RouteLimit(name, identity, cost, missing))
-    try:
-        return Route(path, limits, method)
-    except ValueError as error:
-        raise ConfigError(str(error), source=source, field=f"{at}.match") from None
-
-
-def _check_fields(
-    entry: Mapping[object, object], allowed: tuple[str, ...], at: str, source: str
-) -> None:
-    for key in entry:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown field {key!r}; expected one of {', '.join(allowed)}",
-                source=source,
-                field=f"{at}.{key}",
-            )
-
-
-def _parse_match(value: object, *, source: str, field: str) -> tuple[str, str]:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(
-            "must be a string such as 'POST /login', '/users/{user_id}' or '* /api/*'",
-            source=source,
-            field=field,
-        )
-    words = value.split()
-    if len(words) == 1:
-        method, path = "*", words[0]
-    elif len(words) == 2:
-        method, path = words
-    else:
-        raise ConfigError(
-            f"{value!r} must be 'METHOD /path' or '/path' (no spaces in the path)",
-            source=source,
-            field=field,
-        )
-    if method != "*" and not _METHOD.fullmatch(method):
-        raise ConfigError(
-            f"{method!r} is not an HTTP method; write e.g. 'POST /login' or '* /login'",
-            source=source,
-            field=field,
-        )
-    try:
-        _compile(path)
-    except ValueError as error:
-        raise ConfigError(str(error), source=source, field=field) from None
-    return method.upper(), path
-
-
-def _on_missing(value: object, *, source: str, field: str) -> OnMissingIdentity:
-    if value == "ip":
-        return "ip"
-    if value == "reject":
-        return "reject"
-    if value == "skip":
-        return "skip"
-    raise ConfigError(
-        f"must be one of {', '.join(ON_MISSING_IDENTITY)}, got {value!r}",
-        source=source,
-        field=field,
-    )
-
-
-def _known_policy(
-    name: object, policies: Mapping[str, Policy], *, source: str, field: str
-) -> Policy:
-    if isinstance(name, str) and name in policies:
-        return policies[name]
-    known = ", ".join(policies) or "(none)"
-    raise ConfigError(
-        f"unknown policy {name!r}; known policies: {known}", source=source, field=field
-    )

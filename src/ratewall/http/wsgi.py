@@ -17,35 +17,25 @@ path below the application's mount point (``SCRIPT_NAME``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any
 
+from ..config import Config
 from ..decision import Decision
 from ..limiter import RateLimiter
-from .engine import (
-    NO_HEADERS,
-    PLAIN_REFUSAL,
-    Check,
-    HttpLimiter,
-    Outcome,
-    Pass,
-    Respond,
-    SyncLimiter,
-    encode_headers,
-    fallback_response,
-    routes_from_config,
-)
-from .identity import ClientIP, Request
-from .routes import Route, RouteTable
+from .middleware import Middleware
+from .request import HttpRequest
+from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict
+from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    # WSGIApplication is named in a base class, where it must be a string at runtime.
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
 __all__ = ["WSGIRateLimitMiddleware"]
 
 
-class WSGIRateLimitMiddleware:
+class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
     """Rate-limits a WSGI application's requests by ``routes``.
 
     ``limiter`` is a :class:`~ratewall.RateLimiter` (anything with its ``policies`` and
@@ -54,68 +44,24 @@ class WSGIRateLimitMiddleware:
     limiter or this middleware does wrong becomes an error response of the application.
     """
 
-    engine_class: ClassVar[type[HttpLimiter]] = HttpLimiter
-
-    def __init__(
-        self,
-        app: WSGIApplication,
-        limiter: SyncLimiter,
-        routes: RouteTable | Iterable[Route],
-        *,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-    ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.engine = self.engine_class(
-            routes,
-            limiter.policies,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip,
-        )
-
     @classmethod
-    def from_config(
-        cls,
-        app: WSGIApplication,
-        path: str | os.PathLike[str],
-        *,
-        store: str | None = None,
-        routes: RouteTable | Iterable[Route] | None = None,
-        legacy_headers: bool = False,
-        headers_on_allowed: bool = True,
-        client_ip: ClientIP | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> Self:
-        """As :meth:`RateLimitMiddleware.from_config`, with a :class:`~ratewall.RateLimiter`
-        (close it with ``middleware.limiter.close()``)."""
-        from ..config import load_config
-
-        config = load_config(path)
-        table = routes_from_config(config, routes, client_ip)
-        limiter = RateLimiter.from_config(config, store, clock=clock)
-        return cls(
-            app,
-            limiter,
-            table,
-            legacy_headers=legacy_headers,
-            headers_on_allowed=headers_on_allowed,
-            client_ip=client_ip if client_ip is not None else config.client_ip,
-        )
+    def limiter_from_config(
+        cls, config: Config, store: str | None, clock: Callable[[], float] | None
+    ) -> SyncLimiter:
+        """A :class:`~ratewall.RateLimiter`: close it with ``middleware.limiter.close()``."""
+        return RateLimiter.from_config(config, store, clock=clock)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        outcome: object = self._outcome(environ)
-        if not isinstance(outcome, Pass | Respond):
-            outcome = self.engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
-        if isinstance(outcome, Respond):
-            return self._respond(start_response, outcome)
+        verdict: object = self._verdict(environ)
+        if not isinstance(verdict, Pass | Respond):
+            verdict = self.engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
+        if isinstance(verdict, Respond):
+            return self._respond(start_response, verdict)
         extra: list[tuple[str, str]] = []
-        if outcome.headers:
+        if verdict.headers:
             try:
-                encode_headers(outcome.headers)  # validates: nothing unsendable reaches the server
-                extra = list(outcome.headers)
+                encode_headers(verdict.headers)  # validates: nothing unsendable reaches the server
+                extra = list(verdict.headers)
             except Exception as error:  # noqa: BLE001 - the response goes out without them
                 self.engine.internal_error("encode headers", error, NO_HEADERS)
         if not extra:
@@ -134,26 +80,26 @@ class WSGIRateLimitMiddleware:
 
         return self.app(environ, start_with_headers)
 
-    def _outcome(self, environ: WSGIEnvironment) -> Outcome:
+    def _verdict(self, environ: WSGIEnvironment) -> Verdict:
         engine = self.engine
         try:
-            step = engine.start(Request.from_wsgi_environ(environ))
+            step = engine.start(HttpRequest.from_wsgi_environ(environ))
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return engine.internal_error("request", error)
-        if not isinstance(step, Check):
+        if not isinstance(step, AskLimiter):
             return step
         answer: Sequence[Decision] | Exception
         try:
             answer = self.limiter.check_many(step.items)
         except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
             answer = error
-        return engine._settle(step, answer)
+        return engine.settle(step, answer)
 
-    def _respond(self, start_response: StartResponse, outcome: Respond) -> Iterable[bytes]:
+    def _respond(self, start_response: StartResponse, verdict: Respond) -> Iterable[bytes]:
         try:
-            encode_headers(outcome.headers)
+            encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             self.engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            outcome = fallback_response(outcome)
-        start_response(f"{outcome.status} {outcome.reason}", list(outcome.headers))
-        return [outcome.body]
+            verdict = fallback_response(verdict)
+        start_response(f"{verdict.status} {verdict.reason}", list(verdict.headers))
+        return [verdict.body]

@@ -1,10 +1,10 @@
 """What the framework integrations share. Imports no framework.
 
 A decorator or dependency declares limits for one view; the framework has already routed the
-request, so :class:`ViewLimits` compiles them into an :class:`~ratewall.http.HttpLimiter` with
+request, so :class:`ViewLimits` compiles them into an :class:`~ratewall.http.HttpEngine` with
 a single catch-all route. The engine then does everything exactly as under the middleware
-(identities, fallbacks, headers, bodies, failure rules). :class:`Checker` and
-:class:`AsyncChecker` drive it with the middleware's failure isolation: nothing the
+(identities, fallbacks, headers, bodies, failure rules). :class:`EngineDriver` and
+:class:`AsyncEngineDriver` drive it with the middleware's failure isolation: nothing the
 limiter or the rate-limit layer does wrong escapes as an exception.
 """
 
@@ -15,29 +15,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from ..decision import Decision
 from ..errors import ConfigError
-from ..http.engine import (
-    NO_HEADERS,
-    PLAIN_REFUSAL,
-    AsyncLimiter,
-    Check,
-    HttpLimiter,
-    Outcome,
-    Pass,
-    Respond,
-    SyncLimiter,
-    encode_headers,
-    fallback_response,
-)
-from ..http.identity import ClientIP, IdentitySource, PathParam, Request, User
+from ..http.client_ip import ClientIP
+from ..http.engine import HttpEngine
+from ..http.identities import IdentitySource, PathParam, User
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit
+from ..http.steps import AskLimiter, AsyncLimiter, Pass, Respond, Step, SyncLimiter, Verdict
+from ..http.wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 from ..limiter import AsyncRateLimiter, RateLimiter
 from ..policy import Policy
 
 __all__ = [
     "LIST_FIELDS",
-    "AsyncChecker",
-    "Checker",
+    "AsyncEngineDriver",
+    "EngineDriver",
     "ViewLimits",
     "apply_headers",
     "header_updates",
@@ -56,7 +49,7 @@ class _ConfiguredClientIP:
     """Stands for "the client address, as the integration's ``client_ip`` finds it" until
     the engine is built and the integration's :class:`~ratewall.http.ClientIP` is known."""
 
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return None
 
     def describe(self) -> str:
@@ -71,7 +64,7 @@ class _ViewPathParam:
 
     param: PathParam
 
-    def __call__(self, request: Request) -> str | None:
+    def __call__(self, request: HttpRequest) -> str | None:
         return self.param(request)
 
     def describe(self) -> str:
@@ -128,7 +121,7 @@ class ViewLimits:
         legacy_headers: bool = False,
         headers_on_allowed: bool = True,
         where: str = "a view",
-    ) -> HttpLimiter:
+    ) -> HttpEngine:
         """The engine applying these limits to every request it sees. Raises
         :class:`~ratewall.ConfigError` for unknown policies and impossible costs."""
         for position, limit in enumerate(self.limits):
@@ -149,7 +142,7 @@ class ViewLimits:
                     field=field,
                 )
         address = client_ip if client_ip is not None else ClientIP()
-        return HttpLimiter(
+        return HttpEngine(
             [Route("*", tuple(_bind(limit, address) for limit in self.limits))],
             policies,
             legacy_headers=legacy_headers,
@@ -166,7 +159,7 @@ def _bind(limit: RouteLimit, address: ClientIP) -> RouteLimit:
     return limit
 
 
-def uses_user(engine: HttpLimiter) -> bool:
+def uses_user(engine: HttpEngine) -> bool:
     """Whether any of ``engine``'s routes identifies clients by the authenticated user (then
     the integration must look the user up for each request)."""
     return any(
@@ -180,83 +173,84 @@ def path_params(values: Mapping[str, object]) -> dict[str, str]:
     return {str(name): str(value) for name, value in values.items()}
 
 
-def _sendable(engine: HttpLimiter, outcome: object) -> Outcome:
-    """``outcome`` made safe to send: a refusal whose headers cannot go on the wire becomes
+def _sendable(engine: HttpEngine, verdict: object) -> Verdict:
+    """``verdict`` made safe to send: a refusal whose headers cannot go on the wire becomes
     a plain one, allowed-response headers that cannot are dropped (both logged)."""
-    if isinstance(outcome, Respond):
+    if isinstance(verdict, Respond):
         try:
-            encode_headers(outcome.headers)
+            encode_headers(verdict.headers)
         except Exception as error:  # noqa: BLE001 - refuse anyway, plainly
             engine.internal_error("encode response", error, PLAIN_REFUSAL)
-            return fallback_response(outcome)
-        return outcome
-    if isinstance(outcome, Pass):
-        if outcome.headers:
+            return fallback_response(verdict)
+        return verdict
+    if isinstance(verdict, Pass):
+        if verdict.headers:
             try:
-                encode_headers(outcome.headers)
+                encode_headers(verdict.headers)
             except Exception as error:  # noqa: BLE001 - the response goes out without them
                 engine.internal_error("encode headers", error, NO_HEADERS)
                 return Pass()
-        return outcome
-    return engine.internal_error("outcome", TypeError(f"got {outcome!r:.100}"))
+        return verdict
+    return engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
 
 
-class Checker:
+def _start(engine: HttpEngine, build_request: Callable[[], HttpRequest]) -> Step:
+    """The engine's first step for the request ``build_request()`` describes; a request
+    that cannot be described passes (logged)."""
+    try:
+        return engine.start(build_request())
+    except Exception as error:  # noqa: BLE001 - never a 500 of the application
+        return engine.internal_error("request", error)
+
+
+class EngineDriver:
     """Runs ``engine`` for a synchronous limiter (a :class:`~ratewall.RateLimiter`)."""
 
     __slots__ = ("engine", "limiter")
 
-    def __init__(self, engine: HttpLimiter, limiter: SyncLimiter) -> None:
+    def __init__(self, engine: HttpEngine, limiter: SyncLimiter) -> None:
         given: object = limiter  # the types say it cannot be; callers without mypy may try
         if isinstance(given, AsyncRateLimiter):
             raise TypeError("this integration is synchronous: give it a RateLimiter")
         self.engine = engine
         self.limiter = limiter
 
-    def outcome(self, build_request: Callable[[], Request]) -> Outcome:
+    def verdict(self, build_request: Callable[[], HttpRequest]) -> Verdict:
         """What to do with the request ``build_request()`` describes. Never raises."""
-        engine = self.engine
+        step = _start(self.engine, build_request)
+        if not isinstance(step, AskLimiter):
+            return _sendable(self.engine, step)
+        answer: Sequence[Decision] | Exception
         try:
-            step = engine.start(build_request())
-            if isinstance(step, Check):
-                try:
-                    decisions = self.limiter.check_many(step.items)
-                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
-                    step = engine.failed(step, error)
-                else:
-                    step = engine.finish(step, decisions)
-        except Exception as error:  # noqa: BLE001 - never a 500 of the application
-            return engine.internal_error("request", error)
-        return _sendable(engine, step)
+            answer = self.limiter.check_many(step.items)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            answer = error
+        return _sendable(self.engine, self.engine.settle(step, answer))
 
 
-class AsyncChecker:
+class AsyncEngineDriver:
     """Runs ``engine`` for an asyncio limiter (an :class:`~ratewall.AsyncRateLimiter`)."""
 
     __slots__ = ("engine", "limiter")
 
-    def __init__(self, engine: HttpLimiter, limiter: AsyncLimiter) -> None:
+    def __init__(self, engine: HttpEngine, limiter: AsyncLimiter) -> None:
         given: object = limiter  # the types say it cannot be; callers without mypy may try
         if isinstance(given, RateLimiter):
             raise TypeError("this integration runs on asyncio: give it an AsyncRateLimiter")
         self.engine = engine
         self.limiter = limiter
 
-    async def outcome(self, build_request: Callable[[], Request]) -> Outcome:
+    async def verdict(self, build_request: Callable[[], HttpRequest]) -> Verdict:
         """What to do with the request ``build_request()`` describes. Never raises."""
-        engine = self.engine
+        step = _start(self.engine, build_request)
+        if not isinstance(step, AskLimiter):
+            return _sendable(self.engine, step)
+        answer: Sequence[Decision] | Exception
         try:
-            step = engine.start(build_request())
-            if isinstance(step, Check):
-                try:
-                    decisions = await self.limiter.check_many(step.items)
-                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
-                    step = engine.failed(step, error)
-                else:
-                    step = engine.finish(step, decisions)
-        except Exception as error:  # noqa: BLE001 - never a 500 of the application
-            return engine.internal_error("request", error)
-        return _sendable(engine, step)
+            answer = await self.limiter.check_many(step.items)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            answer = error
+        return _sendable(self.engine, self.engine.settle(step, answer))
 
 
 def header_updates(
@@ -276,7 +270,7 @@ def header_updates(
 
 
 def apply_headers(
-    engine: HttpLimiter,
+    engine: HttpEngine,
     get: Callable[[str], str | None],
     put: Callable[[str, str], object],
     headers: Sequence[tuple[str, str]],

@@ -64,11 +64,14 @@ from django.http import HttpResponse
 
 from ..config import Config, load_config, parse_config, validate_store_url
 from ..errors import ConfigError
-from ..http.engine import HttpLimiter, Pass, Respond, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request
-from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
+from ..http.client_ip import ClientIP, client_ip_from_config
+from ..http.engine import HttpEngine
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
+from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable, routes_from_config
+from ..http.steps import Pass, Respond
 from ..limiter import RateLimiter
-from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
+from ._shared import EngineDriver, ViewLimits, apply_headers, path_params, uses_user
 
 __all__ = ["SETTING", "RateLimitMiddleware", "get_limiter", "rate_limit"]
 
@@ -136,24 +139,24 @@ class _Setup:
                 )
             config = parse_config(options, source=_SOURCE)
             self.limiter = RateLimiter.from_config(config, clock=clock)
-        self.client_ip: ClientIP | None = code_client_ip or config.client_ip
-        self.routes: Checker | None = None
+        self.client_ip: ClientIP | None = code_client_ip or client_ip_from_config(config)
+        self.routes: EngineDriver | None = None
         self.routes_use_user = False
         if code_routes is not None or config.routes is not None:
-            engine = HttpLimiter(
+            engine = HttpEngine(
                 routes_from_config(config, code_routes, self.client_ip),
                 self.limiter.policies,
                 legacy_headers=self.legacy_headers,
                 headers_on_allowed=self.headers_on_allowed,
                 client_ip=self.client_ip,
             )
-            self.routes = Checker(engine, self.limiter)
+            self.routes = EngineDriver(engine, self.limiter)
             self.routes_use_user = uses_user(engine)
-        self._views: dict[ViewLimits, Checker] = {}
+        self._views: dict[ViewLimits, EngineDriver] = {}
 
-    def checker(self, declared: ViewLimits, where: str) -> Checker:
-        checker = self._views.get(declared)
-        if checker is None:
+    def driver(self, declared: ViewLimits, where: str) -> EngineDriver:
+        driver = self._views.get(declared)
+        if driver is None:
             try:
                 engine = declared.engine(
                     self.limiter.policies,
@@ -165,8 +168,8 @@ class _Setup:
             except ConfigError as error:
                 raise ImproperlyConfigured(str(error)) from error
             # Two threads may build one at once; either engine is as good as the other.
-            checker = self._views.setdefault(declared, Checker(engine, self.limiter))
-        return checker
+            driver = self._views.setdefault(declared, EngineDriver(engine, self.limiter))
+        return driver
 
 
 def _flag(value: object, name: str) -> bool:
@@ -236,10 +239,10 @@ def _user(request: Any) -> str | None:
     return remote if isinstance(remote, str) and remote else None
 
 
-def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool) -> Request:
+def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool) -> HttpRequest:
     """The limiter's view of a Django request."""
     remote: object = request.META.get("REMOTE_ADDR")
-    return Request(
+    return HttpRequest(
         str(request.method or "GET"),
         str(request.path_info),
         dict(request.headers.items()),
@@ -249,15 +252,15 @@ def _request(request: Any, kwargs: Mapping[str, object] | None, uses_user: bool)
     )
 
 
-def _refusal(outcome: Respond) -> Any:
-    response = HttpResponse(outcome.body, status=outcome.status)
-    for name, value in outcome.headers:
+def _refusal(verdict: Respond) -> Any:
+    response = HttpResponse(verdict.body, status=verdict.status)
+    for name, value in verdict.headers:
         response[name] = value
     return response
 
 
-def _add_headers(engine: HttpLimiter, response: Any, outcome: Pass) -> None:
-    apply_headers(engine, response.get, response.__setitem__, outcome.headers)
+def _add_headers(engine: HttpEngine, response: Any, verdict: Pass) -> None:
+    apply_headers(engine, response.get, response.__setitem__, verdict.headers)
 
 
 class RateLimitMiddleware:
@@ -270,19 +273,19 @@ class RateLimitMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         setup = _current()
         for declared, where in tuple(_declared):
-            setup.checker(declared, where)
+            setup.driver(declared, where)
         if setup.routes is None:
             raise MiddlewareNotUsed(f"{_SOURCE} defines no routes")
         self.get_response = get_response
-        self.checker = setup.routes
+        self.driver = setup.routes
         self.uses_user = setup.routes_use_user
 
     def __call__(self, request: Any) -> Any:
-        outcome = self.checker.outcome(lambda: _request(request, None, self.uses_user))
-        if isinstance(outcome, Respond):
-            return _refusal(outcome)
+        verdict = self.driver.verdict(lambda: _request(request, None, self.uses_user))
+        if isinstance(verdict, Respond):
+            return _refusal(verdict)
         response = self.get_response(request)
-        _add_headers(self.checker.engine, response, outcome)
+        _add_headers(self.driver.engine, response, verdict)
         return response
 
 
@@ -317,12 +320,12 @@ def rate_limit(
 
         @functools.wraps(view)
         def limited(request: Any, *args: Any, **kwargs: Any) -> Any:
-            checker = _current().checker(declared, where)
-            outcome = checker.outcome(lambda: _request(request, kwargs, declared.uses_user))
-            if isinstance(outcome, Respond):
-                return _refusal(outcome)
+            driver = _current().driver(declared, where)
+            verdict = driver.verdict(lambda: _request(request, kwargs, declared.uses_user))
+            if isinstance(verdict, Respond):
+                return _refusal(verdict)
             response = view(request, *args, **kwargs)
-            _add_headers(checker.engine, response, outcome)
+            _add_headers(driver.engine, response, verdict)
             return response
 
         return cast(View, limited)

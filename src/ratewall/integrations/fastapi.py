@@ -51,10 +51,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
-from ..http.engine import AsyncLimiter, Respond
-from ..http.identity import ClientIP, IdentitySource
+from ..http.client_ip import ClientIP
+from ..http.identities import IdentitySource
 from ..http.routes import OnMissingIdentity, RouteLimit
-from ._shared import AsyncChecker, ViewLimits, apply_headers
+from ..http.steps import AsyncLimiter, Respond
+from ._shared import AsyncEngineDriver, ViewLimits, apply_headers
 from .starlette import ratewall_request, refusal_response
 
 __all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
@@ -119,17 +120,17 @@ class RateLimit:
             headers_on_allowed=headers_on_allowed,
             where=f"RateLimit({', '.join(limit.policy for limit in declared.limits)})",
         )
-        self._checker = AsyncChecker(self.engine, limiter)
+        self._driver = AsyncEngineDriver(self.engine, limiter)
 
     def __repr__(self) -> str:
         return f"RateLimit({', '.join(repr(limit.policy) for limit in self.limits)})"
 
     async def __call__(self, request: FastAPIRequest, response: FastAPIResponse) -> None:
-        outcome = await self._checker.outcome(functools.partial(ratewall_request, request))
-        if isinstance(outcome, Respond):
-            raise RateLimited(outcome)
+        verdict = await self._driver.verdict(functools.partial(ratewall_request, request))
+        if isinstance(verdict, Respond):
+            raise RateLimited(verdict)
         apply_headers(
-            self.engine, response.headers.get, response.headers.__setitem__, outcome.headers
+            self.engine, response.headers.get, response.headers.__setitem__, verdict.headers
         )
 
 

@@ -35,6 +35,7 @@ Without ``limiter=``, :meth:`FlaskRateLimit.init_app` builds one from the app's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -44,11 +45,14 @@ from flask import request as flask_request
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..http.engine import HttpLimiter, Pass, Respond, SyncLimiter, routes_from_config
-from ..http.identity import ClientIP, IdentitySource, Request
-from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable
+from ..http.client_ip import ClientIP, client_ip_from_config
+from ..http.engine import HttpEngine
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
+from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable, routes_from_config
+from ..http.steps import Pass, Respond, SyncLimiter
 from ..limiter import RateLimiter
-from ._shared import Checker, ViewLimits, apply_headers, path_params, uses_user
+from ._shared import EngineDriver, ViewLimits, apply_headers, path_params, uses_user
 
 if TYPE_CHECKING:
     from flask.wrappers import Response
@@ -107,7 +111,7 @@ class FlaskRateLimit:
             raise RuntimeError(f"ratewall is already set up for app {app.name!r}")
         state = self._state_for(app)
         for declared, where in self._declared:
-            state.checker(declared, where)
+            state.driver(declared, where)
         app.extensions[EXTENSION] = state
         self._states.append(state)
         if state.routes is not None:
@@ -142,20 +146,20 @@ class FlaskRateLimit:
             where = f"@limit on view {getattr(view, '__qualname__', view)!r}"
             self._declared.append((declared, where))
             for state in self._states:
-                state.checker(declared, where)
+                state.driver(declared, where)
 
             @functools.wraps(view)
             def limited(*args: Any, **kwargs: Any) -> Response:
                 app = current_app
                 state = _state(app)
-                checker = state.checker(declared, where)
-                outcome = checker.outcome(
+                driver = state.driver(declared, where)
+                verdict = driver.verdict(
                     lambda: state.request(flask_request.view_args, declared.uses_user)
                 )
-                if isinstance(outcome, Respond):
-                    return _refusal(app, outcome)
+                if isinstance(verdict, Respond):
+                    return _refusal(app, verdict)
                 response = app.make_response(app.ensure_sync(view)(*args, **kwargs))
-                _add_headers(checker.engine, response, outcome)
+                _add_headers(driver.engine, response, verdict)
                 return response
 
             return cast(View, limited)
@@ -179,7 +183,7 @@ class FlaskRateLimit:
             if routes is not None or config.routes is not None:
                 routes = routes_from_config(config, routes, client_ip)
             if client_ip is None:
-                client_ip = config.client_ip
+                client_ip = client_ip_from_config(config)
             limiter = RateLimiter.from_config(config, app.config.get("RATEWALL_STORE"))
         return _AppState(self, limiter, routes, client_ip)
 
@@ -197,23 +201,23 @@ class _AppState:
         self.extension = extension
         self.limiter = limiter
         self.client_ip = client_ip
-        self.routes: Checker | None = None
+        self.routes: EngineDriver | None = None
         self._routes_use_user = False
         if routes is not None:
-            engine = HttpLimiter(
+            engine = HttpEngine(
                 routes,
                 limiter.policies,
                 legacy_headers=extension.legacy_headers,
                 headers_on_allowed=extension.headers_on_allowed,
                 client_ip=client_ip,
             )
-            self.routes = Checker(engine, limiter)
+            self.routes = EngineDriver(engine, limiter)
             self._routes_use_user = uses_user(engine)
-        self._views: dict[ViewLimits, Checker] = {}
+        self._views: dict[ViewLimits, EngineDriver] = {}
 
-    def checker(self, declared: ViewLimits, where: str) -> Checker:
-        checker = self._views.get(declared)
-        if checker is None:
+    def driver(self, declared: ViewLimits, where: str) -> EngineDriver:
+        driver = self._views.get(declared)
+        if driver is None:
             engine = declared.engine(
                 self.limiter.policies,
                 client_ip=self.client_ip,
@@ -222,41 +226,34 @@ class _AppState:
                 where=where,
             )
             # Two threads may build one at once; either engine is as good as the other.
-            checker = self._views.setdefault(declared, Checker(engine, self.limiter))
-        return checker
+            driver = self._views.setdefault(declared, EngineDriver(engine, self.limiter))
+        return driver
 
-    def request(self, view_args: Mapping[str, object] | None, uses_user: bool) -> Request:
+    def request(self, view_args: Mapping[str, object] | None, uses_user: bool) -> HttpRequest:
         """The limiter's view of the current Flask request."""
-        request = Request.from_wsgi_environ(flask_request.environ)
+        request = HttpRequest.from_wsgi_environ(flask_request.environ)
         user = request.user
         if uses_user and self.extension.user is not None:
             found = self.extension.user()
             user = None if found is None else str(found)
         if not view_args and user == request.user:
             return request
-        return Request(
-            request.method,
-            request.path,
-            request.headers,
-            client=request.client,
-            path_params=path_params(view_args or {}),
-            user=user,
-        )
+        return dataclasses.replace(request, path_params=path_params(view_args or {}), user=user)
 
     def before_request(self) -> Response | None:
         if self.routes is None:
             return None
-        outcome = self.routes.outcome(lambda: self.request(None, self._routes_use_user))
-        if isinstance(outcome, Respond):
-            return _refusal(current_app, outcome)
-        if outcome.headers:
-            setattr(g, _G_HEADERS, outcome)
+        verdict = self.routes.verdict(lambda: self.request(None, self._routes_use_user))
+        if isinstance(verdict, Respond):
+            return _refusal(current_app, verdict)
+        if verdict.headers:
+            setattr(g, _G_HEADERS, verdict)
         return None
 
     def after_request(self, response: Response) -> Response:
-        outcome = g.pop(_G_HEADERS, None)
-        if self.routes is not None and isinstance(outcome, Pass):
-            _add_headers(self.routes.engine, response, outcome)
+        verdict = g.pop(_G_HEADERS, None)
+        if self.routes is not None and isinstance(verdict, Pass):
+            _add_headers(self.routes.engine, response, verdict)
         return response
 
 
@@ -269,9 +266,9 @@ def _state(app: Flask) -> _AppState:
     return state
 
 
-def _refusal(app: Flask, outcome: Respond) -> Response:
-    return app.response_class(outcome.body, status=outcome.status, headers=list(outcome.headers))
+def _refusal(app: Flask, verdict: Respond) -> Response:
+    return app.response_class(verdict.body, status=verdict.status, headers=list(verdict.headers))
 
 
-def _add_headers(engine: HttpLimiter, response: Response, outcome: Pass) -> None:
-    apply_headers(engine, response.headers.get, response.headers.__setitem__, outcome.headers)
+def _add_headers(engine: HttpEngine, response: Response, verdict: Pass) -> None:
+    apply_headers(engine, response.headers.get, response.headers.__setitem__, verdict.headers)

@@ -25,6 +25,7 @@ parameters of the Starlette route (``/users/{user_id}``) are what
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,37 +37,33 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
 from ..http.asgi import RateLimitMiddleware
-from ..http.engine import AsyncLimiter, Respond, encode_headers
-from ..http.identity import ClientIP, IdentitySource, Request
+from ..http.client_ip import ClientIP
+from ..http.identities import IdentitySource
+from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, RouteLimit
-from ._shared import AsyncChecker, ViewLimits, apply_headers, path_params
+from ..http.steps import AsyncLimiter, Respond
+from ..http.wire import encode_headers
+from ._shared import AsyncEngineDriver, ViewLimits, apply_headers, path_params
 
 __all__ = ["RateLimitMiddleware", "rate_limit", "ratewall_request", "refusal_response"]
 
 Endpoint: TypeAlias = Callable[[StarletteRequest], Awaitable[Response] | Response]
 
 
-def ratewall_request(connection: HTTPConnection) -> Request:
+def ratewall_request(connection: HTTPConnection) -> HttpRequest:
     """The rate limiter's view of a Starlette request, with the route's path parameters."""
-    request = Request.from_asgi_scope(connection.scope)
+    request = HttpRequest.from_asgi_scope(connection.scope)
     params: dict[str, Any] = connection.scope.get("path_params") or {}
     if not params:
         return request
-    return Request(
-        request.method,
-        request.path,
-        request.headers,
-        client=request.client,
-        path_params=path_params(params),
-        user=request.user,
-    )
+    return dataclasses.replace(request, path_params=path_params(params))
 
 
-def refusal_response(outcome: Respond) -> Response:
+def refusal_response(verdict: Respond) -> Response:
     """The engine's refusal (429, 503 or 400) as a Starlette response, byte for byte the one
     the middleware sends."""
-    response = Response(outcome.body, status_code=outcome.status)
-    response.raw_headers = encode_headers(outcome.headers)
+    response = Response(verdict.body, status_code=verdict.status)
+    response.raw_headers = encode_headers(verdict.headers)
     return response
 
 
@@ -104,18 +101,18 @@ def rate_limit(
             headers_on_allowed=headers_on_allowed,
             where=f"@rate_limit on {name}",
         )
-        checker = AsyncChecker(engine, limiter)
+        driver = AsyncEngineDriver(engine, limiter)
         is_async = inspect.iscoroutinefunction(endpoint)
 
         @functools.wraps(endpoint)
         async def limited(request: StarletteRequest) -> Response:
-            outcome = await checker.outcome(lambda: ratewall_request(request))
-            if isinstance(outcome, Respond):
-                return refusal_response(outcome)
+            verdict = await driver.verdict(lambda: ratewall_request(request))
+            if isinstance(verdict, Respond):
+                return refusal_response(verdict)
             result = endpoint(request) if is_async else await run_in_threadpool(endpoint, request)
             response: Response = await result if inspect.isawaitable(result) else result
             apply_headers(
-                engine, response.headers.get, response.headers.__setitem__, outcome.headers
+                engine, response.headers.get, response.headers.__setitem__, verdict.headers
             )
             return response
 

@@ -1,24 +1,13 @@
-"""Identity sources, above all the client address: table-driven spoofing attempts."""
+"""The client address: table-driven spoofing attempts, grouping, the per-peer cache."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import pytest
 
-from ratewall import ConfigError
-from ratewall.http import (
-    APIKey,
-    ClientIP,
-    Header,
-    IdentitySource,
-    PathParam,
-    Request,
-    User,
-    parse_identity_source,
-)
-from ratewall.http.identity import MAX_PROXY_HOPS
+from ratewall.http import ClientIP, HttpRequest
+from ratewall.http.client_ip import MAX_PROXY_HOPS
 
 PROXIES = ("10.0.0.0/8", "2001:db8:ffff::/48")
 XFF = "x-forwarded-for"
@@ -263,7 +252,7 @@ def test_client_ip(case: Case) -> None:
         ipv6_prefix=case.ipv6_prefix,
         ipv4_prefix=case.ipv4_prefix,
     )
-    request = Request("GET", "/", case.headers, client=case.peer)
+    request = HttpRequest("GET", "/", case.headers, client=case.peer)
     assert source(request) == case.expected
 
 
@@ -273,9 +262,9 @@ def test_there_are_enough_spoofing_cases() -> None:
 
 def test_an_ipv6_subscriber_cannot_rotate_inside_its_block() -> None:
     source = ClientIP()
-    seen = {source(Request("GET", "/", client=f"2001:db8:1:2::{n:x}")) for n in range(1, 300)}
+    seen = {source(HttpRequest("GET", "/", client=f"2001:db8:1:2::{n:x}")) for n in range(1, 300)}
     assert seen == {"2001:db8:1:2::/64"}
-    assert source(Request("GET", "/", client="2001:db8:1:3::1")) != "2001:db8:1:2::/64"
+    assert source(HttpRequest("GET", "/", client="2001:db8:1:3::1")) != "2001:db8:1:2::/64"
 
 
 @pytest.mark.parametrize(
@@ -296,241 +285,6 @@ def test_client_ip_rejects_bad_settings(kwargs: dict[str, object], error: type[E
 
 
 # -- the other sources -----------------------------------------------------------------------
-
-
-def test_header_source() -> None:
-    source = Header("X-User-ID")
-    assert source(Request("GET", "/", {"x-user-id": "user_123"})) == "user_123"
-    assert source(Request("GET", "/", {"X-USER-ID": "  user_123 "})) == "user_123"
-    assert source(Request("GET", "/")) is None
-    assert source(Request("GET", "/", {"x-user-id": ""})) is None
-    assert source(Request("GET", "/", {"x-user-id": "   "})) is None
-    # The same value twice is fine; two different values are ambiguous: missing.
-    assert source(Request("GET", "/", {"x-user-id": ["a", "a"]})) == "a"
-    assert source(Request("GET", "/", {"x-user-id": ["attacker", "a"]})) is None
-
-
-def test_header_values_are_never_cut() -> None:
-    # A cut would make identities that share a prefix share a quota; the limiter digests
-    # long identities, and the HTTP server bounds header sizes.
-    value = Header("X-User-ID")(Request("GET", "/", {"x-user-id": "u" * 1_000_000}))
-    assert value == "u" * 1_000_000
-
-
-def test_header_name_must_be_a_token() -> None:
-    with pytest.raises(ValueError, match="header name"):
-        Header("X User")
-
-
-def test_api_key_is_digested_never_raw() -> None:
-    source = APIKey()
-    identity = source(Request("GET", "/", {"x-api-key": "sk_live_secret"}))
-    assert identity is not None
-    assert identity.startswith("apikey.")
-    assert len(identity) == len("apikey.") + 32
-    assert "secret" not in identity
-    assert source(Request("GET", "/", {"x-api-key": "sk_live_secret"})) == identity
-    assert source(Request("GET", "/", {"x-api-key": "sk_live_other"})) != identity
-    assert APIKey(secret=b"pepper")(Request("GET", "/", {"x-api-key": "sk_live_secret"})) != (
-        identity
-    )
-    assert source(Request("GET", "/")) is None
-
-
-def test_api_key_with_an_authorization_scheme() -> None:
-    source = APIKey("Authorization", scheme="Bearer")
-    bearer = source(Request("GET", "/", {"authorization": "Bearer abc"}))
-    assert bearer == APIKey("X-Token")(Request("GET", "/", {"x-token": "abc"}))
-    assert source(Request("GET", "/", {"authorization": "bearer abc"})) == bearer
-    assert source(Request("GET", "/", {"authorization": "Basic abc"})) is None
-    assert source(Request("GET", "/", {"authorization": "Bearer "})) is None
-
-
-def test_user_and_path_param_sources() -> None:
-    request = Request("GET", "/u/42", path_params={"user_id": "42"}, user="alice")
-    assert User()(request) == "alice"
-    assert PathParam("user_id")(request) == "42"
-    assert PathParam("other")(request) is None
-    assert User()(Request("GET", "/")) is None
-    with pytest.raises(ValueError, match="path parameter"):
-        PathParam("not-valid")
-
-
-def test_sources_are_identity_sources() -> None:
-    for source in (Header("a"), User(), APIKey(), PathParam("p"), ClientIP()):
-        assert isinstance(source, IdentitySource)
-
-
-# -- config form ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("ip", ClientIP()),
-        ("user", User()),
-        ("header:X-User-ID", Header("X-User-ID")),
-        (" header : X-User-ID ", Header("X-User-ID")),
-        ("api_key", APIKey()),
-        ("api_key:X-Token", APIKey("X-Token")),
-        ("path:user_id", PathParam("user_id")),
-        ("IP", ClientIP()),
-    ],
-)
-def test_parse_identity_source(spec: str, expected: IdentitySource) -> None:
-    assert parse_identity_source(spec) == expected
-
-
-def test_parse_identity_source_uses_the_configured_client_ip() -> None:
-    client_ip = ClientIP(trusted_proxies=["10.0.0.0/8"])
-    assert parse_identity_source("ip", client_ip=client_ip) is client_ip
-
-
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("cookie:session", "unknown identity source"),
-        ("header", "needs a name"),
-        ("header:", "needs a name"),
-        ("path:", "needs a name"),
-        ("ip:X-Real-IP", "takes no argument"),
-        ("user:alice", "takes no argument"),
-        ("api_key:", "empty name"),
-        ("header:X User", "not a valid HTTP header name"),
-        ("path:user-id", "not a valid path parameter"),
-        (42, "must be a string"),
-        (None, "must be a string"),
-    ],
-)
-def test_parse_identity_source_errors(spec: object, message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as caught:
-        parse_identity_source(spec, source="limits.yaml", field="routes[0].identity")
-    assert caught.value.source == "limits.yaml"
-    assert caught.value.field == "routes[0].identity"
-
-
-# -- building the request view -------------------------------------------------------------
-
-
-class _StarletteLikeUser:
-    def __init__(self, name: str, authenticated: bool = True) -> None:
-        self.identity = name
-        self.is_authenticated = authenticated
-
-
-class _BrokenUser:
-    @property
-    def is_authenticated(self) -> bool:
-        raise NotImplementedError
-
-
-def test_request_from_asgi_scope() -> None:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/app/login",
-        "root_path": "/app",
-        "headers": [
-            (b"X-User-ID", b"user_123"),
-            (b"x-forwarded-for", b"1.1.1.1"),
-            (b"x-forwarded-for", b"2.2.2.2"),
-            (b"x-name", "naïve".encode()),
-        ],
-        "client": ("203.0.113.7", 51000),
-        "user": _StarletteLikeUser("alice"),
-    }
-    request = Request.from_asgi_scope(scope)
-    assert request.method == "POST"
-    assert request.path == "/login"
-    assert request.header("x-user-id") == "user_123"
-    assert request.header_values("X-Forwarded-For") == ("1.1.1.1", "2.2.2.2")
-    assert request.header("x-name") == "naïve".encode().decode("latin-1")
-    assert request.client == "203.0.113.7"
-    assert request.user == "alice"
-
-
-@pytest.mark.parametrize(
-    ("user", "expected"),
-    [
-        (None, None),
-        ("bob", "bob"),
-        ("", None),
-        (_StarletteLikeUser("carol", authenticated=False), None),
-        (_BrokenUser(), None),
-        (object(), None),
-    ],
-)
-def test_asgi_user(user: object, expected: str | None) -> None:
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "user": user}
-    assert Request.from_asgi_scope(scope).user == expected
-
-
-def test_request_from_minimal_asgi_scope() -> None:
-    request = Request.from_asgi_scope({"type": "http", "path": "/x"})
-    assert (request.method, request.path, request.client, dict(request.headers)) == (
-        "GET",
-        "/x",
-        None,
-        {},
-    )
-
-
-def test_request_from_wsgi_environ() -> None:
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/users/jürgen".encode().decode("latin-1"),
-        "SCRIPT_NAME": "/app",
-        "HTTP_X_USER_ID": "user_123",
-        "CONTENT_TYPE": "application/json",
-        "REMOTE_ADDR": "203.0.113.7",
-        "REMOTE_USER": "alice",
-        "wsgi.input": object(),
-    }
-    request = Request.from_wsgi_environ(environ)
-    assert request.method == "POST"
-    assert request.path == "/users/jürgen"
-    assert request.header("X-User-ID") == "user_123"
-    assert request.header("content-type") == "application/json"
-    assert request.client == "203.0.113.7"
-    assert request.user == "alice"
-
-
-def test_request_is_immutable() -> None:
-    headers = {"X-User-ID": ["a"]}
-    request = Request("GET", "/", headers)
-    headers["X-User-ID"].append("b")
-    assert request.header_values("x-user-id") == ("a",)
-    with pytest.raises(TypeError):
-        request.headers["x"] = ("y",)  # type: ignore[index]
-
-
-def test_long_identities_are_used_whole() -> None:
-    """Two 10 kB identities that differ only at the end must not share a quota."""
-    source = Header("X-User-ID")
-    first = Request.from_asgi_scope(
-        {"type": "http", "headers": [(b"x-user-id", b"a" * 10_000 + b"1")]}
-    )
-    second = Request.from_asgi_scope(
-        {"type": "http", "headers": [(b"x-user-id", b"a" * 10_000 + b"2")]}
-    )
-    assert source(first) != source(second)
-    assert source(first) == "a" * 10_000 + "1"
-
-
-def test_asgi_headers_are_a_read_only_snapshot() -> None:
-    raw = [(b"X-User-ID", b"a"), (b"x-user-id", b"b"), (b"Accept", b"*/*")]
-    request = Request.from_asgi_scope({"type": "http", "headers": raw})
-    raw.append((b"x-late", b"added by the app afterwards"))
-    assert request.headers == {"x-user-id": ("a", "b"), "accept": ("*/*",)}
-    assert dict(request.headers) == {"x-user-id": ("a", "b"), "accept": ("*/*",)}
-    assert len(request.headers) == 2
-    assert "x-late" not in request.headers
-    assert request.headers.get("x-late") is None
-    assert request.headers.get("x-late", ("default",)) == ("default",)
-    assert request.header_values("X-User-ID") == ("a", "b")
-    assert repr(request.headers) == repr(MappingProxyType(dict(request.headers)))
-    with pytest.raises(TypeError):
-        request.headers["x"] = ("y",)  # type: ignore[index]
 
 
 PEERS = [
@@ -555,14 +309,14 @@ def test_client_ip_trusting_nobody_answers_as_the_full_walk_does(peer: str | Non
     cached = ClientIP(ipv6_prefix=48)
     walked = ClientIP(trusted_proxies=["192.0.2.255/32"], ipv6_prefix=48)
     for _ in range(2):  # the first call fills the cache, the second reads it
-        request = Request("GET", "/", forwarded, client=peer)
+        request = HttpRequest("GET", "/", forwarded, client=peer)
         assert cached(request) == walked(request)
 
 
 def test_client_ip_cache_stays_bounded() -> None:
     source = ClientIP()
     for index in range(5000):
-        assert source(Request("GET", "/", client=f"10.0.{index // 256}.{index % 256}")) == (
+        assert source(HttpRequest("GET", "/", client=f"10.0.{index // 256}.{index % 256}")) == (
             f"10.0.{index // 256}.{index % 256}"
         )
     assert len(source._peers) <= 4096

@@ -1,0 +1,86 @@
+"""What the ASGI and WSGI middlewares share: building their engine, and building themselves
+from a config file. They differ only in how they talk to the server and the limiter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import ClassVar, Generic, Self, TypeVar
+
+from ..config import Config, load_config
+from .client_ip import ClientIP, client_ip_from_config
+from .engine import HttpEngine
+from .routes import Route, RouteTable, routes_from_config
+from .steps import AsyncLimiter, SyncLimiter
+
+__all__ = ["Middleware"]
+
+App = TypeVar("App")
+Limiter = TypeVar("Limiter", SyncLimiter, AsyncLimiter)
+
+
+class Middleware(Generic[App, Limiter]):
+    """An application, the limiter in front of it, and the engine deciding between them.
+
+    Subclasses can set ``engine_class`` to an :class:`~ratewall.http.HttpEngine` subclass to
+    change how responses are built, and say in :meth:`limiter_from_config` which limiter a
+    config file gives them.
+    """
+
+    engine_class: ClassVar[type[HttpEngine]] = HttpEngine
+
+    def __init__(
+        self,
+        app: App,
+        limiter: Limiter,
+        routes: RouteTable | Iterable[Route],
+        *,
+        legacy_headers: bool = False,
+        headers_on_allowed: bool = True,
+        client_ip: ClientIP | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter: Limiter = limiter
+        self.engine = self.engine_class(
+            routes,
+            limiter.policies,
+            legacy_headers=legacy_headers,
+            headers_on_allowed=headers_on_allowed,
+            client_ip=client_ip,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        app: App,
+        path: str | os.PathLike[str],
+        *,
+        store: str | None = None,
+        routes: RouteTable | Iterable[Route] | None = None,
+        legacy_headers: bool = False,
+        headers_on_allowed: bool = True,
+        client_ip: ClientIP | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Self:
+        """The middleware for a config file: its policies and settings build the limiter
+        (``store`` overrides the file's), its ``routes`` section the routes (or pass
+        ``routes=`` in code), its ``client_ip`` section how the client address is found
+        (unless ``client_ip`` is given). The limiter is ``middleware.limiter``; close it when
+        done."""
+        config = load_config(path)
+        table = routes_from_config(config, routes, client_ip)
+        return cls(
+            app,
+            cls.limiter_from_config(config, store, clock),
+            table,
+            legacy_headers=legacy_headers,
+            headers_on_allowed=headers_on_allowed,
+            client_ip=client_ip if client_ip is not None else client_ip_from_config(config),
+        )
+
+    @classmethod
+    def limiter_from_config(
+        cls, config: Config, store: str | None, clock: Callable[[], float] | None
+    ) -> Limiter:
+        """The limiter :meth:`from_config` puts in front of the application."""
+        raise NotImplementedError(f"{cls.__name__} does not say which limiter it uses")
