@@ -12,9 +12,11 @@ nothing: not even a test of whether someone listens.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from .decision import Decision, Source
+from .errors import StoreError
 from .observer import Observer
 
 __all__ = ["PolicyExit", "exit_for"]
@@ -40,6 +42,7 @@ class _Draft:
     reset_after: float
     retry_after: float | None
     degraded: bool
+    shadowed: bool
     source: Source
 
 
@@ -52,6 +55,7 @@ def _decision(
     retry_after: float | None,
     degraded: bool,
     source: Source,
+    shadowed: bool = False,
 ) -> Decision:
     draft = _Draft()  # cheaper than object.__new__(_Draft); _Draft has no __init__
     draft.allowed = allowed
@@ -61,6 +65,7 @@ def _decision(
     draft.reset_after = reset_after
     draft.retry_after = retry_after
     draft.degraded = degraded
+    draft.shadowed = shadowed
     draft.source = source
     draft.__class__ = Decision  # type: ignore[assignment]
     return draft  # type: ignore[return-value]
@@ -109,9 +114,17 @@ class PolicyExit:
             return _decision(True, self.name, self.limit, self.limit, 0.0, None, True, "failure")
         return _decision(False, self.name, self.limit, 0, wait, wait, True, "failure")
 
+    def store_error(self, error: BaseException) -> StoreError:
+        """What the caller gets instead of a decision while the store fails and the policy's
+        failure mode is ``"raise"`` (raised from ``error``)."""
+        return StoreError(
+            f"rate-limit store failed for policy {self.name!r}: {type(error).__name__}: {error}"
+        )
+
 
 class _ObservedExit(PolicyExit):
-    """A :class:`PolicyExit` that shows every decision to an observer."""
+    """A :class:`PolicyExit` that shows every decision (and every store error raised
+    instead of one) to an observer."""
 
     __slots__ = ("_observer", "_warned")
 
@@ -120,27 +133,36 @@ class _ObservedExit(PolicyExit):
         self._observer = observer
         self._warned = False
 
-    def _seen(self, decision: Decision) -> Decision:
+    def _tell(self, event: Callable[..., object], *arguments: object) -> None:
         try:
-            self._observer.on_decision(decision)
-        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the decision
+            event(*arguments)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
             if not self._warned:
                 self._warned = True
                 _log.exception(
                     "ratewall observer %r failed (reported once per policy)", self._observer
                 )
-        return decision
 
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
-        return self._seen(PolicyExit.allowed(self, remaining, reset_us, source))
+        decision = PolicyExit.allowed(self, remaining, reset_us, source)
+        self._tell(self._observer.on_decision, decision)
+        return decision
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
     ) -> Decision:
-        return self._seen(PolicyExit.refused(self, remaining, reset_us, retry_us, source))
+        decision = PolicyExit.refused(self, remaining, reset_us, retry_us, source)
+        self._tell(self._observer.on_decision, decision)
+        return decision
 
     def failed(self, allowed: bool, wait: float) -> Decision:
-        return self._seen(PolicyExit.failed(self, allowed, wait))
+        decision = PolicyExit.failed(self, allowed, wait)
+        self._tell(self._observer.on_decision, decision)
+        return decision
+
+    def store_error(self, error: BaseException) -> StoreError:
+        self._tell(self._observer.on_error, self.name, error)
+        return PolicyExit.store_error(self, error)
 
 
 def exit_for(name: str, limit: int, observer: Observer | None) -> PolicyExit:

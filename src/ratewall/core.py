@@ -27,7 +27,6 @@ from ._fork import reset_in_child
 from ._leases import LeaseBook
 from .algorithms import Rule, rule_for
 from .decision import Decision
-from .errors import StoreError
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
 from .observer import Observer
@@ -399,8 +398,5 @@ class Core:
     def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:
         mode = compiled.policy.failure_mode
         if mode == "raise":
-            raise StoreError(
-                f"rate-limit store failed for policy {compiled.name!r}: "
-                f"{type(error).__name__}: {error}"
-            ) from error
+            raise compiled.exit.store_error(error) from error
         return compiled.exit.failed(mode == "open", self._breaker.cooldown / 1_000_000)

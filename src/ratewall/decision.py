@@ -9,8 +9,9 @@ __all__ = ["Decision", "Source"]
 
 #: Where an answer came from (:attr:`Decision.source`): the store (Redis/Valkey's script,
 #: or the memory store), this node's deny cache (a refusal the store already gave), units
-#: this node leased from the store earlier (``Policy.lease``), or the policy's failure mode.
-Source = Literal["store", "cache", "lease", "failure"]
+#: this node leased from the store earlier (``Policy.lease``), the policy's failure mode, or
+#: the policy's ``exempt`` list (always allowed, nothing stored).
+Source = Literal["store", "cache", "lease", "failure", "exempt"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +26,14 @@ class Decision:
     ``degraded`` is true when the store failed and the policy's ``failure_mode`` ("open" or
     "closed") produced this answer instead of the store.
 
+    ``shadowed`` is true exactly when the request passed only because its policy is in
+    shadow mode (``Policy(shadow=True)``): the policy would have refused it, and counted it
+    as refused, but lets it through.
+
     ``source`` says where the answer came from: ``"store"``, ``"cache"`` (this node already
-    knew the store refuses), ``"lease"`` (units this node leased earlier) or ``"failure"``
-    (the failure mode). It describes the path, not the answer, so it takes no part in
-    comparisons: the same decision reached two ways is equal.
+    knew the store refuses), ``"lease"`` (units this node leased earlier), ``"failure"``
+    (the failure mode) or ``"exempt"`` (an exempt identity). It describes the path, not the
+    answer, so it takes no part in comparisons: the same decision reached two ways is equal.
     """
 
     allowed: bool
@@ -38,6 +43,7 @@ class Decision:
     reset_after: float
     retry_after: float | None
     degraded: bool = False
+    shadowed: bool = False
     source: Source = field(default="store", compare=False)
 
     def __bool__(self) -> bool:

@@ -98,9 +98,10 @@ class _Limiter:
         raise NotImplementedError
 
     @property
-    def _memory(self) -> LocalStore | None:
-        """The store in this process, if that is the store (the ASGI middleware's shortcut
-        decides through it directly)."""
+    def local_store(self) -> LocalStore | None:
+        """The store, when it is in this process (the memory store): its decisions need no
+        I/O, so synchronous code (the ASGI middleware's shortcut) may call its ``check``
+        directly, even for an :class:`AsyncRateLimiter`. ``None`` for Redis/Valkey."""
         return self._local
 
     @classmethod

@@ -32,6 +32,10 @@ class Observer(Protocol):
         """The circuit breaker opened (the store failed repeatedly; ``error`` is the last
         failure) or closed again (the store answered)."""
 
+    def on_error(self, policy: str, error: BaseException) -> None:
+        """The store failed for ``policy``, whose failure mode is ``"raise"``: the caller
+        gets a :class:`~ratewall.StoreError` instead of a decision."""
+
 
 class BaseObserver:
     """An :class:`Observer` that ignores everything: subclass it and override what you need."""
@@ -43,4 +47,7 @@ class BaseObserver:
         return None
 
     def on_breaker(self, opened: bool, error: BaseException | None) -> None:
+        return None
+
+    def on_error(self, policy: str, error: BaseException) -> None:
         return None

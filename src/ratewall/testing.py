@@ -245,7 +245,8 @@ class StoreCall:
 
 class DecisionCapture(BaseObserver):
     """An observer (``observer=`` on a limiter) that keeps what it sees, for assertions:
-    every decision, every store round trip, every circuit-breaker transition.
+    every decision, every store round trip, every circuit-breaker transition, every store
+    error raised to the caller (failure mode ``"raise"``).
 
     >>> from ratewall import Policy, RateLimiter
     >>> capture = DecisionCapture()
@@ -260,6 +261,7 @@ class DecisionCapture(BaseObserver):
         self.decisions: list[Decision] = []
         self.store_calls: list[StoreCall] = []
         self.breaker: list[tuple[bool, BaseException | None]] = []
+        self.errors: list[tuple[str, BaseException]] = []
 
     def on_decision(self, decision: Decision) -> None:
         with self._lock:
@@ -273,6 +275,10 @@ class DecisionCapture(BaseObserver):
         with self._lock:
             self.breaker.append((opened, error))
 
+    def on_error(self, policy: str, error: BaseException) -> None:
+        with self._lock:
+            self.errors.append((policy, error))
+
     def where(self, predicate: Callable[[Decision], bool]) -> list[Decision]:
         """The decisions for which ``predicate`` holds."""
         with self._lock:
@@ -283,3 +289,4 @@ class DecisionCapture(BaseObserver):
             self.decisions.clear()
             self.store_calls.clear()
             self.breaker.clear()
+            self.errors.clear()

@@ -18,9 +18,9 @@ MADE = [
     (("refused", 0, 15_000_000, 15_000_000, "store"), Decision(False, "login", 5, 0, 15.0, 15.0)),
     (
         ("allowed", 0, 2_000_001, "lease"),
-        Decision(True, "login", 5, 0, 2.000001, None, False, "lease"),
+        Decision(True, "login", 5, 0, 2.000001, None, source="lease"),
     ),
-    (("refused", -3, 1, 1, "cache"), Decision(False, "login", 5, 0, 1e-6, 1e-6, False, "cache")),
+    (("refused", -3, 1, 1, "cache"), Decision(False, "login", 5, 0, 1e-6, 1e-6, source="cache")),
 ]
 
 
@@ -65,6 +65,7 @@ def test_a_made_decision_is_frozen_and_a_full_dataclass() -> None:
         "reset_after",
         "retry_after",
         "degraded",
+        "shadowed",
         "source",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):

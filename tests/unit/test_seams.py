@@ -103,6 +103,9 @@ def test_an_observer_need_not_subclass_anything() -> None:
         def on_breaker(self, opened: bool, error: BaseException | None) -> None:
             return None
 
+        def on_error(self, policy: str, error: BaseException) -> None:
+            return None
+
     observer: Observer = Plain()
     RateLimiter(POLICIES, observer=observer).check("u", "login")
     assert len(seen) == 1
@@ -141,6 +144,7 @@ def test_a_failing_store_gets_the_failure_mode_and_the_breaker_says_so_once(
     assert isinstance(capture.breaker[0][1], ConnectionRefusedError)
     assert caplog.text.count("store is failing") == 1
     assert len(capture.decisions) == (0 if raises else 6)
+    assert [policy for policy, _ in capture.errors] == (["login"] * 6 if raises else [])
 
 
 def test_a_failing_store_hangs_for_its_timeout() -> None:

@@ -14,7 +14,6 @@ from typing import Any, Final, TypeGuard
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
 from ..policy import Policy
-from ..stores.memory import MemoryStore
 from .client_ip import ClientIP
 from .engine import HttpEngine
 from .headers import _SF_INTEGER_MAX, _encoded_policy
@@ -181,15 +180,11 @@ def checks_singly(limiter: object) -> TypeGuard[AsyncRateLimiter]:
 
 
 def memory_store_check(limiter: AsyncRateLimiter) -> Callable[[str, str, int], Decision] | None:
-    """The memory store's own ``check``, when ``limiter`` decides on one: there
+    """The in-process store's own ``check``, when ``limiter`` decides on one: there
     ``AsyncRateLimiter.check`` only returns the store's decision (no I/O), and asking the
-    store directly saves creating and running a coroutine per request. ``None`` otherwise.
-
-    The one place that reaches into the limiter's internals (``_memory``): the limiter will
-    expose this properly, and then only this function changes.
-    """
-    memory = getattr(limiter, "_memory", None)
-    return memory.check if isinstance(memory, MemoryStore) else None
+    store directly saves creating and running a coroutine per request. ``None`` otherwise."""
+    store = limiter.local_store
+    return store.check if store is not None else None
 
 
 _ASYNC_CHECK_MANY: Final = AsyncRateLimiter.check_many

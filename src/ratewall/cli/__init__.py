@@ -1,0 +1,68 @@
+"""The ``ratewall`` command line. Each command lives in a module of its own, which
+registers its parser here (:data:`COMMANDS`).
+
+Exit status: 0 on success, 1 when the store fails (or the demo cannot start: its port is
+taken), 2 for a bad command line or an invalid config (with the error on stderr and no
+traceback), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from ..errors import ConfigError
+from . import _check_config, _demo
+from ._check_config import describe_config
+from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
+
+__all__ = ["COMMANDS", "build_parser", "describe_config", "main"]
+
+#: Each command's ``register(subparsers)``, in the order ``--help`` lists them.
+COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _check_config.register,
+    _demo.register,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"ratewall: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratewall",
+        description="An exact distributed rate limiter: validate configs, run the demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(commands)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return version("ratewall")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
