@@ -12,7 +12,6 @@ nothing: not even a test of whether someone listens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Final
 
 from .decision import Decision, Source
@@ -73,13 +72,17 @@ def _decision(
 
 class PolicyExit:
     """Makes one policy's decisions. Times are integer microseconds, as the stores and the
-    algorithms count them; a negative ``remaining`` (an algorithm's overdraft) reads 0."""
+    algorithms count them; a negative ``remaining`` (an algorithm's overdraft) reads 0.
 
-    __slots__ = ("limit", "name")
+    A shadow policy's refusals leave as allowed decisions marked ``shadowed``: the state
+    was handled exactly as for a refusal (nothing consumed), only the answer differs."""
 
-    def __init__(self, name: str, limit: int) -> None:
+    __slots__ = ("limit", "name", "shadow")
+
+    def __init__(self, name: str, limit: int, shadow: bool = False) -> None:
         self.name = name
         self.limit = limit
+        self.shadow = shadow
 
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
         return _decision(
@@ -96,16 +99,22 @@ class PolicyExit:
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
     ) -> Decision:
+        shadowed = self.shadow
         return _decision(
-            False,
+            shadowed,
             self.name,
             self.limit,
             remaining if remaining > 0 else 0,
             reset_us / _MICROS,
-            retry_us / _MICROS,
+            None if shadowed else retry_us / _MICROS,
             False,
             source,
+            shadowed,
         )
+
+    def exempt(self) -> Decision:
+        """An exempt identity's decision: allowed, the whole limit left, nothing stored."""
+        return _decision(True, self.name, self.limit, self.limit, 0.0, None, False, "exempt")
 
     def failed(self, allowed: bool, wait: float) -> Decision:
         """The failure mode's answer while the store fails: allowed with the whole limit
@@ -124,49 +133,79 @@ class PolicyExit:
 
 class _ObservedExit(PolicyExit):
     """A :class:`PolicyExit` that shows every decision (and every store error raised
-    instead of one) to an observer."""
+    instead of one) to an observer.
 
-    __slots__ = ("_observer", "_warned")
+    The two hot methods build their Decision and call the observer inline: an observed
+    decision then costs the observer's own work plus one bound-method call, not a chain of
+    helpers (metrics count on every decision)."""
 
-    def __init__(self, name: str, limit: int, observer: Observer) -> None:
-        super().__init__(name, limit)
+    __slots__ = ("_observer", "_on_decision", "_warned")
+
+    def __init__(self, name: str, limit: int, shadow: bool, observer: Observer) -> None:
+        super().__init__(name, limit, shadow)
         self._observer = observer
+        self._on_decision = observer.on_decision
         self._warned = False
 
-    def _tell(self, event: Callable[..., object], *arguments: object) -> None:
-        try:
-            event(*arguments)
-        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
-            if not self._warned:
-                self._warned = True
-                _log.exception(
-                    "ratewall observer %r failed (reported once per policy)", self._observer
-                )
+    def _failed(self) -> None:
+        """An observer method raised: log it, once per policy, and carry on."""
+        if not self._warned:
+            self._warned = True
+            _log.exception("ratewall observer %r failed (reported once per policy)", self._observer)
 
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
-        decision = PolicyExit.allowed(self, remaining, reset_us, source)
-        self._tell(self._observer.on_decision, decision)
+        decision = _decision(
+            True,
+            self.name,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            reset_us / _MICROS,
+            None,
+            False,
+            source,
+        )
+        try:
+            self._on_decision(decision)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
+            self._failed()
         return decision
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
     ) -> Decision:
         decision = PolicyExit.refused(self, remaining, reset_us, retry_us, source)
-        self._tell(self._observer.on_decision, decision)
+        try:
+            self._on_decision(decision)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
+            self._failed()
+        return decision
+
+    def exempt(self) -> Decision:
+        decision = PolicyExit.exempt(self)
+        try:
+            self._on_decision(decision)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
+            self._failed()
         return decision
 
     def failed(self, allowed: bool, wait: float) -> Decision:
         decision = PolicyExit.failed(self, allowed, wait)
-        self._tell(self._observer.on_decision, decision)
+        try:
+            self._on_decision(decision)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change or lose the answer
+            self._failed()
         return decision
 
     def store_error(self, error: BaseException) -> StoreError:
-        self._tell(self._observer.on_error, self.name, error)
+        try:
+            self._observer.on_error(self.name, error)
+        except Exception:  # noqa: BLE001 - an observer's bug must not change the answer
+            self._failed()
         return PolicyExit.store_error(self, error)
 
 
-def exit_for(name: str, limit: int, observer: Observer | None) -> PolicyExit:
+def exit_for(name: str, limit: int, observer: Observer | None, shadow: bool = False) -> PolicyExit:
     """The exit of policy ``name`` (whose decisions report ``limit``)."""
     if observer is None:
-        return PolicyExit(name, limit)
-    return _ObservedExit(name, limit, observer)
+        return PolicyExit(name, limit, shadow)
+    return _ObservedExit(name, limit, shadow, observer)

@@ -39,6 +39,13 @@ Settings:
 ``failure_mode``
     What policies without their own ``failure_mode`` do when the store fails: ``raise``
     (default), ``open`` or ``closed``.
+``shadow``
+    ``true`` puts every policy without its own ``shadow`` in shadow mode: decided and
+    counted, never refused (see :class:`~ratewall.Policy`).
+
+A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``algorithm``,
+``burst``, ``failure_mode``, ``lease``, ``shadow``, ``exempt`` (a list of identities),
+``overrides`` (identities to ``{limit, window, burst}``) and ``tiers`` (names to the same).
 
 Every error is a :class:`~ratewall.ConfigError` naming the file, the dotted path of the field
 (``policies.login.limit``, in both forms) and what to do about it. The file is compiled once
@@ -97,6 +104,7 @@ SETTINGS: Final = (
     "local_cache_size",
     "timeout",
     "failure_mode",
+    "shadow",
     "routes",
     "client_ip",
 )
@@ -215,10 +223,12 @@ def _parse(data: object, source: str) -> Config:
         if "failure_mode" in settings
         else None
     )
+    shadow = settings.get("shadow")
+    if shadow is not None and not isinstance(shadow, bool):
+        raise ConfigError(f"must be true or false, got {shadow!r}", source=source, field="shadow")
+    defaults = {"failure_mode": failure_mode, "shadow": shadow}
     config = Config(
-        _policies(
-            data["policies"], source=source, short_form=False, default_failure_mode=failure_mode
-        ),
+        _policies(data["policies"], source=source, short_form=False, defaults=defaults),
         store=store,
         key_prefix=validate_prefix(
             settings.get("key_prefix", DEFAULT_PREFIX), source=source, field="key_prefix"
@@ -276,7 +286,11 @@ def validate_store_url(value: object, *, source: str, field: str) -> str:
 
 
 def _policies(
-    data: object, *, source: str, short_form: bool, default_failure_mode: str | None = None
+    data: object,
+    *,
+    source: str,
+    short_form: bool,
+    defaults: Mapping[str, object] | None = None,
 ) -> dict[str, Policy]:
     if not isinstance(data, Mapping):
         raise ConfigError(
@@ -302,8 +316,10 @@ def _policies(
             )
         checked_name = validate_name(name, source=source, field=path)
         fields = dict(body) if isinstance(body, Mapping) else body
-        if isinstance(fields, dict) and default_failure_mode is not None:
-            fields.setdefault("failure_mode", default_failure_mode)
+        if isinstance(fields, dict):
+            for setting, value in (defaults or {}).items():
+                if value is not None:
+                    fields.setdefault(setting, value)
         try:
             policies[checked_name] = Policy.from_mapping(fields, source=source, field=path)
         except OverflowError:

@@ -78,6 +78,44 @@ class _Compiled:
     capacity: int  # rule.capacity, one attribute away on the hot path
     keys: dict[str, str]  # identity -> key: the key builder's cache for this policy
     exit: PolicyExit  # where this policy's decisions are made (see ratewall._exit)
+    # Whether some identities decide otherwise (exempt, overrides) or tiers exist: only then
+    # does planning look at the three below.
+    special: bool = False
+    exempt: frozenset[str] = frozenset()
+    overrides: Mapping[str, _Compiled] | None = None
+    tiers: Mapping[str, _Compiled] | None = None
+
+
+def _compile(
+    name: str, policy: Policy, keys: dict[str, str], observer: Observer | None
+) -> _Compiled:
+    """A policy ready for planning. Its overrides and tiers share its name, key and state:
+    only their rule (and the limit their decisions report) differs."""
+
+    def variant(of: Policy) -> _Compiled:
+        rule = rule_for(of)
+        return _Compiled(
+            name,
+            policy,
+            rule,
+            rule.capacity,
+            keys,
+            exit_for(name, rule.capacity, observer, of.shadow),
+        )
+
+    rule = rule_for(policy)
+    return _Compiled(
+        name,
+        policy,
+        rule,
+        rule.capacity,
+        keys,
+        exit_for(name, rule.capacity, observer, policy.shadow),
+        bool(policy.exempt or policy.overrides or policy.tiers),
+        policy.exempt,
+        {identity: variant(p) for identity, p in policy.overrides.items()},
+        {tier: variant(p) for tier, p in policy.tiers.items()},
+    )
 
 
 # Call(...) and Plan(...) go through a Python-level __new__; the hot path builds them with
@@ -97,6 +135,11 @@ class PlanMany(NamedTuple):
     calls: tuple[Call, ...]
     decisions: list[Decision] | None  # set when the core could answer without the store
     generation: int
+    # The store requests: the enforced calls as one all-or-nothing group, then each shadow
+    # policy's call alone (a policy that only watches must never block the others), and
+    # which call each reply belongs to. Exempt items need no call.
+    requests: tuple[tuple[Call, ...], ...] = ()
+    order: tuple[int, ...] = ()
 
 
 class _Breaker:
@@ -193,18 +236,12 @@ class Core:
                 raise TypeError(
                     f"policies[{name!r}] must be a ratewall.Policy, got {type(policy).__name__}"
                 )
-            rule = rule_for(policy)
-            compiled[name] = _Compiled(
-                name,
-                policy,
-                rule,
-                rule.capacity,
-                self._keys.cache_for(name),
-                exit_for(name, rule.capacity, observer),
-            )
+            compiled[name] = _compile(name, policy, self._keys.cache_for(name), observer)
         self.policies: Mapping[str, Policy] = {n: c.policy for n, c in compiled.items()}
         self.rules: Mapping[str, Rule] = {n: c.rule for n, c in compiled.items()}
         self.exits: Mapping[str, PolicyExit] = {n: c.exit for n, c in compiled.items()}
+        #: Each policy compiled for deciding (its rule, exit, overrides and tiers).
+        self.compiled: Mapping[str, _Compiled] = compiled
         self._compiled = compiled
         self.deny_cache = DenyCache(local_cache_size)
         # Leases share the local cache's bound (none without a local cache: the memory store).
@@ -213,7 +250,23 @@ class Core:
         self._breaker = _Breaker(breaker_threshold, round(breaker_cooldown * 1_000_000), observer)
         # On a Redis Cluster, one atomic call can only touch one hash slot.
         self._slot_of = slot_of
+        self._observer = observer
         reset_in_child(self)
+
+    def reloaded(self, policies: Mapping[str, Policy]) -> Core:
+        """A core for new ``policies`` with this one's settings and circuit breaker (the
+        store's health does not change with the config). Its deny cache and leases start
+        empty: a snapshot or a lease taken under the old rules is dropped, never misread."""
+        core = Core(
+            policies,
+            key_prefix=self._keys.prefix,
+            local_cache_size=self.deny_cache.maxsize,
+            local_clock=self._now,
+            slot_of=self._slot_of,
+            observer=self._observer,
+        )
+        core._breaker = self._breaker
+        return core
 
     def _after_fork_in_child(self) -> None:
         """A forked child starts as a fresh process would: the parent's leases must not be
@@ -227,6 +280,8 @@ class Core:
 
     def _call(self, identity: str, policy: str, op: int, cost: int) -> tuple[_Compiled, Call]:
         compiled = self._compiled.get(policy)
+        if compiled is not None and compiled.special:
+            compiled = self.select(compiled, identity, None)
         if (
             compiled is None
             or type(identity) is not str
@@ -239,23 +294,52 @@ class Core:
             key = self._keys.key(identity, policy)
         return compiled, _tuple_new(Call, (key, op, cost, compiled.rule))
 
-    def reject(self, identity: object, policy: str, cost: object) -> NoReturn:
-        """Raise the error a bad call deserves (unknown policy, identity not a str, cost out
-        of range); shared with the memory store, which checks calls itself."""
+    def reject(
+        self, identity: object, policy: str, cost: object, tier: str | None = None
+    ) -> NoReturn:
+        """Raise the error a bad call deserves (unknown policy or tier, identity not a str,
+        cost out of range); shared with the memory store, which checks calls itself."""
         compiled = self._compiled.get(policy)
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
             raise KeyError(f"unknown policy {policy!r}; this limiter knows: {known}")
         if type(identity) is not str:
             raise TypeError(f"identity must be a str, got {type(identity).__name__}")
+        compiled = self.select(compiled, identity, tier)
         raise ValueError(
             f"cost must be an integer from 1 to {compiled.rule.capacity} for policy {policy!r} "
             f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
         )
 
-    def plan(self, identity: str, policy: str, op: int, cost: int = 1) -> Plan:
+    @staticmethod
+    def select(compiled: _Compiled, identity: str, tier: str | None) -> _Compiled:
+        """The variant of ``compiled`` that decides for ``identity`` in ``tier``: its
+        override, else the tier's limits, else the policy's own. Raises KeyError for a tier
+        the policy does not define."""
+        if tier is not None:
+            tiers = compiled.tiers or {}
+            if tier not in tiers:
+                known = ", ".join(sorted(tiers)) or "none"
+                raise KeyError(
+                    f"unknown tier {tier!r} for policy {compiled.name!r}; its tiers: {known}"
+                )
+        overrides = compiled.overrides
+        if overrides and type(identity) is str and identity in overrides:
+            return overrides[identity]
+        if tier is not None:
+            return compiled.tiers[tier]  # type: ignore[index]  # checked above
+        return compiled
+
+    def plan(
+        self, identity: str, policy: str, op: int, cost: int = 1, tier: str | None = None
+    ) -> Plan:
         # _call inlined: this runs once per decision.
         compiled = self._compiled.get(policy)
+        exempt: _Compiled | None = None
+        if compiled is not None and (compiled.special or tier is not None):
+            if type(identity) is str and identity in compiled.exempt:
+                exempt = compiled  # decides with the policy's own limit, whatever the tier
+            compiled = self.select(compiled, identity, tier)
         if (
             compiled is None
             or type(identity) is not str
@@ -268,6 +352,9 @@ class Core:
             key = self._keys.key(identity, policy)
         call = _tuple_new(Call, (key, op, cost, compiled.rule))
         breaker = self._breaker
+        if exempt is not None and op != RESET:
+            # Always allowed, nothing stored, the store not asked.
+            return _tuple_new(Plan, (compiled, call, exempt.exit.exempt(), breaker.generation))
         if op == RESET:
             self.deny_cache.forget(key)
             self.leases.forget(key)
@@ -299,11 +386,17 @@ class Core:
         """One request against several (identity, policy[, cost]) items, all or nothing."""
         if not items:
             raise ValueError("check_many needs at least one (identity, policy) item")
-        pairs = [
-            self._call(item[0], item[1], op, item[2] if len(item) > 2 else 1) for item in items
-        ]
+        exempt: dict[int, Decision] = {}
+        pairs = []
+        for index, item in enumerate(items):
+            known_policy = self._compiled.get(item[1])
+            if known_policy is not None and item[0] in known_policy.exempt:
+                exempt[index] = known_policy.exit.exempt()
+            pairs.append(self._call(item[0], item[1], op, item[2] if len(item) > 2 else 1))
         compiled = tuple(pair[0] for pair in pairs)
         calls = tuple(pair[1] for pair in pairs)
+        if exempt or any(c.exit.shadow for c in compiled):
+            return self._plan_split(compiled, calls, exempt)
         if self._slot_of is not None and len({self._slot_of(c.key) for c in calls}) > 1:
             raise ValueError(
                 "on a Redis Cluster, one check_many request must be for one identity (one "
@@ -335,7 +428,29 @@ class Core:
                 [self._failure_mode(c, _BREAKER_OPEN) for c in compiled],
                 generation,
             )
-        return PlanMany(compiled, calls, None, generation)
+        return PlanMany(compiled, calls, None, generation, (calls,), tuple(range(len(calls))))
+
+    def _plan_split(
+        self, compiled: tuple[_Compiled, ...], calls: tuple[Call, ...], exempt: dict[int, Decision]
+    ) -> PlanMany:
+        """check_many with exempt items (decided here) or shadow policies (decided alone):
+        the store gets the enforced items as one group and each shadow item on its own, in
+        one round trip, so that a policy that only watches never blocks the others."""
+        enforced = [i for i, c in enumerate(compiled) if i not in exempt and not c.exit.shadow]
+        shadow = [i for i, c in enumerate(compiled) if i not in exempt and c.exit.shadow]
+        groups = ([enforced] if enforced else []) + [[i] for i in shadow]
+        generation = self._breaker.generation
+        if not groups:
+            return PlanMany(compiled, calls, [exempt[i] for i in range(len(calls))], generation)
+        if self._breaker.is_open(self._now()):
+            decisions = [
+                exempt[i] if i in exempt else self._failure_mode(c, _BREAKER_OPEN)
+                for i, c in enumerate(compiled)
+            ]
+            return PlanMany(compiled, calls, decisions, generation)
+        requests = tuple(tuple(calls[i] for i in group) for group in groups)
+        order = tuple(i for group in groups for i in group)
+        return PlanMany(compiled, calls, None, generation, requests, order)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -365,12 +480,25 @@ class Core:
         # The store decided this request (and granted the lease with it).
         return plan.compiled.exit.allowed(remaining, reply[2])
 
-    def decide_many(self, plan: PlanMany, replies: Sequence[Reply]) -> list[Decision]:
+    def decide_many(self, plan: PlanMany, replies: Sequence[Sequence[Reply]]) -> list[Decision]:
+        """Decisions from the replies to ``plan.requests`` (one list of replies each)."""
         self._breaker.succeeded()
-        self._learn(plan.calls, replies)
+        decisions: list[Decision | None] = [None] * len(plan.calls)
+        position = 0
+        for request, request_replies in zip(plan.requests, replies, strict=True):
+            self._learn(request, request_replies)
+            for reply in request_replies:
+                index = plan.order[position]
+                position += 1
+                c = plan.compiled[index]
+                decisions[index] = (
+                    c.exit.allowed(reply[1], reply[2])
+                    if reply[0] == 1
+                    else c.exit.refused(reply[1], reply[2], reply[3])
+                )
         return [
-            c.exit.allowed(r[1], r[2]) if r[0] == 1 else c.exit.refused(r[1], r[2], r[3])
-            for c, r in zip(plan.compiled, replies, strict=True)
+            decision if decision is not None else plan.compiled[i].exit.exempt()
+            for i, decision in enumerate(decisions)
         ]
 
     def _learn(self, calls: Sequence[Call], replies: Sequence[Reply]) -> None:
@@ -393,7 +521,11 @@ class Core:
 
     def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
         self._breaker.failed(self._now(), plan.generation, error)
-        return [self._failure_mode(compiled, error) for compiled in plan.compiled]
+        asked = set(plan.order)
+        return [
+            self._failure_mode(compiled, error) if i in asked else compiled.exit.exempt()
+            for i, compiled in enumerate(plan.compiled)
+        ]
 
     def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:
         mode = compiled.policy.failure_mode

@@ -5,6 +5,7 @@ where observers attach."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 from ._clock import Clock, micros_from
 from .core import CHECK, PEEK, RESET, Core, Plan
 from .decision import Decision
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .keys import DEFAULT_PREFIX
 from .observer import Observer
 from .policy import Policy
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 __all__ = ["AsyncRateLimiter", "RateLimiter"]
+
+_log = logging.getLogger("ratewall")
 
 
 class _Limiter:
@@ -87,6 +90,7 @@ class _Limiter:
         elif observer is not None:
             built.observe(observer)  # type: ignore[union-attr]  # a Store or an AsyncStore
         self._store: Any = built
+        self._observer = observer
 
     def _make_store(
         self, kind: str, url: str, timeout: float, clock: Any
@@ -137,6 +141,35 @@ class _Limiter:
     def policies(self) -> Mapping[str, Policy]:
         return self._core.policies
 
+    def _reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
+        """Swap in the policies of ``source`` (a config file's path, or a mapping in config
+        form): decisions already under way finish under the old ones, the next use the new.
+        No lock is taken on the hot path: the swap is one reference assignment.
+
+        Only policies change: the store, key prefix, cache size and timeout stay as built
+        (they need a new limiter). State carries over per policy: an unchanged policy keeps
+        its counts; a changed limit, window or burst applies to the identity's state from
+        the next decision; a changed algorithm starts from empty state (the stores never
+        read one algorithm's state as another's). A bad source raises
+        :class:`~ratewall.ConfigError` and changes nothing."""
+        from .config import load_config, parse_config
+
+        try:
+            if isinstance(source, Mapping):
+                config = parse_config(source, source="<reload>")
+            else:
+                config = load_config(source)
+            core = self._core.reloaded(config.policies)
+        except ConfigError as error:
+            _log.warning("ratewall: config reload rejected, the old one stays: %s", error)
+            _tell_reload(self._observer, error)
+            raise
+        if self._local is not None:
+            self._local.attach(core)
+        self._core = core
+        _log.info("ratewall: config reloaded from %s", config.source)
+        _tell_reload(self._observer, None)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={self.store_url!r})"
@@ -151,6 +184,15 @@ _CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cos
         if any is refused, nothing is consumed, and the allowed decisions describe what
         *would* have been consumed. One store round trip (on a Redis Cluster, the items must
         share a hash slot, i.e. one identity; otherwise use separate calls)."""
+
+
+def _tell_reload(observer: Observer | None, error: BaseException | None) -> None:
+    if observer is None:
+        return
+    try:
+        observer.on_reload(error)
+    except Exception:  # noqa: BLE001 - an observer's bug must not fail the reload
+        _log.exception("ratewall observer failed on a reload")
 
 
 def _unreachable(limiter: _Limiter, error: Exception) -> StoreError:
@@ -189,6 +231,11 @@ class RateLimiter(_Limiter):
                 )
             )
 
+    def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
+        self._reload(source)
+
+    reload.__doc__ = _Limiter._reload.__doc__
+
     def ping(self) -> float:
         """Ask the store whether it answers, as at startup: the round trip in seconds (0.0
         for a store in this process). Raises :class:`StoreError`, within the store timeout,
@@ -201,17 +248,22 @@ class RateLimiter(_Limiter):
             raise _unreachable(self, error) from error
         return seconds
 
-    def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
-        """Decide a request of ``cost`` units; consumes them only if allowed."""
+    def check(
+        self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
+    ) -> Decision:
+        """Decide a request of ``cost`` units; consumes them only if allowed. ``tier``
+        picks one of the policy's tiers (an identity's override still wins)."""
         if self._local is not None:
-            return self._local.check(identity, policy, cost)
-        return self._decide(self._core.plan(identity, policy, CHECK, cost))
+            return self._local.check(identity, policy, cost, tier)
+        return self._decide(self._core.plan(identity, policy, CHECK, cost, tier))
 
-    def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+    def peek(
+        self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
+    ) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
         if self._local is not None:
-            return self._local.peek(identity, policy, cost)
-        return self._decide(self._core.plan(identity, policy, PEEK, cost))
+            return self._local.peek(identity, policy, cost, tier)
+        return self._decide(self._core.plan(identity, policy, PEEK, cost, tier))
 
     def reset(self, identity: str, policy: str) -> None:
         """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
@@ -236,7 +288,7 @@ class RateLimiter(_Limiter):
         if plan.decisions is not None:
             return plan.decisions
         try:
-            replies = self._store.run((plan.calls,))[0]
+            replies = self._store.run(plan.requests)
         except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
             return self._core.failure_many(plan, error)
         return self._core.decide_many(plan, replies)
@@ -284,6 +336,11 @@ class AsyncRateLimiter(_Limiter):
                 + (" (a synchronous store: use RateLimiter)" if isinstance(store, Store) else "")
             )
 
+    async def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
+        self._reload(source)
+
+    reload.__doc__ = _Limiter._reload.__doc__
+
     async def ping(self) -> float:
         """Ask the store whether it answers, as at startup: the round trip in seconds (0.0
         for a store in this process). Raises :class:`StoreError`, within the store timeout,
@@ -296,13 +353,16 @@ class AsyncRateLimiter(_Limiter):
             raise _unreachable(self, error) from error
         return seconds
 
-    async def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
-        """Decide a request of ``cost`` units; consumes them only if allowed."""
+    async def check(
+        self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
+    ) -> Decision:
+        """Decide a request of ``cost`` units; consumes them only if allowed. ``tier``
+        picks one of the policy's tiers (an identity's override still wins)."""
         if self._local is not None:
-            return self._local.check(identity, policy, cost)
+            return self._local.check(identity, policy, cost, tier)
         # _decide's body, inlined (keep the two in step): one coroutine less per decision,
         # about 4% of the process's work per batched decision.
-        plan = self._core.plan(identity, policy, CHECK, cost)
+        plan = self._core.plan(identity, policy, CHECK, cost, tier)
         if plan.decision is not None:
             return plan.decision
         try:
@@ -311,11 +371,13 @@ class AsyncRateLimiter(_Limiter):
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)
 
-    async def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
+    async def peek(
+        self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
+    ) -> Decision:
         """The decision :meth:`check` would give now, consuming nothing."""
         if self._local is not None:
-            return self._local.peek(identity, policy, cost)
-        return await self._decide(self._core.plan(identity, policy, PEEK, cost))
+            return self._local.peek(identity, policy, cost, tier)
+        return await self._decide(self._core.plan(identity, policy, PEEK, cost, tier))
 
     async def reset(self, identity: str, policy: str) -> None:
         """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
@@ -340,7 +402,7 @@ class AsyncRateLimiter(_Limiter):
         if plan.decisions is not None:
             return plan.decisions
         try:
-            replies = (await self._store.arun((plan.calls,)))[0]
+            replies = await self._store.arun(plan.requests)
         except Exception as error:  # noqa: BLE001 - the policies' failure modes handle any failure
             return self._core.failure_many(plan, error)
         return self._core.decide_many(plan, replies)

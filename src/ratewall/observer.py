@@ -36,6 +36,10 @@ class Observer(Protocol):
         """The store failed for ``policy``, whose failure mode is ``"raise"``: the caller
         gets a :class:`~ratewall.StoreError` instead of a decision."""
 
+    def on_reload(self, error: BaseException | None) -> None:
+        """``limiter.reload()`` swapped in a new config (``error`` is ``None``) or rejected
+        one (``error`` is the :class:`~ratewall.ConfigError`; the old config stays)."""
+
 
 class BaseObserver:
     """An :class:`Observer` that ignores everything: subclass it and override what you need."""
@@ -50,4 +54,7 @@ class BaseObserver:
         return None
 
     def on_error(self, policy: str, error: BaseException) -> None:
+        return None
+
+    def on_reload(self, error: BaseException | None) -> None:
         return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from types import MappingProxyType
+from typing import Any, Final, Literal, get_args
 
 from .errors import ConfigError
 
@@ -98,6 +100,17 @@ class Policy:
     admitted in a window** (units a node leased before the window ended, spent after it), and
     units leased but never spent are lost for that window. Without ``lease`` the limit is exact.
     Limiters on the memory store ignore it (they are the store).
+
+    ``shadow`` deploys a limit without enforcing it: decisions are computed and state is
+    consumed exactly as if it were enforced, but a refused request is allowed, with
+    :attr:`Decision.shadowed` set, so that a team can watch what it would refuse.
+
+    ``exempt`` identities are always allowed and nothing is stored for them.
+    ``overrides`` gives identities limits of their own (``{"partner_1": {"limit": 1000}}``:
+    any of ``limit``, ``window`` and ``burst``, the rest inherited); ``tiers`` names sets of
+    limits chosen per call (``check(identity, policy, tier="pro")``). An override wins over
+    a tier. Overrides and tiers keep the policy's algorithm, key and state: an identity that
+    moves to another tier keeps what it consumed, measured against its new limit.
     """
 
     limit: int
@@ -106,6 +119,10 @@ class Policy:
     burst: int | None = None
     failure_mode: FailureMode | str = "raise"  # validated: one of FAILURE_MODES
     lease: int | None = None
+    shadow: bool = False
+    exempt: frozenset[str] | Any = field(default=frozenset(), hash=False)
+    overrides: Mapping[str, Policy] | Any = field(default_factory=dict, hash=False)
+    tiers: Mapping[str, Policy] | Any = field(default_factory=dict, hash=False)
     # Derived once, used on every decision.
     window_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
@@ -171,6 +188,44 @@ class Policy:
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "window_us", window_us)
         object.__setattr__(self, "capacity", capacity)
+        if not isinstance(self.shadow, bool):
+            raise ConfigError(
+                f"must be true or false, got {self.shadow!r}", source=source, field=at("shadow")
+            )
+        object.__setattr__(self, "exempt", _identities(self.exempt, source, at("exempt")))
+        for kind in ("overrides", "tiers"):
+            variants = _variants(self, getattr(self, kind), source, at(kind))
+            object.__setattr__(self, kind, variants)
+
+    def _variant(self, changes: object, source: str, field: str) -> Policy:
+        """This policy with some of limit, window and burst changed (an override or a tier)."""
+        if isinstance(changes, Policy):
+            changes = {name: getattr(changes, name) for name in _VARIANT_FIELDS}
+        if not isinstance(changes, Mapping) or not changes:
+            raise ConfigError(
+                f"must be a mapping of at least one of {', '.join(_VARIANT_FIELDS)}",
+                source=source,
+                field=field,
+            )
+        for key in changes:
+            if key not in _VARIANT_FIELDS:
+                raise ConfigError(
+                    f"unknown field {key!r}; an override or tier sets any of "
+                    f"{', '.join(_VARIANT_FIELDS)} (the rest is the policy's)",
+                    source=source,
+                    field=f"{field}.{key}",
+                )
+        variant = object.__new__(Policy)
+        for name in _FIELDS:
+            value = changes.get(name, getattr(self, name)) if name in _VARIANT_FIELDS else None
+            object.__setattr__(variant, name, value)
+        for name in ("algorithm", "failure_mode", "lease", "shadow"):
+            object.__setattr__(variant, name, getattr(self, name))
+        object.__setattr__(variant, "exempt", frozenset())
+        object.__setattr__(variant, "overrides", {})
+        object.__setattr__(variant, "tiers", {})
+        variant._validate(source, f"{field}.")
+        return variant
 
     @classmethod
     def from_mapping(cls, data: object, *, source: str, field: str) -> Policy:
@@ -179,7 +234,7 @@ class Policy:
             raise ConfigError(
                 "must be a mapping with at least 'limit' and 'window'", source=source, field=field
             )
-        allowed = ("limit", "window", "algorithm", "burst", "failure_mode", "lease")
+        allowed = _FIELDS
         for key in data:
             if key not in allowed:
                 raise ConfigError(
@@ -191,9 +246,16 @@ class Policy:
             if required not in data:
                 raise ConfigError("is required", source=source, field=f"{field}.{required}")
         policy = object.__new__(cls)
+        defaults: dict[str, object] = {
+            "algorithm": "fixed_window",
+            "failure_mode": "raise",
+            "shadow": False,
+            "exempt": frozenset(),
+            "overrides": {},
+            "tiers": {},
+        }
         for name in allowed:
-            default = {"algorithm": "fixed_window", "failure_mode": "raise"}
-            object.__setattr__(policy, name, data.get(name, default.get(name)))
+            object.__setattr__(policy, name, data.get(name, defaults.get(name)))
         policy._validate(source, f"{field}.")
         return policy
 
@@ -206,7 +268,67 @@ class Policy:
             text += f", fails {self.failure_mode}"
         if self.lease is not None:
             text += f", leases of {self.lease}"
+        if self.shadow:
+            text += ", shadow"
+        if self.exempt:
+            text += f", {len(self.exempt)} exempt"
+        if self.overrides:
+            text += f", {len(self.overrides)} overrides"
+        if self.tiers:
+            text += f", tiers {', '.join(sorted(self.tiers))}"
         return text + ")"
+
+
+_FIELDS: Final = (
+    "limit",
+    "window",
+    "algorithm",
+    "burst",
+    "failure_mode",
+    "lease",
+    "shadow",
+    "exempt",
+    "overrides",
+    "tiers",
+)
+_VARIANT_FIELDS: Final = ("limit", "window", "burst")
+
+
+def _identities(value: object, source: str, field: str) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(
+            f"must be a list of identities, got {type(value).__name__}", source=source, field=field
+        )
+    for index, identity in enumerate(value):
+        if not isinstance(identity, str):
+            raise ConfigError(
+                f"must be an identity (a string), got {identity!r}",
+                source=source,
+                field=f"{field}[{index}]",
+            )
+    return frozenset(value)
+
+
+def _variants(policy: Policy, value: object, source: str, field: str) -> Mapping[str, Policy]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"must be a mapping of names to limits, got {type(value).__name__}",
+            source=source,
+            field=field,
+        )
+    variants: dict[str, Policy] = {}
+    for name, changes in value.items():
+        # Any string is an identity (the empty one too); a tier needs a name.
+        if not isinstance(name, str) or (not name and field.endswith("tiers")):
+            what = "identities" if field.endswith("overrides") else "tier names"
+            raise ConfigError(
+                f"{what} must be {'strings' if what == 'identities' else 'non-empty strings'}, "
+                f"got {name!r}",
+                source=source,
+                field=field,
+            )
+        variants[name] = policy._variant(changes, source, f"{field}.{name}")
+    return MappingProxyType(variants)
 
 
 def bucket_ratio(limit: int, window_us: int) -> tuple[int, int]:

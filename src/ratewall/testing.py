@@ -262,6 +262,7 @@ class DecisionCapture(BaseObserver):
         self.store_calls: list[StoreCall] = []
         self.breaker: list[tuple[bool, BaseException | None]] = []
         self.errors: list[tuple[str, BaseException]] = []
+        self.reloads: list[BaseException | None] = []
 
     def on_decision(self, decision: Decision) -> None:
         with self._lock:
@@ -279,6 +280,10 @@ class DecisionCapture(BaseObserver):
         with self._lock:
             self.errors.append((policy, error))
 
+    def on_reload(self, error: BaseException | None) -> None:
+        with self._lock:
+            self.reloads.append(error)
+
     def where(self, predicate: Callable[[Decision], bool]) -> list[Decision]:
         """The decisions for which ``predicate`` holds."""
         with self._lock:
@@ -290,3 +295,4 @@ class DecisionCapture(BaseObserver):
             self.store_calls.clear()
             self.breaker.clear()
             self.errors.clear()
+            self.reloads.clear()

@@ -287,7 +287,10 @@ def test_limiter_errors_pass_when_nothing_fails_closed(
     limiter = engine()
     check = check_of(limiter.start(login_request()))
     with caplog.at_level(logging.WARNING, logger="ratewall"):
-        assert limiter.failed(check, error) is PASS
+        verdict = limiter.failed(check, error)
+    # The request passes, and the response says the store did not decide it.
+    assert isinstance(verdict, Pass)
+    assert verdict.headers == (("RateLimit-Degraded", '"login", "login_ip"'),)
     assert "letting requests pass" in caplog.text
 
 

@@ -106,6 +106,9 @@ def test_an_observer_need_not_subclass_anything() -> None:
         def on_error(self, policy: str, error: BaseException) -> None:
             return None
 
+        def on_reload(self, error: BaseException | None) -> None:
+            return None
+
     observer: Observer = Plain()
     RateLimiter(POLICIES, observer=observer).check("u", "login")
     assert len(seen) == 1

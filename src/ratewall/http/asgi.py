@@ -29,7 +29,7 @@ from ..config import Config
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
 from .client_ip import ClientIP
-from .middleware import Middleware
+from .middleware import Middleware, warn_if_store_unreachable
 from .request import HttpRequest
 from .routes import Route, RouteTable
 from .shortcut import (
@@ -96,6 +96,25 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
             if self._shortcut is not None:
                 self._check_now = memory_store_check(limiter)
 
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Any other scope passes straight through; the lifespan one checks the store."""
+        if scope.get("type") == "lifespan":
+            receive = self._checking_store_at_startup(receive)
+        await self.app(scope, receive, send)
+
+    def _checking_store_at_startup(self, receive: Receive) -> Receive:
+        """``receive`` for the lifespan scope, pinging the store when the server starts: an
+        unreachable store is one clear warning at startup, not a silent failure mode at the
+        first request. The application starts either way."""
+
+        async def receive_and_check() -> MutableMapping[str, Any]:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await warn_if_store_unreachable(self.limiter)
+            return message
+
+        return receive_and_check
+
     @classmethod
     def limiter_from_config(
         cls, config: Config, store: str | None, clock: Callable[[], float] | None
@@ -106,7 +125,7 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
-            await self.app(scope, receive, send)
+            await self._not_http(scope, receive, send)
             return
         # The limiter's answer, once asked: its decisions, or the exception it raised.
         answer: list[Decision] | Exception | None = None

@@ -260,9 +260,19 @@ class HttpEngine:
                 check.route.path,
             )
         if not refused:
+            if degraded:
+                # Answered by a failure mode, not the store: the response says so.
+                try:
+                    headers = (
+                        self.response_headers(check, decisions) if self.headers_on_allowed else []
+                    )
+                except Exception as error:  # noqa: BLE001 - the response goes out without them
+                    self.internal_error("headers", error, NO_HEADERS)
+                    headers = []
+                return Pass((*headers, degraded_header(degraded)))
             if not self.headers_on_allowed:
                 return PASS
-            if not degraded and not self.legacy_headers and self._default_headers:
+            if not self.legacy_headers and self._default_headers:
                 verdict = self._fields_pass(decisions)
                 if verdict is not None:
                     return verdict
@@ -305,7 +315,8 @@ class HttpEngine:
         except Exception as inner:  # noqa: BLE001 - never a 500 of the application
             return self.internal_error("failed", inner)
         if not closed:
-            return PASS
+            # The store failed and the request passes unlimited: the response says so.
+            return Pass((degraded_header([limit.policy for limit in check.limits]),))
         return self._contained(
             lambda: self.unavailable(closed, 1),
             "unavailable",
@@ -403,7 +414,11 @@ class HttpEngine:
             problem_type=TEMPORARY_REDUCED_CAPACITY,
             violated_policies=names,
         )
-        return Respond(503, (*problem_headers(body), ("Retry-After", str(wait))), body)
+        return Respond(
+            503,
+            (*problem_headers(body), ("Retry-After", str(wait)), degraded_header(names)),
+            body,
+        )
 
     def missing_identity(self, limit: RouteLimit) -> Respond:
         """400 for a request without the identity a ``reject`` limit requires."""
@@ -514,3 +529,15 @@ def _safe_retry_after(refused: Sequence[Decision]) -> int:
         return retry_after(refused)
     except Exception:  # noqa: BLE001 - a bogus decision must not prevent the refusal
         return 1
+
+
+#: The response header that marks a response the rate limiter could not decide normally:
+#: the store failed and the listed policies answered by their failure mode (a request
+#: passed unlimited, or a 503 of a policy that fails closed).
+DEGRADED_HEADER = "RateLimit-Degraded"
+
+
+def degraded_header(policies: Sequence[str]) -> tuple[str, str]:
+    """``RateLimit-Degraded: "login", "api"``: a structured-field list of the policies."""
+    names = ", ".join(f'"{name}"' for name in dict.fromkeys(policies))
+    return (DEGRADED_HEADER, names)

@@ -3,9 +3,10 @@ from a config file. They differ only in how they talk to the server and the limi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from ..config import Config, load_config
 from .client_ip import ClientIP, client_ip_from_config
@@ -13,7 +14,9 @@ from .engine import HttpEngine
 from .routes import Route, RouteTable, routes_from_config
 from .steps import AsyncLimiter, SyncLimiter
 
-__all__ = ["Middleware"]
+__all__ = ["Middleware", "warn_if_store_unreachable", "warn_if_store_unreachable_now"]
+
+_log = logging.getLogger("ratewall")
 
 App = TypeVar("App")
 Limiter = TypeVar("Limiter", SyncLimiter, AsyncLimiter)
@@ -48,6 +51,11 @@ class Middleware(Generic[App, Limiter]):
             headers_on_allowed=headers_on_allowed,
             client_ip=client_ip,
         )
+        self._check_store_at_startup()
+
+    def _check_store_at_startup(self) -> None:
+        """Warn once, at startup, if the store does not answer (the ASGI middleware does it
+        when the server's lifespan starts, the WSGI one when it is made)."""
 
     @classmethod
     def from_config(
@@ -84,3 +92,35 @@ class Middleware(Generic[App, Limiter]):
     ) -> Limiter:
         """The limiter :meth:`from_config` puts in front of the application."""
         raise NotImplementedError(f"{cls.__name__} does not say which limiter it uses")
+
+
+def _unreachable(limiter: object, error: Exception) -> None:
+    _log.warning(
+        "ratewall: the rate-limit store does not answer (%s); until it does, each policy "
+        "answers by its failure_mode, and responses that were not decided by the store carry "
+        "a RateLimit-Degraded header",
+        error,
+    )
+
+
+async def warn_if_store_unreachable(limiter: Any) -> None:
+    """Ping ``limiter``'s store (an async limiter's ``ping``) and log one warning if it does
+    not answer. Never raises: the application starts either way."""
+    ping = getattr(limiter, "ping", None)
+    if ping is None:
+        return
+    try:
+        await ping()
+    except Exception as error:  # noqa: BLE001 - a warning, never a failed startup
+        _unreachable(limiter, error)
+
+
+def warn_if_store_unreachable_now(limiter: Any) -> None:
+    """The same for a synchronous limiter."""
+    ping = getattr(limiter, "ping", None)
+    if ping is None:
+        return
+    try:
+        ping()
+    except Exception as error:  # noqa: BLE001 - a warning, never a failed startup
+        _unreachable(limiter, error)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..decision import Decision
 from ..limiter import RateLimiter
-from .middleware import Middleware
+from .middleware import Middleware, warn_if_store_unreachable_now
 from .request import HttpRequest
 from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict
 from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
@@ -50,6 +50,9 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
     ) -> SyncLimiter:
         """A :class:`~ratewall.RateLimiter`: close it with ``middleware.limiter.close()``."""
         return RateLimiter.from_config(config, store, clock=clock)
+
+    def _check_store_at_startup(self) -> None:
+        warn_if_store_unreachable_now(self.limiter)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         verdict: object = self._verdict(environ)

@@ -49,14 +49,18 @@ class _Table(Generic[E]):
     __slots__ = (
         "capacity",
         "entries",
+        "exempt",
         "exit",
         "function",
         "interval",
         "limit",
         "name",
+        "overrides",
         "rate",
         "rule",
+        "special",
         "sweep_at",
+        "tiers",
         "window",
     )
 
@@ -64,6 +68,12 @@ class _Table(Generic[E]):
         self.name = name
         self.rule = rule
         self.exit = exit
+        # A policy's overrides and tiers are tables of their own rule sharing its entries;
+        # ``special`` says whether there is any of them, or an exempt identity, to look at.
+        self.special = False
+        self.exempt: frozenset[str] = frozenset()
+        self.overrides: dict[str, _Table[Any]] = {}
+        self.tiers: dict[str, _Table[Any]] = {}
         self.function = FUNCTIONS[rule.algorithm]
         self.limit = rule.limit
         self.capacity = rule.capacity
@@ -99,9 +109,10 @@ class _Table(Generic[E]):
 
     def sweep(self, now: int) -> None:
         """Drop expired entries, so memory stays proportional to the live identities."""
-        live = {identity: entry for identity, entry in self.entries.items() if now < entry[-1]}
-        self.entries = live
-        self.sweep_at = max(_SWEEP_AT, 2 * len(live))
+        entries = self.entries  # in place: a policy's override and tier tables share it
+        for identity in [identity for identity, entry in entries.items() if now >= entry[-1]]:
+            del entries[identity]
+        self.sweep_at = max(_SWEEP_AT, 2 * len(entries))
 
     def decide(self, identity: str, op: int, cost: int, now: int) -> Decision:
         outcome = self.function(self.state(identity, now), now, cost, self.rule)
@@ -187,7 +198,10 @@ class _SlidingWindow(_Flat):
         # Whether the entry must be rewritten whole (else only its current count changes).
         moved = True
         if entry is not None and now < entry[3]:
-            previous, current, start, expiry = entry
+            previous, current, start, _ = entry
+            # Two windows from the start, as the script derives it: the same as the stored
+            # expiry unless a reload (or a tier) changed the window since it was written.
+            expiry = start + 2 * window
             if now >= start + window:
                 # Alive means within two windows of start: the current count becomes the
                 # previous one (the pure function's "two windows later" case is expiry).
@@ -371,7 +385,7 @@ class MemoryStore:
         self._monotonic_ns = time.monotonic_ns if clock is monotonic_micros else None
         self._lock = threading.Lock()
         self._tables: dict[str, _Table[Any]] = {}
-        self._reject: Callable[[object, str, object], NoReturn] = _unattached
+        self._reject: Callable[..., NoReturn] = _unattached
         reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -382,18 +396,48 @@ class MemoryStore:
             table.entries.clear()
 
     def attach(self, core: Core) -> None:
-        """Make one table per policy of ``core``."""
-        self._tables = {
-            name: table_for(name, rule, core.exits[name]) for name, rule in core.rules.items()
-        }
+        """Make one table per policy of ``core`` (and one per override and tier, sharing
+        the policy's entries). Attaching the core of a reloaded config keeps the entries of
+        every policy whose algorithm did not change: their state carries over, read by the
+        new rule from the next decision on."""
+        old = self._tables
+        tables: dict[str, _Table[Any]] = {}
+        for name, compiled in core.compiled.items():
+            table = table_for(name, compiled.rule, compiled.exit)
+            previous = old.get(name)
+            if previous is not None and previous.rule.algorithm == compiled.rule.algorithm:
+                table.entries = previous.entries
+            table.special = compiled.special
+            table.exempt = compiled.exempt
+            for kind in ("overrides", "tiers"):
+                variants: dict[str, _Table[Any]] = getattr(table, kind)
+                for label, variant in (getattr(compiled, kind) or {}).items():
+                    variants[label] = table_for(name, variant.rule, variant.exit)
+                    variants[label].entries = table.entries
+            tables[name] = table
+        self._tables = tables  # one assignment: a decision sees the old tables or the new
         self._reject = core.reject
+
+    def _select(self, table: _Table[Any], identity: str, tier: str | None) -> _Table[Any]:
+        """The table that decides for ``identity`` in ``tier`` (see ``Core.select``)."""
+        if tier is not None and tier not in table.tiers:
+            self._reject(identity, table.name, 1, tier)
+        override = table.overrides.get(identity) if table.overrides else None
+        if override is not None:
+            return override
+        return table.tiers[tier] if tier is not None else table
 
     def __len__(self) -> int:
         return sum(len(table.entries) for table in self._tables.values())
 
-    def check(self, identity: str, policy: str, cost: int = 1) -> Decision:
+    def check(self, identity: str, policy: str, cost: int = 1, tier: str | None = None) -> Decision:
         # The hot path: _table's validation inlined, and the lock without a `with` block.
         table = self._tables.get(policy)
+        if table is not None and (table.special or tier is not None) and type(identity) is str:
+            base, table = table, self._select(table, identity, tier)
+            if identity in base.exempt:
+                self._table(identity, policy, cost, table)  # a bad cost is still an error
+                return base.exit.exempt()
         if (
             table is None
             or type(identity) is not str
@@ -411,14 +455,26 @@ class MemoryStore:
         finally:
             lock.release()
 
-    def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
-        table = self._table(identity, policy, cost)
+    def peek(self, identity: str, policy: str, cost: int = 1, tier: str | None = None) -> Decision:
+        table = self._tables.get(policy)
+        if table is not None and (table.special or tier is not None) and type(identity) is str:
+            base, table = table, self._select(table, identity, tier)
+            if identity in base.exempt:
+                self._table(identity, policy, cost, table)  # a bad cost is still an error
+                return base.exit.exempt()
+        table = self._table(identity, policy, cost, table)
         with self._lock:
             return table.decide(identity, PEEK, cost, self._clock())
 
-    def _table(self, identity: object, policy: str, cost: object) -> _Table[Any]:
-        """The policy's table, once the call is valid (``check`` inlines this check)."""
-        table = self._tables.get(policy)
+    def _table(
+        self, identity: object, policy: str, cost: object, table: _Table[Any] | None = None
+    ) -> _Table[Any]:
+        """The policy's table (or ``table``, its variant), once the call is valid (``check``
+        inlines this check)."""
+        if table is None:
+            table = self._tables.get(policy)
+            if table is not None and table.overrides and type(identity) is str:
+                table = table.overrides.get(identity, table)
         if (
             table is None
             or type(identity) is not str
@@ -447,6 +503,33 @@ class MemoryStore:
             identity, policy = item[0], item[1]
             cost = item[2] if len(item) > 2 else 1
             members.append((self._table(identity, policy, cost), identity, cost))
+        if any(table.special or table.exit.shadow for table, _, _ in members):
+            return self._check_split(members)
+        return self._check_group(members)
+
+    def _check_split(self, members: list[tuple[_Table[Any], str, int]]) -> list[Decision]:
+        """check_many with exempt identities (allowed, nothing stored) or shadow policies
+        (each decided alone, so that a policy that only watches never blocks the others),
+        as the core splits it for Redis."""
+        decisions: dict[int, Decision] = {}
+        group: list[int] = []
+        with self._lock:
+            now = self._clock()
+            for index, (table, identity, cost) in enumerate(members):
+                base = self._tables[table.name]  # an override's table has no exemptions
+                if identity in base.exempt:
+                    decisions[index] = base.exit.exempt()
+                elif table.exit.shadow:
+                    decisions[index] = table.decide(identity, CHECK, cost, now)
+                else:
+                    group.append(index)
+        if group:
+            decided = self._check_group([members[i] for i in group])
+            decisions.update(zip(group, decided, strict=True))
+        return [decisions[index] for index in range(len(members))]
+
+    def _check_group(self, members: list[tuple[_Table[Any], str, int]]) -> list[Decision]:
+        """Decide ``members`` all or nothing, under the lock."""
         with self._lock:
             now = self._clock()
             # A member sees the states its predecessors in the group would write.
@@ -477,5 +560,5 @@ class MemoryStore:
         self.close()
 
 
-def _unattached(identity: object, policy: str, cost: object) -> NoReturn:
+def _unattached(identity: object, policy: str, cost: object, tier: object = None) -> NoReturn:
     raise KeyError(f"unknown policy {policy!r}: this memory store serves no limiter yet")
