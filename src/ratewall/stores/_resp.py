@@ -52,6 +52,18 @@ ReplyError = hiredis.ReplyError
 
 _TIMEOUTS_BEFORE_RECONNECT = 3
 
+# Replies that say "this server cannot serve you now": a replica (READONLY: a failover
+# demoted the server this connection reached, behind an address that now leads to the new
+# primary), a server loading its data set (LOADING), a replica cut from its primary
+# (MASTERDOWN). The call fails (the policy's failure mode answers), and so that the next
+# call does not meet the same server, the connection is dropped, as redis-py does.
+_WRONG_SERVER: Final = ("READONLY", "LOADING", "MASTERDOWN")
+
+
+def wrong_server(reply: Any) -> bool:
+    """Whether ``reply`` is an error after which the connection must not be reused."""
+    return isinstance(reply, ReplyError) and str(reply).startswith(_WRONG_SERVER)
+
 
 class StoreTimeoutError(TimeoutError):
     """The store did not answer within the timeout."""
@@ -196,6 +208,8 @@ class Script:
         if step == LOAD:
             if not isinstance(reply, ReplyError) or "already exists" in str(reply):
                 return FCALL_AGAIN  # loaded now, or by another client meanwhile
+            if wrong_server(reply):
+                return None  # a replica refusing writes says nothing about functions
             self.functions = False  # refused (ACL, out of memory, ...): plain scripts then
             return EVALSHA
         if not isinstance(reply, ReplyError):
@@ -341,11 +355,15 @@ class ConnectionPool:
         except BaseException:
             connection.close()
             raise
-        if self._closed or len(self._idle) >= self._max_idle:
+        self._release(connection, reply)
+        return _check(reply)
+
+    def _release(self, connection: Connection, reply: Any) -> None:
+        """Pool ``connection`` again after ``reply``, or close it (see :data:`_WRONG_SERVER`)."""
+        if self._closed or len(self._idle) >= self._max_idle or wrong_server(reply):
             connection.close()
         else:
             self._idle.append(connection)
-        return _check(reply)
 
     def command(self, *command: str | int) -> Any:
         """Send one plain command (``PING``) on a pooled connection; its reply, raised if it
@@ -359,10 +377,7 @@ class ConnectionPool:
         except BaseException:
             connection.close()
             raise
-        if self._closed or len(self._idle) >= self._max_idle:
-            connection.close()
-        else:
-            self._idle.append(connection)
+        self._release(connection, reply)
         return _check(reply)
 
     def close(self) -> None:
@@ -482,6 +497,10 @@ class ScriptCall:
                 reply = StoreConnectionError("the connection to the store is closed")
             if isinstance(reply, BaseException):
                 self._finish(None, reply)
+                if isinstance(reply, ReplyError) and wrong_server(reply):
+                    # The calls pipelined behind this one meet the same server: they fail
+                    # with this error too, and the next call connects anew.
+                    connection.fail(reply)
                 return
         connection.used = True
         connection.timeouts = 0
@@ -690,9 +709,12 @@ class AsyncConnection:
                 connected: asyncio.Future[None] = loop.create_future()
                 self.when_connected(_Connected(connected))
                 await connected
-            reply: asyncio.Future[Any] = loop.create_future()
-            self.send(_pack(command), reply)
-            return _check(await reply)
+            future: asyncio.Future[Any] = loop.create_future()
+            self.send(_pack(command), future)
+            reply = await future
+            if wrong_server(reply):
+                self.fail(reply)
+            return _check(reply)
 
     async def aclose(self) -> None:
         self.closed = True
