@@ -121,7 +121,7 @@ class Endpoint:
                 commands.append(("AUTH", self.password))
         if self.db:
             commands.append(("SELECT", self.db))
-        commands.append(("CLIENT", "SETNAME", "ratewall"))
+        commands.append(_SETNAME)
         return commands
 
 
@@ -135,6 +135,18 @@ def _check(reply: Any) -> Any:
     if isinstance(reply, ReplyError):
         raise reply
     return reply
+
+
+_SETNAME: Final = ("CLIENT", "SETNAME", "ratewall")
+
+
+def _check_handshake(command: tuple[str | int, ...], reply: Any) -> None:
+    """Raise a handshake command's error, except a refused ``CLIENT SETNAME``: the name only
+    labels the connection in ``CLIENT LIST``, and a user whose ACL lacks ``client|setname``
+    (the least a limiter needs has no reason to include it) must still connect."""
+    if command == _SETNAME and isinstance(reply, ReplyError) and str(reply).startswith("NOPERM"):
+        return
+    _check(reply)
 
 
 # The steps of one script call. It starts with FCALL (or EVALSHA once the server is known
@@ -255,6 +267,7 @@ class Connection:
     def __init__(self, endpoint: Endpoint) -> None:
         self.used = False
         self._reader = hiredis.Reader()
+        sock: socket.socket | None = None
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -268,14 +281,21 @@ class Connection:
                     sock = ssl.create_default_context().wrap_socket(
                         sock, server_hostname=endpoint.host
                     )
-        except TimeoutError as error:
-            raise StoreTimeoutError(
-                f"connecting to the store timed out after {endpoint.timeout}s"
-            ) from error
-        sock.settimeout(endpoint.timeout)
-        self._sock = sock
-        for command in endpoint.handshake():
-            _check(self.call(_pack(command)))
+            sock.settimeout(endpoint.timeout)
+            self._sock = sock
+            for command in endpoint.handshake():
+                _check_handshake(command, self.call(_pack(command)))
+        except BaseException as error:
+            # A refused password, a TLS failure, a timeout: the socket goes now, not when
+            # the garbage collector finds it (a retrying caller would pile them up).
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if isinstance(error, TimeoutError) and not isinstance(error, StoreTimeoutError):
+                raise StoreTimeoutError(
+                    f"connecting to the store timed out after {endpoint.timeout}s"
+                ) from error
+            raise
         self.used = False  # the handshake does not count: only calls made for the limiter
 
     def call(self, packed: bytes) -> Any:
@@ -659,7 +679,7 @@ class AsyncConnection:
                 for command in endpoint.handshake():
                     future: asyncio.Future[Any] = loop.create_future()
                     self.send(_pack(command), future)
-                    _check(await future)
+                    _check_handshake(command, await future)
         except TimeoutError as error:
             self.fail(StoreTimeoutError("connecting to the store timed out"))
             raise StoreTimeoutError(
