@@ -28,11 +28,11 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
 from .._fork import abandon, disown_socket, disown_transport, reset_in_child
+from .._urls import parse_url
 
 __all__ = [
     "AsyncConnection",
@@ -79,7 +79,8 @@ class StoreProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and how to connect, parsed from a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """Where and how to connect: a ``redis://``, ``rediss://`` or ``unix://`` URL's parts
+    (parsed by :func:`ratewall._urls.parse_url`) and the store timeout."""
 
     host: str | None
     port: int
@@ -89,27 +90,23 @@ class Endpoint:
     password: str | None
     db: int
     timeout: float
+    ssl_context: ssl.SSLContext | None = None  # built once, from the URL's TLS options
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> Endpoint:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        if parts.scheme == "unix":
-            db = int(query.get("db", ["0"])[0])
-            return cls(None, 0, parts.path, False, username, password, db, timeout)
-        path = parts.path.strip("/")
-        db = int(path) if path else int(query.get("db", ["0"])[0])
+        parsed = parse_url(url)
+        if parsed.kind != "redis":
+            raise ValueError(f"{parsed!r} is not a standalone server's URL")
         return cls(
-            parts.hostname or "localhost",
-            parts.port or 6379,
-            None,
-            parts.scheme == "rediss",
-            username,
-            password,
-            db,
+            parsed.host,
+            parsed.port,
+            parsed.path,
+            parsed.tls is not None,
+            parsed.username,
+            parsed.password,
+            parsed.db,
             timeout,
+            parsed.tls.context() if parsed.tls is not None else None,
         )
 
     def handshake(self) -> list[tuple[str | int, ...]]:
@@ -277,10 +274,8 @@ class Connection:
                 assert endpoint.host is not None
                 sock = socket.create_connection((endpoint.host, endpoint.port), endpoint.timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if endpoint.tls:
-                    sock = ssl.create_default_context().wrap_socket(
-                        sock, server_hostname=endpoint.host
-                    )
+                if endpoint.ssl_context is not None:
+                    sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
             sock.settimeout(endpoint.timeout)
             self._sock = sock
             for command in endpoint.handshake():
@@ -661,9 +656,11 @@ class AsyncConnection:
         if endpoint.path is not None:
             connect = loop.create_unix_connection(lambda: _Protocol(self), endpoint.path)
         else:
-            context = ssl.create_default_context() if endpoint.tls else None
             connect = loop.create_connection(
-                lambda: _Protocol(self), endpoint.host or "localhost", endpoint.port, ssl=context
+                lambda: _Protocol(self),
+                endpoint.host or "localhost",
+                endpoint.port,
+                ssl=endpoint.ssl_context,
             )
         try:
             async with asyncio.timeout(endpoint.timeout):
