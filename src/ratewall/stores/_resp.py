@@ -23,8 +23,11 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import ipaddress
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -256,30 +259,102 @@ def bulk(value: str | int) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
 
 
+# A socket's timeout is changed (one system call) only when the time left differs from it
+# by more than this: a call on a pooled connection then costs no extra system call, and an
+# operation can end at most this late after the call's deadline.
+_TIMEOUT_SLACK: Final = 0.001
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline`` (``time.monotonic()``), or TimeoutError if none is left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no time left before the call's deadline")
+    return left
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` for a TCP connection, within the deadline.
+
+    The C resolver cannot be interrupted and takes its own timeouts (seconds per server and
+    attempt), so a name is resolved in a daemon thread and waited for only until the
+    deadline; a resolution still hanging then finishes (or not) on its own, holding nothing
+    but that thread. Addresses (``127.0.0.1``, ``::1``) are converted here at once. Nothing
+    is cached: after a failover the name may lead elsewhere."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    outcome: list[list[tuple[Any, ...]] | OSError] = []
+    finished = threading.Event()
+
+    def resolve() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as error:
+            outcome.append(error)
+        finally:
+            finished.set()
+
+    threading.Thread(target=resolve, name="ratewall-resolve", daemon=True).start()
+    if not finished.wait(_time_left(deadline)):
+        raise TimeoutError(f"resolving {host!r} took longer than the store timeout")
+    result = outcome[0]
+    if isinstance(result, OSError):
+        raise result
+    return result
+
+
+def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
+    """A connected TCP socket to the first address of ``host`` that accepts, by the deadline."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_time_left(deadline))
+            sock.connect(address)
+        except OSError as failure:
+            sock.close()
+            if isinstance(failure, TimeoutError):
+                raise
+            error = failure
+            continue
+        return sock
+    raise error or OSError(f"no address found for {host!r}")
+
+
 class Connection:
-    """One blocking socket with a hiredis reader. Not thread-safe: the pool lends it out."""
+    """One blocking socket with a hiredis reader. Not thread-safe: the pool lends it out.
 
-    __slots__ = ("_reader", "_sock", "used")
+    Every operation takes the deadline of the call it serves (``time.monotonic()`` based):
+    name resolution, connecting, the TLS and command handshakes, each command and each
+    read get the time left, so a call ends by its deadline whatever step is slow."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    __slots__ = ("_reader", "_sock", "_timeout", "used")
+
+    def __init__(self, endpoint: Endpoint, deadline: float) -> None:
         self.used = False
         self._reader = hiredis.Reader()
         sock: socket.socket | None = None
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(endpoint.timeout)
+                sock.settimeout(_time_left(deadline))
                 sock.connect(endpoint.path)
             else:
                 assert endpoint.host is not None
-                sock = socket.create_connection((endpoint.host, endpoint.port), endpoint.timeout)
+                sock = _connect_tcp(endpoint.host, endpoint.port, deadline)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if endpoint.ssl_context is not None:
+                    sock.settimeout(_time_left(deadline))  # the TLS handshake's bound
                     sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
-            sock.settimeout(endpoint.timeout)
+            self._timeout = _time_left(deadline)
+            sock.settimeout(self._timeout)
             self._sock = sock
             for command in endpoint.handshake():
-                _check_handshake(command, self.call(_pack(command)))
+                _check_handshake(command, self.call(_pack(command), deadline))
         except BaseException as error:
             # A refused password, a TLS failure, a timeout: the socket goes now, not when
             # the garbage collector finds it (a retrying caller would pile them up).
@@ -288,19 +363,30 @@ class Connection:
                     sock.close()
             if isinstance(error, TimeoutError) and not isinstance(error, StoreTimeoutError):
                 raise StoreTimeoutError(
-                    f"connecting to the store timed out after {endpoint.timeout}s"
+                    f"connecting to the store took longer than the {endpoint.timeout}s timeout"
                 ) from error
             raise
         self.used = False  # the handshake does not count: only calls made for the limiter
 
-    def call(self, packed: bytes) -> Any:
-        """Send one packed command and return its reply (a ReplyError is returned, not raised)."""
+    def _bound(self, deadline: float) -> None:
+        """Give the socket's next operation the time left until ``deadline``."""
+        left = _time_left(deadline)
+        if abs(left - self._timeout) > _TIMEOUT_SLACK:
+            self._sock.settimeout(left)
+            self._timeout = left
+
+    def call(self, packed: bytes, deadline: float) -> Any:
+        """Send one packed command and return its reply (a ReplyError is returned, not
+        raised), by ``deadline``."""
         try:
-            self._sock.sendall(packed)
+            sock = self._sock
+            self._bound(deadline)
+            sock.sendall(packed)
             reader = self._reader
             reply = reader.gets()
             while reply is False:
-                chunk = self._sock.recv(65536)
+                self._bound(deadline)
+                chunk = sock.recv(65536)
                 if not chunk:
                     raise StoreConnectionError("the store closed the connection")
                 reader.feed(chunk)
@@ -343,29 +429,32 @@ class ConnectionPool:
             connection.disown()
 
     def run_script(self, argc: int, body: bytes) -> Any:
-        """Run the script on ``body`` (see :class:`Script`) and return its reply."""
+        """Run the script on ``body`` (see :class:`Script`) and return its reply, within one
+        deadline (the store timeout) for every step: connecting, the script's recovery, the
+        fresh try on a dead pooled connection."""
+        deadline = time.monotonic() + self.endpoint.timeout
         script = self.script
         step = script.first_step()
         packed = script.command(step, argc, body)
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = Connection(self.endpoint)
+            connection = Connection(self.endpoint, deadline)
         try:
             try:
-                reply = connection.call(packed)
+                reply = connection.call(packed, deadline)
             except (StoreConnectionError, ConnectionResetError, BrokenPipeError):
                 if not connection.used:
                     raise
                 # A pooled connection found dead (server restart, idle timeout): one fresh try.
-                connection = Connection(self.endpoint)
-                reply = connection.call(packed)
+                connection = Connection(self.endpoint, deadline)
+                reply = connection.call(packed, deadline)
             if isinstance(reply, ReplyError):
                 # Not loaded on this server, or no functions here: at most two more steps.
                 next_step = script.next_step(step, reply)
                 while next_step is not None:
                     step = next_step
-                    reply = connection.call(script.command(step, argc, body))
+                    reply = connection.call(script.command(step, argc, body), deadline)
                     next_step = script.next_step(step, reply)
         except BaseException:
             connection.close()
@@ -383,12 +472,13 @@ class ConnectionPool:
     def command(self, *command: str | int) -> Any:
         """Send one plain command (``PING``) on a pooled connection; its reply, raised if it
         is an error."""
+        deadline = time.monotonic() + self.endpoint.timeout
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = Connection(self.endpoint)
+            connection = Connection(self.endpoint, deadline)
         try:
-            reply = connection.call(_pack(command))
+            reply = connection.call(_pack(command), deadline)
         except BaseException:
             connection.close()
             raise
