@@ -38,7 +38,8 @@ class FaultProxy:
     * ``forward``: bytes pass both ways (after ``delay`` seconds each way in ``delay`` mode);
     * ``refuse``: nothing listens on the port (new connections are refused); open ones are
       reset;
-    * ``blackhole``: connections are accepted and whatever arrives is swallowed;
+    * ``blackhole``: nothing moves (as when packets are dropped: nothing is read, so TCP
+      delivers the bytes once the fault ends); new connections wait, unconnected;
     * ``reset``: every open connection and every new one gets a TCP RST.
     """
 
@@ -110,17 +111,18 @@ class FaultProxy:
                     continue
                 self.connections_made += 1
                 self._open.add(client)
-            thread = threading.Thread(target=self._serve, args=(client, mode), daemon=True)
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _serve(self, client: socket.socket, mode: Mode) -> None:
+    def _serve(self, client: socket.socket) -> None:
         server: socket.socket | None = None
         try:
-            if mode != "blackhole":
-                server = socket.create_connection(self.target, timeout=1.0)
-                with self._lock:
-                    self._open.add(server)
+            while self.mode == "blackhole" and not self._stop.is_set():
+                time.sleep(_POLL)
+            server = socket.create_connection(self.target, timeout=1.0)
+            with self._lock:
+                self._open.add(server)
             self._pump(client, server)
         except (OSError, ValueError):  # a socket cut by set_mode() or close() meanwhile
             pass
@@ -135,16 +137,17 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     server.close()
 
-    def _pump(self, client: socket.socket, server: socket.socket | None) -> None:
-        sockets = [client] if server is None else [client, server]
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        sockets = [client, server]
         while not self._stop.is_set():
+            if self.mode == "blackhole":
+                time.sleep(_POLL)
+                continue
             readable, _, _ = select.select(sockets, [], [], _POLL)
             for sock in readable:
                 data = sock.recv(65536)
                 if not data:
                     return
-                if server is None or self.mode == "blackhole":
-                    continue  # swallowed
                 if self.mode == "delay" and self.delay:
                     time.sleep(self.delay)
                 (server if sock is client else client).sendall(data)
