@@ -20,6 +20,7 @@ import redis
 from ratewall import ALGORITHMS, AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
 from ratewall._server import LocalServer
 from ratewall.core import BreakerOpenError
+from ratewall.observer import BaseObserver
 from ratewall.stores._resp import Script
 from ratewall.stores.redis import SCRIPT
 from ratewall.testing import FakeClock
@@ -34,9 +35,26 @@ BREAKER_COOLDOWN = 1.0  # seconds on the limiter's clock
 # The default store timeout is 50 ms; these bounds leave a loaded two-core machine room.
 FAILURE_BOUND = 1.0
 FAST_CALLS = 100
-FAST_CALLS_BOUND = 0.05
+# 100 calls that each waited for the frozen server would take 100 x 50 ms = 5 s: half of
+# that proves none did, and leaves a loaded machine room for 100 calls' Python work.
+DEFAULT_TIMEOUT = 0.05
+FAST_CALLS_BOUND = FAST_CALLS * DEFAULT_TIMEOUT / 2
+# Tests that assert recovery right after a freeze give the limiter this timeout: the woken
+# server (rescheduled, answering the timed-out call first) and a reconnect must fit in it
+# on a loaded CI machine; a frozen server still fails well within FAILURE_BOUND.
+RECOVERY_TIMEOUT = 0.25
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 LIBRARY = Script(SCRIPT).library
+
+
+class _StoreCalls(BaseObserver):
+    """Counts the limiter's round trips to its store (attempted ones included)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
+        self.count += 1
 
 
 def _policies(failure_mode: str) -> dict[str, Policy]:
@@ -95,7 +113,9 @@ def test_a_frozen_server_raises_store_error_quickly_then_recovers(
     fresh_server: LocalServer,
 ) -> None:
     # redis-py's own defaults would wait about a minute here.
-    with RateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=RECOVERY_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
         try:
@@ -113,7 +133,9 @@ def test_after_a_freeze_the_open_breaker_waits_for_its_cooldown(
     fresh_server: LocalServer,
 ) -> None:
     clock = FakeClock()
-    with RateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+    with RateLimiter(
+        POLICIES, store=fresh_server.url, clock=clock, timeout=RECOVERY_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
         try:
@@ -134,7 +156,9 @@ async def test_async_a_frozen_server_raises_store_error_quickly_then_recovers(
     fresh_server: LocalServer,
 ) -> None:
     clock = FakeClock()
-    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+    async with AsyncRateLimiter(
+        POLICIES, store=fresh_server.url, clock=clock, timeout=RECOVERY_TIMEOUT
+    ) as limiter:
         assert (await limiter.check("user_123", POLICY)).allowed
         fresh_server.pause()
         try:
@@ -214,13 +238,18 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
     fresh_server: LocalServer,
 ) -> None:
     clock = FakeClock()  # the breaker's cooldown cannot end while the test measures
-    with RateLimiter(POLICIES, store=fresh_server.url, clock=clock) as limiter:
+    store_calls = _StoreCalls()
+    with RateLimiter(
+        POLICIES, store=fresh_server.url, clock=clock, observer=store_calls
+    ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
         try:
             for _ in range(BREAKER_THRESHOLD):
                 _raises_in_time(limiter, TimeoutError)
             causes = []
+            calls_before = store_calls.count
+            assert calls_before >= BREAKER_THRESHOLD + 1  # the counter sees real round trips
             started = time.perf_counter()
             for _ in range(FAST_CALLS):
                 try:
@@ -228,8 +257,9 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
                 except StoreError as error:
                     causes.append(error.__cause__)
             elapsed = time.perf_counter() - started
-            # A single call to the frozen server takes the 50 ms timeout: 100 calls in less
-            # than that never waited on the network.
+            # Not one of them reached the store, and none waited for it (each would have
+            # taken the 50 ms timeout).
+            assert store_calls.count == calls_before
             assert elapsed < FAST_CALLS_BOUND, f"{FAST_CALLS} calls took {elapsed:.3f} s"
             assert len(causes) == FAST_CALLS
             assert all(isinstance(cause, BreakerOpenError) for cause in causes)

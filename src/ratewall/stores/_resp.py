@@ -23,16 +23,19 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import ipaddress
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
 from .._fork import abandon, disown_socket, disown_transport, reset_in_child
+from .._urls import parse_url
 
 __all__ = [
     "AsyncConnection",
@@ -52,6 +55,18 @@ ReplyError = hiredis.ReplyError
 
 _TIMEOUTS_BEFORE_RECONNECT = 3
 
+# Replies that say "this server cannot serve you now": a replica (READONLY: a failover
+# demoted the server this connection reached, behind an address that now leads to the new
+# primary), a server loading its data set (LOADING), a replica cut from its primary
+# (MASTERDOWN). The call fails (the policy's failure mode answers), and so that the next
+# call does not meet the same server, the connection is dropped, as redis-py does.
+_WRONG_SERVER: Final = ("READONLY", "LOADING", "MASTERDOWN")
+
+
+def wrong_server(reply: Any) -> bool:
+    """Whether ``reply`` is an error after which the connection must not be reused."""
+    return isinstance(reply, ReplyError) and str(reply).startswith(_WRONG_SERVER)
+
 
 class StoreTimeoutError(TimeoutError):
     """The store did not answer within the timeout."""
@@ -67,7 +82,8 @@ class StoreProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where and how to connect, parsed from a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """Where and how to connect: a ``redis://``, ``rediss://`` or ``unix://`` URL's parts
+    (parsed by :func:`ratewall._urls.parse_url`) and the store timeout."""
 
     host: str | None
     port: int
@@ -77,27 +93,23 @@ class Endpoint:
     password: str | None
     db: int
     timeout: float
+    ssl_context: ssl.SSLContext | None = None  # built once, from the URL's TLS options
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> Endpoint:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        if parts.scheme == "unix":
-            db = int(query.get("db", ["0"])[0])
-            return cls(None, 0, parts.path, False, username, password, db, timeout)
-        path = parts.path.strip("/")
-        db = int(path) if path else int(query.get("db", ["0"])[0])
+        parsed = parse_url(url)
+        if parsed.kind != "redis":
+            raise ValueError(f"{parsed!r} is not a standalone server's URL")
         return cls(
-            parts.hostname or "localhost",
-            parts.port or 6379,
-            None,
-            parts.scheme == "rediss",
-            username,
-            password,
-            db,
+            parsed.host,
+            parsed.port,
+            parsed.path,
+            parsed.tls is not None,
+            parsed.username,
+            parsed.password,
+            parsed.db,
             timeout,
+            parsed.tls.context() if parsed.tls is not None else None,
         )
 
     def handshake(self) -> list[tuple[str | int, ...]]:
@@ -109,7 +121,7 @@ class Endpoint:
                 commands.append(("AUTH", self.password))
         if self.db:
             commands.append(("SELECT", self.db))
-        commands.append(("CLIENT", "SETNAME", "ratewall"))
+        commands.append(_SETNAME)
         return commands
 
 
@@ -123,6 +135,18 @@ def _check(reply: Any) -> Any:
     if isinstance(reply, ReplyError):
         raise reply
     return reply
+
+
+_SETNAME: Final = ("CLIENT", "SETNAME", "ratewall")
+
+
+def _check_handshake(command: tuple[str | int, ...], reply: Any) -> None:
+    """Raise a handshake command's error, except a refused ``CLIENT SETNAME``: the name only
+    labels the connection in ``CLIENT LIST``, and a user whose ACL lacks ``client|setname``
+    (the least a limiter needs has no reason to include it) must still connect."""
+    if command == _SETNAME and isinstance(reply, ReplyError) and str(reply).startswith("NOPERM"):
+        return
+    _check(reply)
 
 
 # The steps of one script call. It starts with FCALL (or EVALSHA once the server is known
@@ -196,6 +220,8 @@ class Script:
         if step == LOAD:
             if not isinstance(reply, ReplyError) or "already exists" in str(reply):
                 return FCALL_AGAIN  # loaded now, or by another client meanwhile
+            if wrong_server(reply):
+                return None  # a replica refusing writes says nothing about functions
             self.functions = False  # refused (ACL, out of memory, ...): plain scripts then
             return EVALSHA
         if not isinstance(reply, ReplyError):
@@ -233,45 +259,134 @@ def bulk(value: str | int) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(encoded), encoded)
 
 
+# A socket's timeout is changed (one system call) only when the time left differs from it
+# by more than this: a call on a pooled connection then costs no extra system call, and an
+# operation can end at most this late after the call's deadline.
+_TIMEOUT_SLACK: Final = 0.001
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline`` (``time.monotonic()``), or TimeoutError if none is left."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no time left before the call's deadline")
+    return left
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` for a TCP connection, within the deadline.
+
+    The C resolver cannot be interrupted and takes its own timeouts (seconds per server and
+    attempt), so a name is resolved in a daemon thread and waited for only until the
+    deadline; a resolution still hanging then finishes (or not) on its own, holding nothing
+    but that thread. Addresses (``127.0.0.1``, ``::1``) are converted here at once. Nothing
+    is cached: after a failover the name may lead elsewhere."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    outcome: list[list[tuple[Any, ...]] | OSError] = []
+    finished = threading.Event()
+
+    def resolve() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as error:
+            outcome.append(error)
+        finally:
+            finished.set()
+
+    threading.Thread(target=resolve, name="ratewall-resolve", daemon=True).start()
+    if not finished.wait(_time_left(deadline)):
+        raise TimeoutError(f"resolving {host!r} took longer than the store timeout")
+    result = outcome[0]
+    if isinstance(result, OSError):
+        raise result
+    return result
+
+
+def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
+    """A connected TCP socket to the first address of ``host`` that accepts, by the deadline."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_time_left(deadline))
+            sock.connect(address)
+        except OSError as failure:
+            sock.close()
+            if isinstance(failure, TimeoutError):
+                raise
+            error = failure
+            continue
+        return sock
+    raise error or OSError(f"no address found for {host!r}")
+
+
 class Connection:
-    """One blocking socket with a hiredis reader. Not thread-safe: the pool lends it out."""
+    """One blocking socket with a hiredis reader. Not thread-safe: the pool lends it out.
 
-    __slots__ = ("_reader", "_sock", "used")
+    Every operation takes the deadline of the call it serves (``time.monotonic()`` based):
+    name resolution, connecting, the TLS and command handshakes, each command and each
+    read get the time left, so a call ends by its deadline whatever step is slow."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    __slots__ = ("_reader", "_sock", "_timeout", "used")
+
+    def __init__(self, endpoint: Endpoint, deadline: float) -> None:
         self.used = False
         self._reader = hiredis.Reader()
+        sock: socket.socket | None = None
         try:
             if endpoint.path is not None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(endpoint.timeout)
+                sock.settimeout(_time_left(deadline))
                 sock.connect(endpoint.path)
             else:
                 assert endpoint.host is not None
-                sock = socket.create_connection((endpoint.host, endpoint.port), endpoint.timeout)
+                sock = _connect_tcp(endpoint.host, endpoint.port, deadline)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if endpoint.tls:
-                    sock = ssl.create_default_context().wrap_socket(
-                        sock, server_hostname=endpoint.host
-                    )
-        except TimeoutError as error:
-            raise StoreTimeoutError(
-                f"connecting to the store timed out after {endpoint.timeout}s"
-            ) from error
-        sock.settimeout(endpoint.timeout)
-        self._sock = sock
-        for command in endpoint.handshake():
-            _check(self.call(_pack(command)))
+                if endpoint.ssl_context is not None:
+                    sock.settimeout(_time_left(deadline))  # the TLS handshake's bound
+                    sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+            self._timeout = _time_left(deadline)
+            sock.settimeout(self._timeout)
+            self._sock = sock
+            for command in endpoint.handshake():
+                _check_handshake(command, self.call(_pack(command), deadline))
+        except BaseException as error:
+            # A refused password, a TLS failure, a timeout: the socket goes now, not when
+            # the garbage collector finds it (a retrying caller would pile them up).
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if isinstance(error, TimeoutError) and not isinstance(error, StoreTimeoutError):
+                raise StoreTimeoutError(
+                    f"connecting to the store took longer than the {endpoint.timeout}s timeout"
+                ) from error
+            raise
         self.used = False  # the handshake does not count: only calls made for the limiter
 
-    def call(self, packed: bytes) -> Any:
-        """Send one packed command and return its reply (a ReplyError is returned, not raised)."""
+    def _bound(self, deadline: float) -> None:
+        """Give the socket's next operation the time left until ``deadline``."""
+        left = _time_left(deadline)
+        if abs(left - self._timeout) > _TIMEOUT_SLACK:
+            self._sock.settimeout(left)
+            self._timeout = left
+
+    def call(self, packed: bytes, deadline: float) -> Any:
+        """Send one packed command and return its reply (a ReplyError is returned, not
+        raised), by ``deadline``."""
         try:
-            self._sock.sendall(packed)
+            sock = self._sock
+            self._bound(deadline)
+            sock.sendall(packed)
             reader = self._reader
             reply = reader.gets()
             while reply is False:
-                chunk = self._sock.recv(65536)
+                self._bound(deadline)
+                chunk = sock.recv(65536)
                 if not chunk:
                     raise StoreConnectionError("the store closed the connection")
                 reader.feed(chunk)
@@ -314,55 +429,60 @@ class ConnectionPool:
             connection.disown()
 
     def run_script(self, argc: int, body: bytes) -> Any:
-        """Run the script on ``body`` (see :class:`Script`) and return its reply."""
+        """Run the script on ``body`` (see :class:`Script`) and return its reply, within one
+        deadline (the store timeout) for every step: connecting, the script's recovery, the
+        fresh try on a dead pooled connection."""
+        deadline = time.monotonic() + self.endpoint.timeout
         script = self.script
         step = script.first_step()
         packed = script.command(step, argc, body)
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = Connection(self.endpoint)
+            connection = Connection(self.endpoint, deadline)
         try:
             try:
-                reply = connection.call(packed)
+                reply = connection.call(packed, deadline)
             except (StoreConnectionError, ConnectionResetError, BrokenPipeError):
                 if not connection.used:
                     raise
                 # A pooled connection found dead (server restart, idle timeout): one fresh try.
-                connection = Connection(self.endpoint)
-                reply = connection.call(packed)
+                connection = Connection(self.endpoint, deadline)
+                reply = connection.call(packed, deadline)
             if isinstance(reply, ReplyError):
                 # Not loaded on this server, or no functions here: at most two more steps.
                 next_step = script.next_step(step, reply)
                 while next_step is not None:
                     step = next_step
-                    reply = connection.call(script.command(step, argc, body))
+                    reply = connection.call(script.command(step, argc, body), deadline)
                     next_step = script.next_step(step, reply)
         except BaseException:
             connection.close()
             raise
-        if self._closed or len(self._idle) >= self._max_idle:
+        self._release(connection, reply)
+        return _check(reply)
+
+    def _release(self, connection: Connection, reply: Any) -> None:
+        """Pool ``connection`` again after ``reply``, or close it (see :data:`_WRONG_SERVER`)."""
+        if self._closed or len(self._idle) >= self._max_idle or wrong_server(reply):
             connection.close()
         else:
             self._idle.append(connection)
-        return _check(reply)
 
     def command(self, *command: str | int) -> Any:
         """Send one plain command (``PING``) on a pooled connection; its reply, raised if it
         is an error."""
+        deadline = time.monotonic() + self.endpoint.timeout
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = Connection(self.endpoint)
+            connection = Connection(self.endpoint, deadline)
         try:
-            reply = connection.call(_pack(command))
+            reply = connection.call(_pack(command), deadline)
         except BaseException:
             connection.close()
             raise
-        if self._closed or len(self._idle) >= self._max_idle:
-            connection.close()
-        else:
-            self._idle.append(connection)
+        self._release(connection, reply)
         return _check(reply)
 
     def close(self) -> None:
@@ -482,6 +602,10 @@ class ScriptCall:
                 reply = StoreConnectionError("the connection to the store is closed")
             if isinstance(reply, BaseException):
                 self._finish(None, reply)
+                if isinstance(reply, ReplyError) and wrong_server(reply):
+                    # The calls pipelined behind this one meet the same server: they fail
+                    # with this error too, and the next call connects anew.
+                    connection.fail(reply)
                 return
         connection.used = True
         connection.timeouts = 0
@@ -622,9 +746,11 @@ class AsyncConnection:
         if endpoint.path is not None:
             connect = loop.create_unix_connection(lambda: _Protocol(self), endpoint.path)
         else:
-            context = ssl.create_default_context() if endpoint.tls else None
             connect = loop.create_connection(
-                lambda: _Protocol(self), endpoint.host or "localhost", endpoint.port, ssl=context
+                lambda: _Protocol(self),
+                endpoint.host or "localhost",
+                endpoint.port,
+                ssl=endpoint.ssl_context,
             )
         try:
             async with asyncio.timeout(endpoint.timeout):
@@ -640,7 +766,7 @@ class AsyncConnection:
                 for command in endpoint.handshake():
                     future: asyncio.Future[Any] = loop.create_future()
                     self.send(_pack(command), future)
-                    _check(await future)
+                    _check_handshake(command, await future)
         except TimeoutError as error:
             self.fail(StoreTimeoutError("connecting to the store timed out"))
             raise StoreTimeoutError(
@@ -690,9 +816,12 @@ class AsyncConnection:
                 connected: asyncio.Future[None] = loop.create_future()
                 self.when_connected(_Connected(connected))
                 await connected
-            reply: asyncio.Future[Any] = loop.create_future()
-            self.send(_pack(command), reply)
-            return _check(await reply)
+            future: asyncio.Future[Any] = loop.create_future()
+            self.send(_pack(command), future)
+            reply = await future
+            if wrong_server(reply):
+                self.fail(reply)
+            return _check(reply)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -13,10 +13,10 @@ from ..core import Call, Reply, Request
 from ..observer import Observer
 from ._arguments import ALTERNATING, Arguments, flatten, regroup
 from ._lua import SCRIPT
+from ._redispy import _aclose_client, make_client, parse_store_url
 from ._resp import AsyncConnection, Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
-from .redis import _aclose_client, make_client, parse_store_url
 
 __all__ = ["AsyncRedisStore"]
 

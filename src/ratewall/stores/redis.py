@@ -22,132 +22,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from .._urls import STORE_SCHEMES, store_url_problem
 from ..core import Call, Reply, Request
-from ..errors import ConfigError
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
 from ._lua import SCRIPT
+from ._redispy import _close_client, make_client, parse_store_url
 from ._resp import ConnectionPool, Endpoint, Script
 from ._slots import key_slot, per_slot
 from .base import DEFAULT_TIMEOUT, timed
 
 __all__ = ["SCRIPT", "RedisStore", "key_slot", "make_client", "parse_store_url"]
-
-
-def parse_store_url(url: str) -> tuple[str, str]:
-    """``(kind, url)``: kind is ``memory``, ``redis``, ``cluster`` or ``sentinel``; the URL is
-    normalised for redis-py (``valkey://`` is ``redis://``, ``valkeys://`` is ``rediss://``)."""
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in STORE_SCHEMES:
-        raise ConfigError(
-            f"unsupported store URL {url!r}; expected one of "
-            + ", ".join(f"{s}://" for s in STORE_SCHEMES),
-            field="store",
-        )
-    if scheme == "memory":
-        return "memory", url
-    problem = store_url_problem(url)
-    if problem is not None:
-        raise ConfigError(problem, field="store")
-    if scheme in ("valkey", "valkeys"):
-        return "redis", ("redis" if scheme == "valkey" else "rediss") + "://" + rest
-    if scheme == "redis+cluster":
-        return "cluster", "redis://" + rest
-    if scheme == "redis+sentinel":
-        return "sentinel", url
-    return "redis", url
-
-
-def _client_options(timeout: float) -> dict[str, Any]:
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-        "client_name": "ratewall",
-    }
-
-
-def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
-    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
-    parts = urlsplit(url.replace("redis+sentinel://", "sentinel://", 1))
-    netloc = parts.netloc.rpartition("@")[2]
-    nodes = []
-    for item in netloc.split(","):
-        host, _, port = item.rpartition(":")
-        nodes.append((host or item, int(port) if port else 26379))
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ConfigError(f"sentinel URL {url!r} needs a service name: .../mymaster", field="store")
-    extra: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
-    if parts.password:
-        extra["password"] = unquote(parts.password)
-    query = parse_qs(parts.query)
-    if "sentinel_password" in query:
-        extra["sentinel_password"] = query["sentinel_password"][0]
-    return nodes, path[0], extra
-
-
-def _sentinel_master(sentinel_class: Any, url: str, options: dict[str, Any]) -> Any:
-    """The master client of a Sentinel-monitored service (sync or asyncio Sentinel class).
-
-    The Sentinel object is kept on the client as ``_ratewall_sentinel`` so that closing the
-    store also closes the connections to the sentinels."""
-    nodes, service, extra = _sentinel_parts(url)
-    sentinel_password = extra.pop("sentinel_password", None)
-    sentinel = sentinel_class(
-        nodes, sentinel_kwargs={**options, "password": sentinel_password}, **options
-    )
-    client = sentinel.master_for(service, **extra)
-    client._ratewall_sentinel = sentinel
-    return client
-
-
-def _close_client(client: Any) -> None:
-    """Close a redis-py Cluster or Sentinel-master client and every pool behind it."""
-    client.close()
-    if hasattr(client, "disconnect_connection_pools"):
-        client.disconnect_connection_pools()  # redis-py's cluster close() leaves node pools
-    sentinel = getattr(client, "_ratewall_sentinel", None)
-    if sentinel is not None:
-        sentinel.close()
-
-
-async def _aclose_client(client: Any) -> None:
-    await client.aclose()
-    sentinel = getattr(client, "_ratewall_sentinel", None)
-    if sentinel is not None:
-        await sentinel.aclose()
-
-
-def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
-    """A redis-py client for a Cluster or Sentinel URL (standalone servers use ._resp)."""
-    kind, normalised = parse_store_url(url)
-    options = _client_options(timeout)
-    if kind == "cluster":
-        if asynchronous:
-            from redis.asyncio.cluster import RedisCluster as AsyncCluster
-
-            return AsyncCluster.from_url(normalised, **options)
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(normalised, **options)
-    if kind == "sentinel":
-        if asynchronous:
-            from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-
-            return _sentinel_master(AsyncSentinel, normalised, options)
-        from redis.sentinel import Sentinel
-
-        return _sentinel_master(Sentinel, normalised, options)
-    raise ValueError(f"{url!r} is a standalone store: ratewall's own connection serves it")
 
 
 class RedisStore:

@@ -1,0 +1,144 @@
+"""redis-py clients for the topologies ratewall's own connection does not serve (Cluster,
+Sentinel), built from the one parsed description of a store URL (:mod:`ratewall._urls`).
+
+Clients are built for a rate limiter, not for a cache: connect and read timeouts are the
+store timeout and nothing is retried (redis-py's defaults wait seconds and retry with
+backoff; a limiter must answer or fail fast and let the policy's failure mode decide).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._urls import StoreURL, parse_url
+
+__all__ = [
+    "_aclose_client",
+    "_client_options",
+    "_close_client",
+    "_sentinel_master",
+    "_sentinel_parts",
+    "make_client",
+    "parse_store_url",
+]
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """``(kind, url)``: kind is ``memory``, ``redis``, ``cluster`` or ``sentinel``; the URL is
+    normalised for redis-py (``valkey://`` is ``redis://``, ``valkeys://`` is ``rediss://``).
+    A malformed URL is a ConfigError (field ``store``)."""
+    parsed = parse_url(url)
+    if parsed.kind == "memory":
+        return "memory", url
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("valkey", "valkeys"):
+        return "redis", ("redis" if scheme == "valkey" else "rediss") + "://" + rest
+    if parsed.kind == "cluster":
+        return "cluster", ("rediss" if parsed.tls else "redis") + "://" + rest
+    return parsed.kind, url
+
+
+def _client_options(timeout: float, parsed: StoreURL | None = None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "client_name": "ratewall",
+    }
+    if parsed is not None and parsed.tls is not None:
+        options.update(parsed.tls.redis_py())
+    return options
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the sentinels,
+    the service, and the master's (and the sentinels') connection options."""
+    parsed = parse_url(url)
+    if parsed.kind != "sentinel" or parsed.service is None:
+        raise ValueError(f"not a sentinel URL: {parsed!r}")
+    extra: dict[str, Any] = {"db": parsed.db}
+    if parsed.username is not None:
+        extra["username"] = parsed.username
+    if parsed.password is not None:
+        extra["password"] = parsed.password
+    if parsed.sentinel_password is not None:
+        extra["sentinel_password"] = parsed.sentinel_password
+    return list(parsed.nodes), parsed.service, extra
+
+
+def _sentinel_master(
+    sentinel_class: Any, url: str, options: dict[str, Any], tls_connection_class: Any = None
+) -> Any:
+    """The master client of a Sentinel-monitored service (sync or asyncio Sentinel class).
+
+    With ``rediss+sentinel://`` both the sentinels and the master are reached over TLS, with
+    the same options. The Sentinel object is kept on the client as ``_ratewall_sentinel`` so
+    that closing the store also closes the connections to the sentinels."""
+    nodes, service, extra = _sentinel_parts(url)
+    sentinel_password = extra.pop("sentinel_password", None)
+    sentinel_kwargs = {**options, "password": sentinel_password}
+    master_options = dict(options)
+    if parse_url(url).tls is not None:
+        sentinel_kwargs["ssl"] = True
+        master_options["connection_class"] = tls_connection_class
+    sentinel = sentinel_class(nodes, sentinel_kwargs=sentinel_kwargs, **options)
+    client = sentinel.master_for(service, **master_options, **extra)
+    client._ratewall_sentinel = sentinel
+    return client
+
+
+def _close_client(client: Any) -> None:
+    """Close a redis-py Cluster or Sentinel-master client and every pool behind it."""
+    client.close()
+    if hasattr(client, "disconnect_connection_pools"):
+        client.disconnect_connection_pools()  # redis-py's cluster close() leaves node pools
+    sentinel = getattr(client, "_ratewall_sentinel", None)
+    if sentinel is not None:
+        sentinel.close()
+
+
+async def _aclose_client(client: Any) -> None:
+    await client.aclose()
+    sentinel = getattr(client, "_ratewall_sentinel", None)
+    if sentinel is not None:
+        await sentinel.aclose()
+
+
+def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
+    """A redis-py client for a Cluster or Sentinel URL (standalone servers use ._resp)."""
+    parsed = parse_url(url)
+    if parsed.kind == "cluster":
+        options = _client_options(timeout, parsed)
+        options.update(host=parsed.host, port=parsed.port)
+        options.update(username=parsed.username, password=parsed.password)
+        if parsed.tls is not None:
+            options["ssl"] = True
+        if asynchronous:
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            return AsyncCluster(**options)
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(**options)
+    if parsed.kind == "sentinel":
+        options = _client_options(timeout, parsed)
+        if asynchronous:
+            from redis.asyncio import sentinel as asyncio_sentinel
+
+            return _sentinel_master(
+                asyncio_sentinel.Sentinel,
+                url,
+                options,
+                asyncio_sentinel.SentinelManagedSSLConnection,
+            )
+        from redis import sentinel
+
+        return _sentinel_master(
+            sentinel.Sentinel, url, options, sentinel.SentinelManagedSSLConnection
+        )
+    raise ValueError(f"{parsed!r} is a standalone store: ratewall's own connection serves it")
