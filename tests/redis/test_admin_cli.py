@@ -185,3 +185,69 @@ def test_bad_input_exits_2(redis_url: str, tmp_path: Path, run: Run) -> None:
 
     status, _, _ = run("inspect", "user_1", "fw", "--config", str(path), "--timeout", "0")
     assert status == 2
+
+
+def test_reset_confirms_and_removes(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, run: Run
+) -> None:
+    path = _config(tmp_path, redis_url)
+    with RateLimiter.from_config(path) as limiter:
+        for _ in range(5):
+            limiter.check("user_1", "fw")
+        limiter.check("user_2", "fw")
+        assert not limiter.check("user_1", "fw").allowed
+    status, out, err = run("reset", "user_1", "fw", "--config", str(path))
+    assert (status, err) == (0, "")
+    assert "removed ratelimit:{user_1}:fw (policy fw), which held:" in out
+    assert "count: 5" in out
+    assert "1 of 1 key removed" in out
+    assert redis_client.exists("ratelimit:{user_1}:fw") == 0
+    assert redis_client.exists("ratelimit:{user_2}:fw") == 1  # only that identity
+    with RateLimiter.from_config(path) as limiter:
+        assert limiter.check("user_1", "fw").remaining == 4
+
+    status, out, _ = run("reset", "user_1", "sw", "--config", str(path))
+    assert status == 0
+    assert "nothing stored at ratelimit:{user_1}:sw (policy sw): nothing removed" in out
+
+
+def test_reset_all_policies_json(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, run: Run
+) -> None:
+    path = _config(tmp_path, redis_url)
+    with RateLimiter.from_config(path) as limiter:
+        for name in ("fw", "sl", "gc"):
+            limiter.check("user_1", name)
+        limiter.check("user_2", "sl")
+    status, out, _ = run("reset", "user_1", "--all-policies", "--config", str(path), "--json")
+    assert status == 0
+    shown = json.loads(out)
+    assert shown["identity"] == "user_1"
+    removed = {entry["policy"]: entry["removed"] for entry in shown["keys"]}
+    assert removed == {"fw": True, "sw": False, "sl": True, "tb": False, "gc": True}
+    log = next(entry for entry in shown["keys"] if entry["policy"] == "sl")
+    assert log["state"]["counted_now"] == 1
+    assert list(redis_client.scan_iter("ratelimit:{user_1}:*")) == []
+    assert redis_client.exists("ratelimit:{user_2}:sl") == 1
+
+
+def test_reset_needs_one_policy_or_all(redis_url: str, tmp_path: Path, run: Run) -> None:
+    path = _config(tmp_path, redis_url)
+    status, _, err = run("reset", "user_1", "--config", str(path))
+    assert status == 2
+    assert "--all-policies" in err
+    status, _, _ = run("reset", "user_1", "fw", "--all-policies", "--config", str(path))
+    assert status == 2
+    status, _, err = run("reset", "user_1", "nope", "--config", str(path))
+    assert status == 2
+    assert "known policies: fw, sw, sl, tb, gc" in err
+
+
+def test_reset_on_a_stopped_store_exits_1(
+    fresh_server: LocalServer, tmp_path: Path, run: Run
+) -> None:
+    path = _config(tmp_path, fresh_server.url)
+    fresh_server.stop()
+    status, _, err = run("reset", "user_1", "--all-policies", "--config", str(path))
+    assert status == 1
+    assert "did not answer" in err
