@@ -31,7 +31,7 @@ def _config(tmp_path: Path, store: str | None = None, prefix: str = "ratelimit")
     data: dict[str, object] = {"policies": policies, "key_prefix": prefix}
     if store is not None:
         data["store"] = store
-    path = tmp_path / "limits.json"
+    path = tmp_path / ("limits.json" if store else "memory.json")
     path.write_text(json.dumps(data))
     return path
 
@@ -249,5 +249,97 @@ def test_reset_on_a_stopped_store_exits_1(
     path = _config(tmp_path, fresh_server.url)
     fresh_server.stop()
     status, _, err = run("reset", "user_1", "--all-policies", "--config", str(path))
+    assert status == 1
+    assert "did not answer" in err
+
+
+def test_top_ranks_the_closest_to_the_limit_first(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, run: Run
+) -> None:
+    path = _config(tmp_path, redis_url)
+    with RateLimiter.from_config(path) as limiter:
+        for identity, checks in (("light", 1), ("over", 7), ("heavy", 4), ("mid", 2)):
+            for _ in range(checks):
+                limiter.check(identity, "fw")
+        for _ in range(3):
+            limiter.check("not a plain identity", "fw")
+        limiter.check("other_policy", "sw")
+    redis_client.set("unrelated", "x", ex=60)
+    status, out, err = run("top", "--policy", "fw", "--config", str(path), "--json")
+    assert (status, err) == (0, "")
+    shown = json.loads(out)
+    rows = shown["entries"]
+    assert [(r["identity"], r["available"], r["allowed"]) for r in rows] == [
+        ("over", 0, False),
+        ("heavy", 1, True),
+        (None, 2, True),  # the digest one
+        ("mid", 3, True),
+        ("light", 4, True),
+    ]
+    digest = rows[2]
+    assert digest["digest"] is True
+    assert digest["key"].startswith("ratelimit:{~")
+    scan = shown["scan"]
+    assert scan["complete"] is True
+    assert scan["keys_found"] == 5
+    assert scan["calls"] >= 1
+    assert scan["dbsize"] == 7
+    assert "SCAN" in shown["cost"]
+
+    status, out, _ = run("top", "--policy", "fw", "--config", str(path), "--limit", "2")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("policy fw: 5 per 1m (fixed_window); store ")
+    assert lines[1].startswith("cost: 1 SCAN call (MATCH ratelimit:{*}:fw COUNT 1000)")
+    assert "the whole keyspace (7 keys) was walked" in lines[1]
+    assert "0/5 refused" in lines[3]
+    assert lines[3].endswith("over")
+    assert lines[4].endswith("heavy")
+    assert len(lines) == 5
+
+
+def test_top_scan_is_bounded_and_says_so(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, run: Run
+) -> None:
+    path = _config(tmp_path, redis_url)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for number in range(6000):
+            pipe.set(f"filler:{number}", "x", ex=120)
+        pipe.execute()
+    with RateLimiter.from_config(path) as limiter:
+        limiter.check("user_1", "gc")
+    status, out, _ = run(
+        "top", "--policy", "gc", "--config", str(path), "--scan-limit", "100", "--json"
+    )
+    assert status == 0
+    scan = json.loads(out)["scan"]
+    assert (scan["calls"], scan["count"], scan["complete"]) == (1, 100, False)
+    status, out, _ = run("top", "--policy", "gc", "--config", str(path), "--scan-limit", "2500")
+    assert status == 0
+    assert "3 SCAN calls (MATCH ratelimit:{*}:gc COUNT 1000)" in out
+    assert "stopped at --scan-limit 2500: about 3000 of 6001 keys examined" in out
+    assert "raise --scan-limit" in out
+    # With room enough, the whole keyspace is walked and the key is found.
+    status, out, _ = run("top", "--policy", "gc", "--config", str(path), "--json")
+    shown = json.loads(out)
+    assert shown["scan"]["complete"] is True
+    assert [row["identity"] for row in shown["entries"]] == ["user_1"]
+
+
+def test_top_errors(fresh_server: LocalServer, tmp_path: Path, run: Run) -> None:
+    path = _config(tmp_path, fresh_server.url)
+    status, out, _ = run("top", "--policy", "fw", "--config", str(path))
+    assert status == 0
+    assert "no identity of this policy holds state" in out
+    status, _, err = run("top", "--policy", "nope", "--config", str(path))
+    assert status == 2
+    assert "known policies" in err
+    status, _, err = run("top", "--policy", "fw", "--config", str(_config(tmp_path)))
+    assert status == 2
+    assert "memory store" in err
+    status, _, _ = run("top", "--policy", "fw", "--config", str(path), "--limit", "0")
+    assert status == 2
+    fresh_server.stop()
+    status, _, err = run("top", "--policy", "fw", "--config", str(path))
     assert status == 1
     assert "did not answer" in err
