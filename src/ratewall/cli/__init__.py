@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..errors import ConfigError
-from . import _check_config, _demo, _inspect, _reset, _top
+from . import _check_config, _demo, _explain, _inspect, _reset, _top
 from ._check_config import describe_config
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 
@@ -29,6 +29,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _demo.register,
     _inspect.register,
     _reset.register,
+    _explain.register,
     _top.register,
 )
 
