@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .algorithms import FUNCTIONS, Outcome, Rule
@@ -275,7 +276,7 @@ class AdminStore:
     def _guard(self, action: Callable[[], _T]) -> _T:
         try:
             return action()
-        except (redis.RedisError, OSError) as error:
+        except (redis.RedisError, RedisClusterException, OSError) as error:
             raise StoreError(
                 f"the store {redacted(self.url)} failed: {type(error).__name__}: "
                 f"{redacted(str(error))}"

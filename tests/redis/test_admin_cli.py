@@ -343,3 +343,24 @@ def test_top_errors(fresh_server: LocalServer, tmp_path: Path, run: Run) -> None
     status, _, err = run("top", "--policy", "fw", "--config", str(path))
     assert status == 1
     assert "did not answer" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:1/0",
+        "redis+cluster://:hunter2@127.0.0.1:1",
+        "redis+sentinel://:hunter2@127.0.0.1:1/mymaster",
+    ],
+)
+def test_every_topology_unreachable_exits_1(url: str, tmp_path: Path, run: Run) -> None:
+    """Nothing listens on port 1: a refused connection, reported in one line without the
+    password or the client's repr, whatever kind of client the URL needs."""
+    path = _config(tmp_path)
+    status, out, err = run("top", "--policy", "fw", "--config", str(path), "--store", url)
+    assert (status, out) == (1, "")
+    assert err.startswith("ratewall: error: the store ")
+    assert "did not answer within 2s" in err
+    assert "hunter2" not in err
+    assert "<redis" not in err
+    assert len(err.splitlines()) == 1

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from ..admin import AdminStore, redacted
 from ..config import Config, load_config
 from ..decision import Decision
@@ -41,6 +44,7 @@ __all__ = [
 #: The store timeout of admin commands: they are not on a request's path, so the 50 ms a
 #: config usually allows each decision would only make them flaky on a busy store.
 DEFAULT_TIMEOUT: Final = 2.0
+_DETAIL: Final = 300  # characters of a store error's text shown
 
 
 class CommandError(Exception):
@@ -104,9 +108,16 @@ def _store_message(args: argparse.Namespace, error: StoreError) -> str:
     url = getattr(args, "resolved_store", None)
     cause = error.__cause__
     # The limiter's own StoreError text shows the URL as given, password included.
-    detail = f"{type(cause).__name__}: {redacted(str(cause))}" if cause else redacted(str(error))
+    detail = f"{type(cause).__name__}: {_short(str(cause))}" if cause else _short(str(error))
     where = f"the store {redacted(url)}" if url else "the store"
     return f"{where} did not answer within {args.timeout:g}s ({detail})"
+
+
+def _short(text: str) -> str:
+    """An error's text without the client's repr that some redis-py errors append (it names
+    every connection option), at most :data:`_DETAIL` characters, passwords hidden."""
+    text = redacted(text.partition(" : <")[0])
+    return text if len(text) <= _DETAIL else text[: _DETAIL - 3] + "..."
 
 
 def policy_of(config: Config, name: str) -> Policy:
@@ -167,7 +178,11 @@ def session(args: argparse.Namespace, command: str) -> Iterator[Session]:
     url = shared_store_url(args, config, command)
     if url is None:
         raise memory_store_error(command)
-    limiter = RateLimiter.from_config(config, store=url, timeout=args.timeout)
+    try:
+        # A cluster client connects as it is made (to learn the slots).
+        limiter = RateLimiter.from_config(config, store=url, timeout=args.timeout)
+    except (redis.RedisError, RedisClusterException, OSError) as error:
+        raise StoreError(str(error)) from error
     try:
         limiter.ping()
         with AdminStore(url, timeout=args.timeout) as store:
