@@ -1,5 +1,7 @@
 """The ``ratewall`` command line. Each command lives in a module of its own, which
-registers its parser here (:data:`COMMANDS`).
+registers its parser here (:data:`COMMANDS`). The admin commands (``inspect``, ``reset``,
+``explain``, ``top``) share their options and error handling in ``_admin`` and read the store
+through :mod:`ratewall.admin`.
 
 Exit status: 0 on success, 1 when the store fails (or the demo cannot start: its port is
 taken), 2 for a bad command line or an invalid config (with the error on stderr and no
@@ -15,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..errors import ConfigError
-from . import _check_config, _demo
+from . import _check_config, _demo, _explain, _inspect, _reset, _top
 from ._check_config import describe_config
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 
@@ -25,6 +27,10 @@ __all__ = ["COMMANDS", "build_parser", "describe_config", "main"]
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     _check_config.register,
     _demo.register,
+    _inspect.register,
+    _reset.register,
+    _explain.register,
+    _top.register,
 )
 
 
@@ -48,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratewall",
-        description="An exact distributed rate limiter: validate configs, run the demo.",
+        description="An exact distributed rate limiter: validate configs, run the demo, "
+        "look at and fix what the store holds.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
