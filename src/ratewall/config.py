@@ -15,7 +15,8 @@ The **long form** puts that mapping under ``policies`` and may add settings::
       "key_prefix": "ratelimit",
       "local_cache_size": 10000,
       "timeout": "50ms",
-      "failure_mode": "open"
+      "failure_mode": "open",
+      "metrics": "prometheus"
     }
 
 How the form is decided, with no guessing: a file is in the long form exactly when its top
@@ -39,6 +40,9 @@ Settings:
 ``failure_mode``
     What policies without their own ``failure_mode`` do when the store fails: ``raise``
     (default), ``open`` or ``closed``.
+``metrics``
+    Export ratewall's own metrics: ``prometheus`` (prometheus-client's default registry) or
+    ``otel`` (opentelemetry-api's meter provider). Not set: no metrics (see docs/metrics.md).
 
 Every error is a :class:`~ratewall.ConfigError` naming the file, the dotted path of the field
 (``policies.login.limit``, in both forms) and what to do about it. The file is compiled once
@@ -64,6 +68,7 @@ import yaml
 from ._urls import STORE_SCHEMES, store_url_problem
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
+from .metrics import BACKENDS as METRICS_BACKENDS
 from .policy import FAILURE_MODES, Policy, parse_duration
 
 __all__ = [
@@ -99,6 +104,7 @@ SETTINGS: Final = (
     "failure_mode",
     "routes",
     "client_ip",
+    "metrics",
 )
 EXTENSIONS: Final = (".json", ".yaml", ".yml", ".toml")
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
@@ -124,6 +130,8 @@ class Config:
     local_cache_size: int = DEFAULT_LOCAL_CACHE_SIZE
     timeout: float = DEFAULT_TIMEOUT
     source: str = "<config>"
+    #: The ``metrics`` setting: ``"prometheus"``, ``"otel"`` or ``None`` (no metrics).
+    metrics: str | None = None
     #: The ``routes`` section, validated (``ratewall.http.routes_from_config`` compiles it).
     routes: tuple[RouteEntry, ...] | None = field(default=None, hash=False)
     #: How the HTTP layer finds the client address (``client_ip`` section), if configured.
@@ -228,6 +236,7 @@ def _parse(data: object, source: str) -> Config:
         ),
         timeout=_timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
         source=source,
+        metrics=_metrics(settings.get("metrics"), source=source),
     )
     if "routes" not in settings and "client_ip" not in settings:
         return config
@@ -322,6 +331,17 @@ def _failure_mode(value: object, *, source: str) -> str:
             f"unknown failure mode {value!r}; expected one of {', '.join(FAILURE_MODES)}",
             source=source,
             field="failure_mode",
+        )
+    return value
+
+
+def _metrics(value: object, *, source: str) -> str | None:
+    if value is not None and value not in METRICS_BACKENDS:
+        raise ConfigError(
+            f"unknown metrics backend {value!r}; expected one of "
+            f"{', '.join(METRICS_BACKENDS)} (or leave the setting out for no metrics)",
+            source=source,
+            field="metrics",
         )
     return value
 
