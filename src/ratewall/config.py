@@ -15,7 +15,8 @@ The **long form** puts that mapping under ``policies`` and may add settings::
       "key_prefix": "ratelimit",
       "local_cache_size": 10000,
       "timeout": "50ms",
-      "failure_mode": "open"
+      "failure_mode": "open",
+      "metrics": "prometheus"
     }
 
 How the form is decided, with no guessing: a file is in the long form exactly when its top
@@ -42,6 +43,9 @@ Settings:
 ``shadow``
     ``true`` puts every policy without its own ``shadow`` in shadow mode: decided and
     counted, never refused (see :class:`~ratewall.Policy`).
+``metrics``
+    Export ratewall's own metrics: ``prometheus`` (prometheus-client's default registry) or
+    ``otel`` (opentelemetry-api's meter provider). Not set: no metrics (see docs/metrics.md).
 
 A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``algorithm``,
 ``burst``, ``failure_mode``, ``lease``, ``shadow``, ``exempt`` (a list of identities),
@@ -71,6 +75,7 @@ import yaml
 from ._urls import STORE_SCHEMES, store_url_problem
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
+from .metrics import BACKENDS as METRICS_BACKENDS
 from .policy import FAILURE_MODES, Policy, parse_duration
 
 __all__ = [
@@ -107,6 +112,7 @@ SETTINGS: Final = (
     "shadow",
     "routes",
     "client_ip",
+    "metrics",
 )
 EXTENSIONS: Final = (".json", ".yaml", ".yml", ".toml")
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
@@ -132,6 +138,8 @@ class Config:
     local_cache_size: int = DEFAULT_LOCAL_CACHE_SIZE
     timeout: float = DEFAULT_TIMEOUT
     source: str = "<config>"
+    #: The ``metrics`` setting: ``"prometheus"``, ``"otel"`` or ``None`` (no metrics).
+    metrics: str | None = None
     #: The ``routes`` section, validated (``ratewall.http.routes_from_config`` compiles it).
     routes: tuple[RouteEntry, ...] | None = field(default=None, hash=False)
     #: How the HTTP layer finds the client address (``client_ip`` section), if configured.
@@ -238,6 +246,7 @@ def _parse(data: object, source: str) -> Config:
         ),
         timeout=_timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
         source=source,
+        metrics=_metrics(settings.get("metrics"), source=source),
     )
     if "routes" not in settings and "client_ip" not in settings:
         return config
@@ -338,6 +347,17 @@ def _failure_mode(value: object, *, source: str) -> str:
             f"unknown failure mode {value!r}; expected one of {', '.join(FAILURE_MODES)}",
             source=source,
             field="failure_mode",
+        )
+    return value
+
+
+def _metrics(value: object, *, source: str) -> str | None:
+    if value is not None and value not in METRICS_BACKENDS:
+        raise ConfigError(
+            f"unknown metrics backend {value!r}; expected one of "
+            f"{', '.join(METRICS_BACKENDS)} (or leave the setting out for no metrics)",
+            source=source,
+            field="metrics",
         )
     return value
 

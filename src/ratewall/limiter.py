@@ -16,6 +16,7 @@ from .core import CHECK, PEEK, RESET, Core, Plan
 from .decision import Decision
 from .errors import ConfigError, StoreError
 from .keys import DEFAULT_PREFIX
+from .metrics import Metrics, observer_for
 from .observer import Observer
 from .policy import Policy
 from .stores.base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
@@ -36,6 +37,8 @@ class _Limiter:
 
     # A store that executes calls (Redis/Valkey), or one in this process; exactly one is set.
     _local: LocalStore | None
+    #: The counters ``metrics=`` attached (a reload reports to their ``record_reload``).
+    metrics: Metrics | None
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class _Limiter:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
         observer: Observer | None = None,
+        metrics: str | None = None,
         breaker_threshold: int = 3,
         breaker_cooldown: float = 1.0,
     ) -> None:
@@ -59,6 +63,8 @@ class _Limiter:
                 f"breaker_cooldown must be seconds in (0, 3600], got {breaker_cooldown!r}"
             )
         local_now = micros_from(clock)
+        # metrics="prometheus"/"otel": the process's shared counters hear every event too.
+        observer, self.metrics = observer_for(metrics, observer)
         if isinstance(store, str):
             kind, _ = parse_store_url(store)
             self.store_url = store
@@ -85,6 +91,8 @@ class _Limiter:
             slot_of=getattr(built, "slot_of", None),
             observer=observer,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self._core.policies)
         if self._local is not None:
             self._local.attach(self._core)
         elif observer is not None:
@@ -117,12 +125,14 @@ class _Limiter:
         clock: Clock | None = None,
         timeout: float | None = None,
         observer: Observer | None = None,
+        metrics: str | None = None,
     ) -> Self:
         """A limiter for the policies and settings of a JSON, YAML or TOML file (or of a
         :class:`~ratewall.config.Config` already loaded).
 
         ``store`` (a URL or a store object) overrides the file's store URL (with neither,
-        the memory store is used); ``timeout`` overrides the file's store timeout.
+        the memory store is used); ``timeout`` overrides the file's store timeout, and
+        ``metrics`` its ``metrics`` setting.
         """
         from .config import Config, load_config
 
@@ -135,6 +145,7 @@ class _Limiter:
             timeout=config.timeout if timeout is None else timeout,
             clock=clock,
             observer=observer,
+            metrics=config.metrics if metrics is None else metrics,
         )
 
     @property

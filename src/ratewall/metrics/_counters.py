@@ -1,0 +1,361 @@
+"""The counters: an :class:`~ratewall.observer.Observer` that counts what limiters report.
+
+Counting happens on the deciding thread, inside every decision, so it must be cheap and
+must not lose updates between threads. ``counts[key] += 1`` is a read, an add and a store:
+two threads can read the same value and one increment is lost. A lock would be correct but
+costs as much as the rest of the counting. Each decision counter is therefore an
+:func:`itertools.count`, whose ``next()`` is one C call that the GIL makes atomic; the
+value is read back (rarely: at scrape time) from its ``repr``. Store calls, a few per
+thousand decisions on a busy limiter and each worth tens of microseconds, take a lock: they
+add a float (the latency sum) that a counter cannot carry.
+
+Labels are bounded by construction: a policy name (configured, hence finite), an outcome,
+an error kind, a breaker state or a reload result. Identities and keys never reach this
+module (a :class:`~ratewall.Decision` does not carry them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..decision import Decision
+
+__all__ = [
+    "BATCH_BUCKETS",
+    "BREAKER_STATES",
+    "ERROR_KINDS",
+    "LATENCY_BUCKETS",
+    "OUTCOMES",
+    "RELOAD_RESULTS",
+    "Histogram",
+    "Metrics",
+    "Snapshot",
+    "error_kind",
+]
+
+#: The values of the ``outcome`` label, in the order exporters list them.
+OUTCOMES: Final = (
+    "allowed",
+    "limited",
+    "shadow_limited",
+    "exempt",
+    "failed_open",
+    "failed_closed",
+    "error",
+)
+#: Upper bounds (seconds) of the store-latency histogram: a Redis call on loopback takes
+#: 50-200 µs, a remote one about a millisecond, a timed-out one the store timeout (50 ms).
+LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+#: Upper bounds of the batch-size histogram (decisions carried by one store round trip).
+BATCH_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+#: The values of the ``kind`` label of store errors.
+ERROR_KINDS: Final = ("timeout", "connection", "protocol", "other")
+#: The values of the ``state`` label of breaker transitions.
+BREAKER_STATES: Final = ("open", "closed")
+#: The values of the ``result`` label of config reloads.
+RELOAD_RESULTS: Final = ("success", "failure")
+
+
+def error_kind(error: BaseException) -> str:
+    """The bounded ``kind`` label of a store error (never its message)."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionError | OSError):
+        return "connection"
+    if type(error).__name__ in ("StoreProtocolError", "ResponseError", "RedisError"):
+        return "protocol"
+    return "other"
+
+
+def _read(counter: itertools.count[int]) -> int:
+    """How often ``next`` was called on ``counter``: its repr is ``count(N)`` (reading it
+    does not count)."""
+    return int(repr(counter)[6:-1])
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Per-bucket counts (not cumulative; one more than ``bounds``, for +Inf) and the sum."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+    total: float = 0.0
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(bounds, [0] * (len(bounds) + 1))
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[int]:
+        return list(itertools.accumulate(self.counts))
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Every counter's value at one moment, as plain data (what exporters read, and what
+    worker processes write to share their totals)."""
+
+    decisions: dict[str, dict[str, int]] = field(default_factory=dict)
+    near_limit: dict[str, int] = field(default_factory=dict)
+    cache_answers: dict[str, int] = field(default_factory=dict)
+    store_calls: int = 0
+    store_errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    breaker: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKER_STATES, 0))
+    reloads: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RELOAD_RESULTS, 0))
+    latency: Histogram = field(default_factory=lambda: Histogram.empty(LATENCY_BUCKETS))
+    batch: Histogram = field(default_factory=lambda: Histogram.empty(BATCH_BUCKETS))
+
+    def add(self, other: Snapshot) -> None:
+        """Add ``other``'s counts to these (another process's, say)."""
+        for policy, outcomes in other.decisions.items():
+            mine = self.decisions.setdefault(policy, dict.fromkeys(OUTCOMES, 0))
+            for outcome, value in outcomes.items():
+                mine[outcome] = mine.get(outcome, 0) + value
+        for target, source in (
+            (self.near_limit, other.near_limit),
+            (self.cache_answers, other.cache_answers),
+            (self.store_errors, other.store_errors),
+            (self.breaker, other.breaker),
+            (self.reloads, other.reloads),
+        ):
+            for name, value in source.items():
+                target[name] = target.get(name, 0) + value
+        self.store_calls += other.store_calls
+        self.latency.add(other.latency)
+        self.batch.add(other.batch)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "decisions": self.decisions,
+            "near_limit": self.near_limit,
+            "cache_answers": self.cache_answers,
+            "store_calls": self.store_calls,
+            "store_errors": self.store_errors,
+            "breaker": self.breaker,
+            "reloads": self.reloads,
+            "latency": {"counts": self.latency.counts, "sum": self.latency.total},
+            "batch": {"counts": self.batch.counts, "sum": self.batch.total},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Snapshot:
+        """The inverse of :meth:`to_json`; ``ValueError``, ``KeyError`` or ``TypeError`` on a
+        malformed document."""
+
+        def counts(value: object) -> dict[str, int]:
+            if not isinstance(value, dict):
+                raise TypeError("expected an object of counts")
+            return {str(k): int(v) for k, v in value.items()}
+
+        def histogram(value: object, bounds: tuple[float, ...]) -> Histogram:
+            if not isinstance(value, dict) or len(value["counts"]) != len(bounds) + 1:
+                raise ValueError("histogram buckets differ")
+            return Histogram(bounds, [int(c) for c in value["counts"]], float(value["sum"]))
+
+        decisions = data["decisions"]
+        if not isinstance(decisions, dict):
+            raise TypeError("expected decisions by policy")
+        store_calls = data["store_calls"]
+        if not isinstance(store_calls, int):
+            raise TypeError("expected a count of store calls")
+        return cls(
+            {str(p): counts(o) for p, o in decisions.items()},
+            counts(data["near_limit"]),
+            counts(data["cache_answers"]),
+            store_calls,
+            counts(data["store_errors"]),
+            counts(data["breaker"]),
+            counts(data["reloads"]),
+            histogram(data["latency"], LATENCY_BUCKETS),
+            histogram(data["batch"], BATCH_BUCKETS),
+        )
+
+
+class _PolicyCounters:
+    """One policy's counters, one :func:`itertools.count` each."""
+
+    __slots__ = (*OUTCOMES, "cache", "near_limit")
+
+    def __init__(self) -> None:
+        self.allowed = itertools.count()
+        self.limited = itertools.count()
+        self.shadow_limited = itertools.count()
+        self.exempt = itertools.count()
+        self.failed_open = itertools.count()
+        self.failed_closed = itertools.count()
+        self.error = itertools.count()
+        self.cache = itertools.count()  # refusals the deny cache answered
+        self.near_limit = itertools.count()
+
+    def read(self) -> dict[str, int]:
+        return {outcome: _read(getattr(self, outcome)) for outcome in OUTCOMES}
+
+
+_INSTANCES: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
+class Metrics:
+    """Counters of what limiters decide and how their store behaves. Thread-safe.
+
+    It is an :class:`~ratewall.observer.Observer`: ``RateLimiter(..., metrics="prometheus")``
+    attaches the process's shared instance (:func:`ratewall.metrics.default_metrics`); any
+    instance also works as ``observer=``. Several limiters may share one: their counts add
+    up per policy name.
+
+    ``near_limit`` is the fraction of a policy's limit at or below which an allowed
+    decision's ``remaining`` counts as near the limit (default 0.2: 20%).
+
+    A forked child process starts from zero (its parent's counts are the parent's), so
+    that summing the processes of a pre-forking server counts each decision once.
+    """
+
+    def __init__(self, *, near_limit: float = 0.2) -> None:
+        if not isinstance(near_limit, int | float) or not 0 <= near_limit <= 1:
+            raise ValueError(f"near_limit must be a fraction in [0, 1], got {near_limit!r}")
+        self.near_limit = float(near_limit)
+        self._clear()
+        _INSTANCES.add(self)
+
+    def _clear(self) -> None:
+        self._listeners: tuple[Callable[[float, int], None], ...] = getattr(self, "_listeners", ())
+        self._policies: dict[str, _PolicyCounters] = {}
+        self._lock = threading.Lock()
+        self._store_calls = 0
+        self._store_errors = dict.fromkeys(ERROR_KINDS, 0)
+        self._latency = Histogram.empty(LATENCY_BUCKETS)
+        self._batch = Histogram.empty(BATCH_BUCKETS)
+        self._breaker_open = itertools.count()
+        self._breaker_closed = itertools.count()
+        self._reloads_ok = itertools.count()
+        self._reloads_failed = itertools.count()
+
+    def listen_to_store_calls(self, listener: Callable[[float, int], None]) -> None:
+        """Also tell ``listener`` each store call's seconds and decisions carried (for
+        exporters whose histograms record values one by one, as OpenTelemetry's do)."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def watch(self, policies: Iterable[str]) -> None:
+        """Create the series of ``policies`` now (at zero), before their first decision, so
+        that dashboards and ``rate()`` see them from the start."""
+        for policy in policies:
+            self._counters(policy)
+
+    def _counters(self, policy: str) -> _PolicyCounters:
+        counters = self._policies.get(policy)
+        if counters is None:
+            with self._lock:
+                counters = self._policies.setdefault(policy, _PolicyCounters())
+        return counters
+
+    # -- the observer's events: keep them short, they run inside every decision -----------
+
+    def on_decision(self, decision: Decision) -> None:
+        counters = self._policies.get(decision.policy) or self._counters(decision.policy)
+        if decision.allowed:
+            if decision.shadowed:
+                next(counters.shadow_limited)
+                return
+            source = decision.source
+            if source == "exempt":
+                next(counters.exempt)
+            elif source == "failure":
+                next(counters.failed_open)
+            else:
+                next(counters.allowed)
+                if decision.remaining <= decision.limit * self.near_limit:
+                    next(counters.near_limit)
+        elif decision.source == "failure":
+            next(counters.failed_closed)
+        else:
+            next(counters.limited)
+            if decision.source == "cache":
+                next(counters.cache)
+
+    def on_error(self, policy: str, error: BaseException) -> None:
+        next(self._counters(policy).error)
+
+    def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
+        latency = bisect_left(LATENCY_BUCKETS, seconds)
+        batch = bisect_left(BATCH_BUCKETS, calls)
+        with self._lock:
+            self._store_calls += 1
+            self._latency.counts[latency] += 1
+            self._latency.total += seconds
+            self._batch.counts[batch] += 1
+            self._batch.total += calls
+            if error is not None:
+                self._store_errors[error_kind(error)] += 1
+        for listener in self._listeners:
+            listener(seconds, calls)
+
+    def on_breaker(self, opened: bool, error: BaseException | None) -> None:
+        next(self._breaker_open if opened else self._breaker_closed)
+
+    def record_reload(self, ok: bool) -> None:
+        """Count one config reload: ``ok`` if the new config is in force, else it failed
+        (and the old one stays)."""
+        next(self._reloads_ok if ok else self._reloads_failed)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Every counter's value now."""
+        with self._lock:
+            policies = dict(self._policies)
+            store_calls = self._store_calls
+            store_errors = dict(self._store_errors)
+            latency = Histogram(LATENCY_BUCKETS, list(self._latency.counts), self._latency.total)
+            batch = Histogram(BATCH_BUCKETS, list(self._batch.counts), self._batch.total)
+        return Snapshot(
+            decisions={name: counters.read() for name, counters in policies.items()},
+            near_limit={name: _read(c.near_limit) for name, c in policies.items()},
+            cache_answers={name: _read(c.cache) for name, c in policies.items()},
+            store_calls=store_calls,
+            store_errors=store_errors,
+            breaker={"open": _read(self._breaker_open), "closed": _read(self._breaker_closed)},
+            reloads={"success": _read(self._reloads_ok), "failure": _read(self._reloads_failed)},
+            latency=latency,
+            batch=batch,
+        )
+
+    def __repr__(self) -> str:
+        return f"Metrics(policies={sorted(self._policies)!r}, near_limit={self.near_limit})"
+
+
+def _forget_in_child() -> None:
+    for metrics in list(_INSTANCES):
+        watched = list(metrics._policies)
+        metrics._clear()
+        metrics.watch(watched)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
