@@ -39,6 +39,10 @@ Settings:
 ``failure_mode``
     What policies without their own ``failure_mode`` do when the store fails: ``raise``
     (default), ``open`` or ``closed``.
+``domains``
+    Rate-limit descriptors for ``ratewall serve`` (Envoy's rate-limit service protocol):
+    domain names mapped to trees of ``{key, value, policy}`` entries naming this file's
+    policies; see :func:`ratewall.service.descriptors.parse_domains`.
 
 Every error is a :class:`~ratewall.ConfigError` naming the file, the dotted path of the field
 (``policies.login.limit``, in both forms) and what to do about it. The file is compiled once
@@ -57,7 +61,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal, Required, TypedDict, get_args
+from typing import TYPE_CHECKING, Final, Literal, Required, TypedDict, get_args
 
 import yaml
 
@@ -65,6 +69,9 @@ from ._urls import STORE_SCHEMES, store_url_problem
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from .policy import FAILURE_MODES, Policy, parse_duration
+
+if TYPE_CHECKING:
+    from .service.descriptors import DomainTable
 
 __all__ = [
     "DEFAULT_LOCAL_CACHE_SIZE",
@@ -99,6 +106,7 @@ SETTINGS: Final = (
     "failure_mode",
     "routes",
     "client_ip",
+    "domains",
 )
 EXTENSIONS: Final = (".json", ".yaml", ".yml", ".toml")
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
@@ -128,6 +136,8 @@ class Config:
     routes: tuple[RouteEntry, ...] | None = field(default=None, hash=False)
     #: How the HTTP layer finds the client address (``client_ip`` section), if configured.
     client_ip: ClientIPSettings | None = field(default=None, hash=False)
+    #: The ``domains`` section (rate-limit descriptors for ``ratewall serve``), compiled.
+    domains: DomainTable | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         # Copy, so that a caller keeping the dict it passed cannot change this config.
@@ -229,9 +239,19 @@ def _parse(data: object, source: str) -> Config:
         timeout=_timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
         source=source,
     )
+    if "domains" in settings:
+        config = replace(config, domains=_domains(settings["domains"], config))
     if "routes" not in settings and "client_ip" not in settings:
         return config
     return _with_http(config, settings, source)
+
+
+def _domains(section: object, config: Config) -> DomainTable:
+    """The ``domains`` section: descriptor rules naming this file's policies (the grammar and
+    its checks live with the matching rules, in ratewall.service.descriptors, which is pure)."""
+    from .service.descriptors import parse_domains
+
+    return parse_domains(section, source=config.source, policies=config.policies)
 
 
 def _with_http(config: Config, settings: Mapping[str, object], source: str) -> Config:
