@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..errors import ConfigError
-from . import _check_config, _demo
+from . import _check_config, _demo, _serve
 from ._check_config import describe_config
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 
@@ -25,6 +25,7 @@ __all__ = ["COMMANDS", "build_parser", "describe_config", "main"]
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     _check_config.register,
     _demo.register,
+    _serve.register,
 )
 
 
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratewall",
-        description="An exact distributed rate limiter: validate configs, run the demo.",
+        description="An exact distributed rate limiter: validate configs, run the demo or "
+        "the rate-limit service.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -6,9 +6,7 @@ repeatable; a YAML file whose top level has a string ``domain`` is recognised as
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..errors import ConfigError
@@ -39,7 +37,7 @@ def register(commands: Any) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from ..service.descriptors import DomainTable, load_envoy_config
+    from ..service.descriptors import load_envoy_config
 
     envoy_files = list(args.envoy_config)
     if args.file is None and not envoy_files:
