@@ -31,7 +31,7 @@ Item = tuple[str, str] | tuple[str, str, int]
 def _body(items: Sequence[Item], peek: bool = False) -> dict[str, Any]:
     checks = []
     for item in items:
-        cost = item[2] if len(item) > 2 else 1  # type: ignore[misc]  # a 3-tuple
+        cost = item[2] if len(item) > 2 else 1
         checks.append({"policy": item[1], "identity": item[0], "cost": 0 if peek else cost})
     return {"checks": checks}
 
