@@ -93,7 +93,7 @@ def stack(redis_url: str, upstream: int, tmp_path: Path) -> Iterator[tuple[str, 
 
 
 def test_the_request_flow_through_envoy(stack: tuple[str, Service]) -> None:
-    url, service = stack
+    url, _ = stack
     answers = [httpx.get(url + "/", headers={"x-user-id": "user_123"}) for _ in range(6)]
     assert [a.status_code for a in answers] == [200] * 5 + [429]
     refused = answers[5]
