@@ -391,3 +391,15 @@ def test_workers_and_in_process_limiters_admit_exactly_the_limit(
             return sum(results)
 
         assert asyncio.run(load()) == 50
+
+
+def test_the_http_socket_says_tcp_so_asyncio_sets_nodelay() -> None:
+    # With proto 0, asyncio leaves Nagle on for accepted connections, and every response
+    # on a kept-alive connection waited ~40 ms for the client's delayed ACK.
+    import socket
+
+    from ratewall.service.runner import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    with sock:
+        assert sock.proto == socket.IPPROTO_TCP
