@@ -46,6 +46,10 @@ Settings:
 ``metrics``
     Export ratewall's own metrics: ``prometheus`` (prometheus-client's default registry) or
     ``otel`` (opentelemetry-api's meter provider). Not set: no metrics (see docs/metrics.md).
+``domains``
+    Rate-limit descriptors for ``ratewall serve`` (Envoy's rate-limit service protocol):
+    domain names mapped to trees of ``{key, value, policy}`` entries naming this file's
+    policies; see :func:`ratewall.service.descriptors.parse_domains`.
 
 A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``algorithm``,
 ``burst``, ``failure_mode``, ``lease``, ``shadow``, ``exempt`` (a list of identities),
@@ -68,15 +72,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal, Required, TypedDict, get_args
+from typing import TYPE_CHECKING, Final, Literal, Required, TypedDict, get_args
 
 import yaml
 
-from ._urls import STORE_SCHEMES, store_url_problem
+from ._urls import STORE_SCHEMES, redacted, store_url_problem
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from .metrics import BACKENDS as METRICS_BACKENDS
 from .policy import FAILURE_MODES, Policy, parse_duration
+
+if TYPE_CHECKING:
+    from .service.descriptors import DomainTable
 
 __all__ = [
     "DEFAULT_LOCAL_CACHE_SIZE",
@@ -113,6 +120,7 @@ SETTINGS: Final = (
     "routes",
     "client_ip",
     "metrics",
+    "domains",
 )
 EXTENSIONS: Final = (".json", ".yaml", ".yml", ".toml")
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
@@ -144,6 +152,8 @@ class Config:
     routes: tuple[RouteEntry, ...] | None = field(default=None, hash=False)
     #: How the HTTP layer finds the client address (``client_ip`` section), if configured.
     client_ip: ClientIPSettings | None = field(default=None, hash=False)
+    #: The ``domains`` section (rate-limit descriptors for ``ratewall serve``), compiled.
+    domains: DomainTable | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         # Copy, so that a caller keeping the dict it passed cannot change this config.
@@ -248,9 +258,19 @@ def _parse(data: object, source: str) -> Config:
         source=source,
         metrics=_metrics(settings.get("metrics"), source=source),
     )
+    if "domains" in settings:
+        config = replace(config, domains=_domains(settings["domains"], config))
     if "routes" not in settings and "client_ip" not in settings:
         return config
     return _with_http(config, settings, source)
+
+
+def _domains(section: object, config: Config) -> DomainTable:
+    """The ``domains`` section: descriptor rules naming this file's policies (the grammar and
+    its checks live with the matching rules, in ratewall.service.descriptors, which is pure)."""
+    from .service.descriptors import parse_domains
+
+    return parse_domains(section, source=config.source, policies=config.policies)
 
 
 def _with_http(config: Config, settings: Mapping[str, object], source: str) -> Config:
@@ -284,7 +304,7 @@ def validate_store_url(value: object, *, source: str, field: str) -> str:
     if not separator or scheme not in STORE_SCHEMES:
         expected = ", ".join(f"{name}://" for name in STORE_SCHEMES)
         raise ConfigError(
-            f"store URL {value!r} has an unsupported scheme; expected one of {expected}",
+            f"store URL {redacted(value)!r} has an unsupported scheme; expected one of {expected}",
             source=source,
             field=field,
         )

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, micros_from
+from ._urls import redacted
 from .core import CHECK, PEEK, RESET, Core, Plan
 from .decision import Decision
 from .errors import ConfigError, StoreError
@@ -182,9 +183,8 @@ class _Limiter:
         _tell_reload(self._observer, None)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={self.store_url!r})"
-        )
+        store = redacted(self.store_url)  # never the password
+        return f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={store!r})"
 
 
 Item = tuple[str, str] | tuple[str, str, int]
@@ -208,8 +208,8 @@ def _tell_reload(observer: Observer | None, error: BaseException | None) -> None
 
 def _unreachable(limiter: _Limiter, error: Exception) -> StoreError:
     return StoreError(
-        f"the rate-limit store {limiter.store_url!r} did not answer: {type(error).__name__}: "
-        f"{error}"
+        f"the rate-limit store {redacted(limiter.store_url)!r} did not answer: "
+        f"{type(error).__name__}: {error}"
     )
 
 

@@ -296,7 +296,7 @@ def test_bad_store_urls(url: str) -> None:
         ("redis://h:6379/abc", "database 'abc'"),
         ("redis://h:6379/0?db=3", "names database 0 in its path and 3 in ?db="),
         ("redis://h:6379?db=1&db=2", "gives ?db= more than once"),
-        ("rediss://h:6380/0?ssl_ca_certs=ca.pem", "unknown parameter(s) ssl_ca_certs"),
+        ("rediss://h:6380/0?ssl_ciphers=x", "unknown parameter(s) ssl_ciphers"),
         ("unix://relative.sock", "needs an absolute socket path"),
         ("unix:///tmp/r.sock?db=x", "database 'x'"),
         ("redis+sentinel://h1:26379,h2:x/mymaster", "port 'x'"),
@@ -407,7 +407,7 @@ def test_unknown_setting_lists_the_settings() -> None:
     assert caught.value.field == "redis"
     assert caught.value.reason == (
         "unknown setting 'redis'; expected one of policies, store, key_prefix, "
-        "local_cache_size, timeout, failure_mode, shadow, routes, client_ip, metrics"
+        "local_cache_size, timeout, failure_mode, shadow, routes, client_ip, metrics, domains"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,19 @@ def test_ping_of_the_memory_store_is_free() -> None:
 def test_breaker_settings_are_checked(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
         RateLimiter(POLICIES, **{option: value})  # type: ignore[arg-type]
+
+
+def test_the_store_password_is_never_shown(tmp_path: Path) -> None:
+    from ratewall.cli import describe_config
+    from ratewall.config import load_config
+
+    url = "redis://:hunter2@127.0.0.1:1/0"
+    limiter = RateLimiter(POLICIES, FailingStore())
+    limiter.store_url = url
+    assert "hunter2" not in repr(limiter)
+    with pytest.raises(StoreError) as caught:
+        limiter.ping()
+    assert "hunter2" not in str(caught.value)
+    path = tmp_path / "limits.json"
+    path.write_text(f'{{"store": "{url}", "policies": {{"a": {{"limit": 1, "window": 1}}}}}}')
+    assert not any("hunter2" in line for line in describe_config(load_config(path)))

@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..errors import ConfigError
-from . import _check_config, _demo, _explain, _inspect, _reset, _top
+from . import _check_config, _demo, _explain, _inspect, _reset, _serve, _top
 from ._check_config import describe_config
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 
@@ -31,6 +31,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _reset.register,
     _explain.register,
     _top.register,
+    _serve.register,
 )
 
 
@@ -54,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratewall",
-        description="An exact distributed rate limiter: validate configs, run the demo, "
-        "look at and fix what the store holds.",
+        description="An exact distributed rate limiter: validate configs, run the demo or "
+        "the rate-limit service, look at and fix what the store holds.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,14 +1,22 @@
-"""``ratewall check-config FILE``: validate a config file and print what it defines."""
+"""``ratewall check-config FILE``: validate a config file and print what it defines.
+
+``FILE`` is a ratewall config, or an envoyproxy/ratelimit config (``--envoy-config FILE``,
+repeatable; a YAML file whose top level has a string ``domain`` is recognised as one too)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._urls import redacted
 from ..config import Config, load_config
+from ..errors import ConfigError
 from ._common import EXIT_OK
 
-__all__ = ["describe_config", "register"]
+if TYPE_CHECKING:
+    from ..service.descriptors import DomainTable
+
+__all__ = ["describe_config", "describe_domains", "register"]
 
 
 def register(commands: Any) -> None:
@@ -18,15 +26,76 @@ def register(commands: Any) -> None:
         description="Validate a config file (.json, .yaml/.yml or .toml) and print its "
         "policies and settings. Exit status 2 if it is invalid.",
     )
-    check.add_argument("file", metavar="FILE", help="the config file to check")
+    check.add_argument("file", metavar="FILE", nargs="?", help="the config file to check")
+    check.add_argument(
+        "--envoy-config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an envoyproxy/ratelimit YAML config to check (repeatable)",
+    )
     check.set_defaults(handler=_check_config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
-    for line in describe_config(config):
-        print(line)
+    from ..service.descriptors import load_envoy_config
+
+    envoy_files = list(args.envoy_config)
+    if args.file is None and not envoy_files:
+        raise ConfigError("the following arguments are required: FILE (or --envoy-config FILE)")
+    if args.file is not None and _is_envoy_config(args.file):
+        envoy_files.insert(0, args.file)
+    elif args.file is not None:
+        config = load_config(args.file)
+        for line in describe_config(config):
+            print(line)
+        if config.domains is not None:
+            for line in describe_domains(config.domains):
+                print(line)
+    if envoy_files:
+        table: DomainTable = load_envoy_config(envoy_files)
+        rules = len(list(table.rules()))
+        print(
+            f"OK: {table.source} (envoyproxy/ratelimit form) defines "
+            f"{rules} {'rule' if rules == 1 else 'rules'}"
+        )
+        for line in describe_domains(table):
+            print(line)
     return EXIT_OK
+
+
+def _is_envoy_config(path: str) -> bool:
+    """A YAML file whose top level has a string ``domain`` (no ratewall config does)."""
+    if not path.lower().endswith((".yaml", ".yml")):
+        return False
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            data = yaml.safe_load(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # load_config reports it
+    return isinstance(data, dict) and isinstance(data.get("domain"), str)
+
+
+def describe_domains(table: DomainTable) -> list[str]:
+    """One line per descriptor rule: where it is and what it applies."""
+    lines = []
+    for rule in table.rules():
+        if rule.unlimited:
+            what = "unlimited"
+        elif rule.blocked:
+            what = "0 requests (refuses all)"
+        else:
+            policy = table.policies.get(rule.policy or "")
+            what = f"policy {rule.policy}" + (f" ({policy.describe()})" if policy else "")
+        extras = [f"name {rule.name}"] if rule.name and rule.name != rule.policy else []
+        if rule.shadow:
+            extras.append("shadow mode")
+        if rule.replaces:
+            extras.append(f"replaces {', '.join(sorted(rule.replaces))}")
+        lines.append(f"descriptor {rule.path} -> {what}" + "".join(f"; {e}" for e in extras))
+    return lines
 
 
 def describe_config(config: Config) -> list[str]:
@@ -40,7 +109,12 @@ def describe_config(config: Config) -> list[str]:
     lines.extend(f"{name}: {policy.describe()}" for name, policy in config.policies.items())
     lines.extend(
         [
-            f"store = {config.store or '(not set: the program chooses, memory:// by default)'}",
+            "store = "
+            + (
+                redacted(config.store)
+                if config.store
+                else "(not set: the program chooses, memory:// by default)"
+            ),
             f"key_prefix = {config.key_prefix}",
             f"local_cache_size = {config.local_cache_size}",
             f"timeout = {config.timeout * 1000:g}ms",

@@ -122,6 +122,13 @@ class FanOut:
             except Exception:  # noqa: BLE001 - as in on_decision
                 self._failed(observer)
 
+    def on_reload(self, error: BaseException | None) -> None:
+        for observer in self.observers:
+            try:
+                observer.on_reload(error)
+            except Exception:  # noqa: BLE001 - as in on_decision
+                self._failed(observer)
+
 
 def observer_for(
     metrics: str | None, observer: Observer | None

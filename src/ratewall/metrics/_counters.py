@@ -320,6 +320,10 @@ class Metrics:
     def on_breaker(self, opened: bool, error: BaseException | None) -> None:
         next(self._breaker_open if opened else self._breaker_closed)
 
+    def on_reload(self, error: BaseException | None) -> None:
+        """A limiter reloaded its config (``error`` is ``None``) or rejected a new one."""
+        self.record_reload(error is None)
+
     def record_reload(self, ok: bool) -> None:
         """Count one config reload: ``ok`` if the new config is in force, else it failed
         (and the old one stays)."""

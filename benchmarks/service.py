@@ -1,0 +1,293 @@
+"""``ratewall serve`` side by side: decisions/s and latency of N concurrent callers over
+100 keys, nothing refused, against (a) the in-process async limiter on the same store and
+(b) envoyproxy/ratelimit (Go) on the same store, when its binary is given or Go can build it.
+
+Every phase is bounded in time (``--seconds``) and count (``--max-calls``); every server it
+starts binds 127.0.0.1 and is stopped.
+
+    python benchmarks/service.py --concurrency 64 --seconds 5 [--workers 2]
+        [--store redis://127.0.0.1:6379/0] [--go-binary PATH | --no-go]
+
+Without ``--store`` it starts a Redis/Valkey server of its own. The load generator is one
+Python process (asyncio, grpc.aio / httpx); on a small machine it competes with the servers
+for the same cores, which the report states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from ratewall import AsyncRateLimiter, Policy
+from ratewall._server import LocalServer, find_server
+
+KEYS = [f"key{i}" for i in range(100)]
+LIMIT = 1_000_000_000  # per hour: nothing is refused
+OK = rls_pb2.RateLimitResponse.Code.Value("OK")
+
+RATEWALL_CONFIG = f"""
+policies:
+  bench: {{limit: {LIMIT}, window: 3600}}
+domains:
+  bench:
+    - {{key: key, policy: bench}}
+timeout: 2s
+"""
+ENVOY_CONFIG = f"""
+domain: bench
+descriptors:
+  - key: key
+    rate_limit: {{unit: hour, requests_per_unit: {LIMIT}}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+async def run_load(
+    call: Callable[[str], Awaitable[bool]], concurrency: int, seconds: float, max_calls: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+    refused = 0
+    calls = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller(index: int) -> None:
+        nonlocal refused, calls
+        n = index
+        while time.perf_counter() < deadline and calls < max_calls:
+            calls += 1
+            started = time.perf_counter()
+            if not await call(KEYS[n % len(KEYS)]):
+                refused += 1
+            latencies.append(time.perf_counter() - started)
+            n += concurrency
+
+    for _ in range(concurrency):  # warm-up: connections, scripts
+        await call(KEYS[0])
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "decisions_per_s": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "calls": float(len(latencies)),
+        "refused": float(refused),
+    }
+
+
+def grpc_caller(target: str) -> tuple[grpc.aio.Channel, Callable[[str], Awaitable[bool]]]:
+    channel = grpc.aio.insecure_channel(target)
+    stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+    requests = {
+        key: rls_pb2.RateLimitRequest(
+            domain="bench",
+            descriptors=[
+                ratelimit_pb2.RateLimitDescriptor(
+                    entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key="key", value=key)]
+                )
+            ],
+        )
+        for key in KEYS
+    }
+
+    async def call(key: str) -> bool:
+        answer = await stub.ShouldRateLimit(requests[key], timeout=10)
+        return bool(answer.overall_code == OK)
+
+    return channel, call
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def go_binary(args: argparse.Namespace) -> tuple[str | None, str]:
+    if args.no_go:
+        return None, "skipped (--no-go)"
+    if args.go_binary:
+        return args.go_binary, args.go_binary
+    gobin = Path(tempfile.gettempdir()) / "ratewall-bench-gobin"
+    built = gobin / "service_cmd"
+    if built.exists():
+        return str(built), str(built)
+    if shutil.which("go") is None:
+        return None, "skipped: Go is not installed"
+    result = subprocess.run(
+        ["go", "install", "github.com/envoyproxy/ratelimit/src/service_cmd@latest"],
+        env={**os.environ, "GOBIN": str(gobin)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None, f"skipped: go install failed: {result.stderr.strip()[-300:]}"
+    return str(built), "go install github.com/envoyproxy/ratelimit/src/service_cmd@latest"
+
+
+async def main_async(args: argparse.Namespace, store: str, workdir: Path) -> list[str]:
+    rows: list[str] = []
+    n, seconds, cap = args.concurrency, args.seconds, args.max_calls
+
+    def row(name: str, result: dict[str, float]) -> None:
+        line = (
+            f"| {name} | {result['decisions_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+            f"{result['p99_ms']:.2f} | {result['calls']:,.0f} | {result['refused']:.0f} |"
+        )
+        rows.append(line)
+        print(line, flush=True)
+
+    limiter = AsyncRateLimiter({"bench": Policy(LIMIT, 3600)}, store, timeout=2)
+
+    async def in_process(key: str) -> bool:
+        return (await limiter.check(key, "bench")).allowed
+
+    row("in-process AsyncRateLimiter", await run_load(in_process, n, seconds, cap))
+    await limiter.aclose()
+
+    config = workdir / "ratewall.yaml"
+    config.write_text(RATEWALL_CONFIG)
+    grpc_port, http_port = free_port(), free_port()
+    service = subprocess.Popen(
+        [sys.executable, "-m", "ratewall", "serve", "--config", str(config), "--store", store,
+         "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}",
+         "--workers", str(args.workers), "--no-response-headers"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(grpc_port)
+        wait_port(http_port)
+        channel, call = grpc_caller(f"127.0.0.1:{grpc_port}")
+        row(
+            f"ratewall serve, gRPC ({args.workers} worker(s))",
+            await run_load(call, n, seconds, cap),
+        )
+        await channel.close()
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            limits=httpx.Limits(max_connections=n),
+            timeout=10,
+        ) as http:
+
+            async def by_http(key: str) -> bool:
+                body = {"checks": [{"policy": "bench", "identity": key}]}
+                answer = await http.post("/v1/check", json=body)
+                return bool(answer.json()["decisions"][0]["allowed"])
+
+            row(
+                f"ratewall serve, HTTP ({args.workers} worker(s))",
+                await run_load(by_http, n, seconds, cap),
+            )
+    finally:
+        stop(service)
+
+    binary, how = go_binary(args)
+    if binary is None:
+        rows.append(f"| envoyproxy/ratelimit | {how} | | | | |")
+        print(rows[-1], flush=True)
+        return rows
+    runtime = workdir / "runtime" / "ratelimit" / "config"
+    runtime.mkdir(parents=True)
+    (runtime / "bench.yaml").write_text(ENVOY_CONFIG)
+    host, _, port = store.split("://", 1)[1].split("/", 1)[0].rpartition(":")
+    go_grpc, go_http, go_debug = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "USE_STATSD": "false",
+        "LOG_LEVEL": "warn",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": f"{host}:{port}",
+        "RUNTIME_ROOT": str(workdir / "runtime"),
+        "RUNTIME_SUBDIRECTORY": "ratelimit",
+        "RUNTIME_WATCH_ROOT": "false",
+        "HOST": "127.0.0.1",
+        "GRPC_HOST": "127.0.0.1",
+        "DEBUG_HOST": "127.0.0.1",
+        "PORT": str(go_http),
+        "GRPC_PORT": str(go_grpc),
+        "DEBUG_PORT": str(go_debug),
+    }
+    go = subprocess.Popen([binary], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(go_grpc)
+        channel, call = grpc_caller(f"127.0.0.1:{go_grpc}")
+        row("envoyproxy/ratelimit (Go), gRPC", await run_load(call, n, seconds, cap))
+        await channel.close()
+    finally:
+        stop(go)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--max-calls", type=int, default=2_000_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--go-binary", default=None)
+    parser.add_argument("--no-go", action="store_true")
+    args = parser.parse_args()
+    server: LocalServer | None = None
+    store = args.store
+    if store is None:
+        binary = find_server()
+        if binary is None:
+            print("no redis-server/valkey-server found; pass --store", file=sys.stderr)
+            return 2
+        server = LocalServer(binary).start()
+        store = server.url
+    print(
+        f"{args.concurrency} concurrent callers, 100 keys, {args.seconds:g} s per row, "
+        f"store {store}, {os.cpu_count()} cores shared by the load generator and the servers\n"
+        "| row | decisions/s | p50 ms | p99 ms | calls | refused |\n|---|---|---|---|---|---|",
+        flush=True,
+    )
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            asyncio.run(main_async(args, store, Path(workdir)))
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
