@@ -99,3 +99,21 @@ async def test_an_async_refused_login_closes_its_socket_at_once(acl_server: Loca
         await asyncio.sleep(0)  # the transport closes its socket in a callback
         assert "WRONGPASS" in str(errors[0].__cause__)
         assert _open_fds() == before
+
+
+@pytest.mark.parametrize(
+    ("denied", "algorithm"), [("llen", "sliding_log"), ("get", "fixed_window")]
+)
+def test_a_user_denied_a_read_gets_an_error_not_an_open_gate(
+    acl_server: LocalServer, denied: str, algorithm: str
+) -> None:
+    """The script reads state with pcall so that another algorithm's value counts as none;
+    any other refusal (here the ACL) must fail the decision, never admit it silently."""
+    with redis.Redis(port=acl_server.port, socket_timeout=5.0) as admin:
+        admin.execute_command("ACL", "SETUSER", "partial", *MINIMAL_ACL.split(), f"-{denied}")
+    policies = {"p": Policy(3, 60, algorithm=algorithm, failure_mode="raise")}
+    with (
+        RateLimiter(policies, _url(acl_server, "partial"), timeout=TIMEOUT) as limiter,
+        pytest.raises(StoreError, match=r"NOPERM|permission|can.t run this command"),
+    ):
+        limiter.check("u", "p")

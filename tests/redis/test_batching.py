@@ -5,6 +5,7 @@ or a cancellation touches only the calls it concerns."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -188,3 +189,31 @@ async def test_calls_after_aclose_fail(redis_url: str) -> None:
     with pytest.raises(StoreError) as caught:
         await limiter.check("user_1", "p")
     assert isinstance(caught.value.__cause__, ConnectionError)
+
+
+async def test_a_caller_queued_behind_a_stalled_call_waits_one_timeout_not_two(
+    fresh_server: LocalServer,
+) -> None:
+    """With the server frozen, callers that queue behind the calls in flight (two at most)
+    fail within the store timeout of their own start: their batch inherits the oldest
+    waiter's deadline instead of starting a fresh timeout once the stalled calls give up
+    (before: up to twice the timeout)."""
+    timeout = 0.5
+    bound = timeout * 1.5  # the issue's stated slack; the old behaviour took ~1.8 × timeout
+    policies = {"api": Policy(1000, 60, failure_mode="open")}
+    async with AsyncRateLimiter(policies, fresh_server.url, timeout=timeout) as limiter:
+        assert (await limiter.check("warm", "api")).allowed
+        fresh_server.pause()
+        try:
+
+            async def timed(delay: float) -> float:
+                await asyncio.sleep(delay)
+                started = time.perf_counter()
+                decision = await limiter.check(f"user_{delay}", "api")
+                assert decision.degraded
+                return time.perf_counter() - started
+
+            elapsed = await asyncio.gather(*(timed(d) for d in (0.0, 0.02, 0.04, 0.06)))
+        finally:
+            fresh_server.resume()
+    assert max(elapsed) < bound, [round(e, 3) for e in elapsed]

@@ -98,6 +98,9 @@ def describe_domains(table: DomainTable) -> list[str]:
     return lines
 
 
+_NO_STORE = "(not set: the program chooses, memory:// by default)"
+
+
 def describe_config(config: Config) -> list[str]:
     """The lines ``check-config`` prints: a summary, one per policy, then the settings.
 

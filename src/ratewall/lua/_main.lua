@@ -62,6 +62,9 @@ local function read_state(key, algorithm)
   local state = {}
   -- pcall: a sliding log's list answers WRONGTYPE, which is no state here either.
   local raw = redis.pcall("GET", key)
+  if type(raw) == "table" and raw.err and not string.find(raw.err, "WRONGTYPE", 1, true) then
+    error(raw.err)  -- any other refusal (an ACL without GET, say) must fail, not admit
+  end
   if type(raw) == "string" and #raw > 9 and string.byte(raw, 1) == TAG_BYTES[algorithm] then
     -- The other integers, split at ":" (no pattern, no substrings), then the time.
     local size, first = #raw, 10

@@ -29,8 +29,10 @@ local function log_load(key)
   local log = {key = key, n = 0, drop = 0, head = nil, tail = nil, read = {}, foreign = false}
   if type(n) == "number" then
     log.n = n
+  elseif string.find(n.err, "WRONGTYPE", 1, true) then
+    log.foreign = true  -- another algorithm's string: it counts as no state
   else
-    log.foreign = true  -- WRONGTYPE: another algorithm's string; it counts as no state
+    error(n.err)  -- any other refusal (an ACL without LLEN, say) must fail, not admit
   end
   return log
 end

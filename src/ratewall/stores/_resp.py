@@ -558,10 +558,15 @@ class ScriptCall:
         self._was_used = False
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
+    def start(self, deadline: float | None = None) -> None:
+        """Send the call; it fails at ``deadline`` (loop time), by default the store timeout
+        from now (a batching caller passes its oldest waiter's, so that nobody queued behind
+        calls in flight waits longer than the timeout in all)."""
         connection = self._connection
         loop = self._loop
-        self._timer = loop.call_at(loop.time() + connection.endpoint.timeout, self._timed_out)
+        if deadline is None:
+            deadline = loop.time() + connection.endpoint.timeout
+        self._timer = loop.call_at(deadline, self._timed_out)
         if connection.ready:
             self._send()
         else:
@@ -705,10 +710,12 @@ class AsyncConnection:
         self._pending.append(waiter)
         cast("asyncio.Transport", self._transport).write(packed)
 
-    def run_script(self, argc: int, body: bytes, done: ScriptDone) -> None:
-        """Run the script on ``body`` (see :meth:`Script.evalsha`); ``done`` gets the outcome.
-        Call from the connection's loop."""
-        ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start()
+    def run_script(
+        self, argc: int, body: bytes, done: ScriptDone, deadline: float | None = None
+    ) -> None:
+        """Run the script on ``body`` (see :meth:`Script.evalsha`); ``done`` gets the outcome
+        by ``deadline`` (see :meth:`ScriptCall.start`). Call from the connection's loop."""
+        ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start(deadline)
 
     def when_connected(self, call: ScriptCall | _Connected) -> None:
         """Connect (one attempt shared by every call that needs it), then tell ``call``."""

@@ -86,6 +86,7 @@ class AsyncRedisStore:
         # them are arun() requests rather than single calls.
         self._entries: list[Entry] = []
         self._waiters: list[Waiter] = []
+        self._since: list[float] = []  # loop time each waiting entry was queued
         self._waiting_calls = 0
         self._waiting_requests = 0
         self._flush_scheduled = False
@@ -115,7 +116,7 @@ class AsyncRedisStore:
         connection resets itself)."""
         abandon(*self._tasks)
         self._tasks = set()
-        self._entries, self._waiters = [], []
+        self._entries, self._waiters, self._since = [], [], []
         self._waiting_calls = self._waiting_requests = 0
         self._in_flight = self._in_flight_calls = 0
         self._flush_scheduled = False
@@ -129,9 +130,11 @@ class AsyncRedisStore:
 
     def arun_one(self, call: Call) -> Awaitable[Reply]:
         """The reply to one call (awaitable), sharing a round trip with concurrent callers."""
-        waiter: Waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: Waiter = loop.create_future()
         self._entries.append(call)
         self._waiters.append(waiter)
+        self._since.append(loop.time())
         self._waiting_calls += 1
         if not self._flush_scheduled and self._in_flight < self._max_in_flight:
             self._wake()
@@ -142,9 +145,11 @@ class AsyncRedisStore:
         callers that arrive in the same event-loop turn or while a call is in flight."""
         # The requests of one call are never split: they leave together, in one script
         # call, even if they are more than max_batch calls.
-        waiter: Waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: Waiter = loop.create_future()
         self._entries.append(requests)
         self._waiters.append(waiter)
+        self._since.append(loop.time())
         self._waiting_calls += sum(len(request) for request in requests)
         self._waiting_requests += 1
         self._wake()
@@ -176,7 +181,7 @@ class AsyncRedisStore:
         while self._entries and self._in_flight < self._max_in_flight:
             if self._closed:
                 self._fail(self._waiters, _closed_error())
-                self._entries, self._waiters = [], []
+                self._entries, self._waiters, self._since = [], [], []
                 self._waiting_calls = self._waiting_requests = 0
                 return
             # An even share of every call in flight or waiting, per script call.
@@ -198,12 +203,16 @@ class AsyncRedisStore:
                     requests += type(entry) is not Call
             batch, self._entries = entries[:count], entries[count:]
             waiters, self._waiters = self._waiters[:count], self._waiters[count:]
+            # The batch fails when its oldest caller's timeout runs out: a caller queued
+            # behind calls in flight waits at most the timeout in all, not twice it.
+            deadline = self._since[0] + self._timeout
+            del self._since[:count]
             self._waiting_calls -= calls
             self._waiting_requests -= requests
             self._in_flight += 1
             self._in_flight_calls += calls
             if self._connection is not None:
-                self._send(batch, waiters, calls, requests)
+                self._send(batch, waiters, calls, requests, deadline)
             else:
                 task = asyncio.get_running_loop().create_task(
                     self._send_through_client(batch, waiters, calls)
@@ -211,7 +220,14 @@ class AsyncRedisStore:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _send(self, entries: list[Entry], waiters: list[Waiter], calls: int, requests: int) -> None:
+    def _send(
+        self,
+        entries: list[Entry],
+        waiters: list[Waiter],
+        calls: int,
+        requests: int,
+        deadline: float,
+    ) -> None:
         """One script call on ratewall's own connection; ``done`` hands out the replies."""
         try:
             if requests:
@@ -255,7 +271,7 @@ class AsyncRedisStore:
                 loop = asyncio.get_running_loop()
                 loop.call_soon(loop.call_soon, self._scheduled_flush)
 
-        cast("AsyncConnection", self._connection).run_script(argc, body, done)
+        cast("AsyncConnection", self._connection).run_script(argc, body, done, deadline)
 
     @staticmethod
     def _deliver_requests(entries: list[Entry], waiters: list[Waiter], replies: Any) -> None:
@@ -370,7 +386,7 @@ class AsyncRedisStore:
         for task in list(self._tasks):
             task.cancel()
         self._fail(self._waiters, _closed_error())
-        self._entries, self._waiters = [], []
+        self._entries, self._waiters, self._since = [], [], []
         self._waiting_calls = self._waiting_requests = 0
         await self._aclose()
 
