@@ -135,9 +135,10 @@ class PlanMany(NamedTuple):
     calls: tuple[Call, ...]
     decisions: list[Decision] | None  # set when the core could answer without the store
     generation: int
-    # The store requests: the enforced calls as one all-or-nothing group, then each shadow
-    # policy's call alone (a policy that only watches must never block the others), and
-    # which call each reply belongs to. Exempt items need no call.
+    # The store requests: usually ``(calls,)``, one all-or-nothing group. With exempt items
+    # or shadow policies (see Core._plan_split), the enforced calls as one group, then each
+    # shadow policy's call alone, and ``order``: which call each reply belongs to (empty
+    # when the plan was not split, the replies then in the calls' order).
     requests: tuple[tuple[Call, ...], ...] = ()
     order: tuple[int, ...] = ()
 
@@ -428,7 +429,7 @@ class Core:
                 [self._failure_mode(c, _BREAKER_OPEN) for c in compiled],
                 generation,
             )
-        return PlanMany(compiled, calls, None, generation, (calls,), tuple(range(len(calls))))
+        return PlanMany(compiled, calls, None, generation, (calls,))
 
     def _plan_split(
         self, compiled: tuple[_Compiled, ...], calls: tuple[Call, ...], exempt: dict[int, Decision]
@@ -483,6 +484,12 @@ class Core:
     def decide_many(self, plan: PlanMany, replies: Sequence[Sequence[Reply]]) -> list[Decision]:
         """Decisions from the replies to ``plan.requests`` (one list of replies each)."""
         self._breaker.succeeded()
+        if not plan.order:  # the usual request: one group, replies in the calls' order
+            self._learn(plan.calls, replies[0])
+            return [
+                c.exit.allowed(r[1], r[2]) if r[0] == 1 else c.exit.refused(r[1], r[2], r[3])
+                for c, r in zip(plan.compiled, replies[0], strict=True)
+            ]
         decisions: list[Decision | None] = [None] * len(plan.calls)
         position = 0
         for request, request_replies in zip(plan.requests, replies, strict=True):
@@ -521,6 +528,8 @@ class Core:
 
     def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
         self._breaker.failed(self._now(), plan.generation, error)
+        if not plan.order:
+            return [self._failure_mode(compiled, error) for compiled in plan.compiled]
         asked = set(plan.order)
         return [
             self._failure_mode(compiled, error) if i in asked else compiled.exit.exempt()

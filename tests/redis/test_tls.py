@@ -15,7 +15,7 @@ import trustme
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
 from ratewall._server import LocalServer, ServerBinary
-from ratewall.stores._redispy import _aclose_client, _close_client, make_client
+from ratewall.stores._redispy import aclose_client, close_client, make_client
 from ratewall.testing import FakeClock
 
 TIMEOUT = 0.5
@@ -197,10 +197,10 @@ async def test_cluster_and_sentinel_urls_hand_the_tls_options_to_redis_py(
     assert cluster.connection_kwargs["ssl_ca_certs"] == str(certificates.ca_file)
     assert cluster.connection_kwargs["ssl_check_hostname"] is False
     assert "SSL" in cluster.connection_kwargs["connection_class"].__name__
-    await _aclose_client(cluster)
+    await aclose_client(cluster)
     master = make_client(f"rediss+sentinel://127.0.0.1:1/mymaster?{query}", TIMEOUT)
     sentinel_pool = master._ratewall_sentinel.sentinels[0].connection_pool
     for pool in (master.connection_pool, sentinel_pool):
         assert pool.connection_kwargs["ssl_ca_certs"] == str(certificates.ca_file)
         assert "SSL" in pool.connection_class.__name__
-    _close_client(master)
+    close_client(master)

@@ -16,11 +16,11 @@ from redis.retry import Retry
 from .._urls import StoreURL, parse_url
 
 __all__ = [
-    "_aclose_client",
     "_client_options",
-    "_close_client",
     "_sentinel_master",
     "_sentinel_parts",
+    "aclose_client",
+    "close_client",
     "make_client",
     "parse_store_url",
 ]
@@ -92,7 +92,7 @@ def _sentinel_master(
     return client
 
 
-def _close_client(client: Any) -> None:
+def close_client(client: Any) -> None:
     """Close a redis-py Cluster or Sentinel-master client and every pool behind it."""
     client.close()
     if hasattr(client, "disconnect_connection_pools"):
@@ -102,7 +102,7 @@ def _close_client(client: Any) -> None:
         sentinel.close()
 
 
-async def _aclose_client(client: Any) -> None:
+async def aclose_client(client: Any) -> None:
     await client.aclose()
     sentinel = getattr(client, "_ratewall_sentinel", None)
     if sentinel is not None:

@@ -13,7 +13,7 @@ from ..core import Call, Reply, Request
 from ..observer import Observer
 from ._arguments import ALTERNATING, Arguments, flatten, regroup
 from ._lua import SCRIPT
-from ._redispy import _aclose_client, make_client, parse_store_url
+from ._redispy import aclose_client, make_client, parse_store_url
 from ._resp import AsyncConnection, Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
@@ -104,7 +104,7 @@ class AsyncRedisStore:
         client = make_client(self.url, self._timeout, asynchronous=True)
         script = client.register_script(SCRIPT)
         self._execute = lambda keys, args: script(keys=keys, args=args)
-        self._aclose = lambda: _aclose_client(client)
+        self._aclose = lambda: aclose_client(client)
         self._client = client
         if self.slot_of is not None:
             # redis-py's asyncio cluster sets itself up lazily: see _send_per_slot.

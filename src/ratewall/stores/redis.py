@@ -27,7 +27,7 @@ from ..core import Call, Reply, Request
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
 from ._lua import SCRIPT
-from ._redispy import _close_client, make_client, parse_store_url
+from ._redispy import close_client, make_client, parse_store_url
 from ._resp import ConnectionPool, Endpoint, Script
 from ._slots import key_slot, per_slot
 from .base import DEFAULT_TIMEOUT, timed
@@ -61,7 +61,7 @@ class RedisStore:
         else:
             client = self._client = make_client(url, timeout)
             self._script = client.register_script(SCRIPT)
-            self._close = lambda: _close_client(client)
+            self._close = lambda: close_client(client)
             if kind == "cluster":
                 self.slot_of = key_slot
 
