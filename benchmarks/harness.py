@@ -20,7 +20,7 @@ from typing import Final
 
 import redis
 
-from ratewall._server import ServerBinary, find_servers
+from ratewall.embedded import ServerBinary, find_servers
 
 # -- how long, in what order -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ratewall import Policy, RateLimiter
-from ratewall._server import LocalServer, find_servers
+from ratewall.embedded import LocalServer, find_servers
 from ratewall.metrics import Metrics
 from ratewall.observer import BaseObserver
 

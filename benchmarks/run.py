@@ -39,7 +39,7 @@ from phases import Context, run_phase
 from report import check_targets, compare_with_peers, describe, markdown, write_json
 
 from ratewall import ALGORITHMS
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 
 HERE: Final = Path(__file__).resolve().parent
 DEFAULT_JSON: Final = HERE / "results" / "latest.json"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from ratewall import ALGORITHMS, AsyncRateLimiter, Policy
-from ratewall._server import LocalServer, find_servers
+from ratewall.embedded import LocalServer, find_servers
 
 POLICY = "bench"
 SCRIPT_COMMANDS = ("fcall", "evalsha", "eval")

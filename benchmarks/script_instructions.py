@@ -31,7 +31,7 @@ import redis
 from asgi_instructions import callgrind_control, instructions_in
 
 from ratewall import ALGORITHMS, Policy, RateLimiter
-from ratewall._server import ServerBinary, find_servers
+from ratewall.embedded import ServerBinary, find_servers
 
 WARM_UP = 50
 START_TIMEOUT = 60.0  # seconds; a server under valgrind starts slowly

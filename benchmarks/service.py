@@ -34,7 +34,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ratewall import AsyncRateLimiter, Policy
-from ratewall._server import LocalServer, find_server
+from ratewall.embedded import LocalServer, find_server
 
 KEYS = [f"key{i}" for i in range(100)]
 LIMIT = 1_000_000_000  # per hour: nothing is refused

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ratewall._server import LocalServer, ServerBinary, find_servers
+from ratewall.embedded import LocalServer, ServerBinary, find_servers
 
 _REDIS_TESTS = Path(__file__).parent / "redis"
 

@@ -14,7 +14,7 @@ from modes import Shape
 from peers import AsyncLimiter, Library, LimitSpec, SyncLimiter
 from phase_result import PhaseResult
 
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 
 
 class MisconfiguredError(Exception):

@@ -25,8 +25,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from ._server import LocalServer, find_server
 from .config import load_config
+from .embedded import LocalServer, find_server
 from .errors import StoreError
 from .limiter import AsyncRateLimiter, RateLimiter
 from .policy import Policy

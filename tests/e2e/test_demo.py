@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ratewall._server import LocalServer, ServerBinary
+from ratewall.embedded import LocalServer, ServerBinary
 
 from ._support import (
     Spawned,

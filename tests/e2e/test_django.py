@@ -24,7 +24,7 @@ from django.test import override_settings
 from django.urls import path
 
 from ratewall import Policy, RateLimiter
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import PlainTextResponse
 
 from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, RateLimiter
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,

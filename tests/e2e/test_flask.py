@@ -13,7 +13,7 @@ import pytest
 from flask import Flask, request
 
 from ratewall import ConfigError, Decision, Policy, RateLimiter
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,

@@ -8,7 +8,7 @@ import redis
 from werkzeug.test import Client
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.http import (
     ClientIP,
     Header,

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from ratewall import ALGORITHMS, AsyncRateLimiter, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.testing import FakeClock
 
 # The least a limiter needs: its script's commands (FCALL after one FUNCTION LOAD; EVALSHA

@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from ratewall import RateLimiter
-from ratewall._server import LocalServer
 from ratewall.admin import AdminStore
 from ratewall.algorithms import FUNCTIONS, rule_for
 from ratewall.cli import main
 from ratewall.config import load_config
+from ratewall.embedded import LocalServer
 
 ALGORITHMS = ("fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra")
 Run = Callable[..., tuple[int, str, str]]

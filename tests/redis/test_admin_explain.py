@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from ratewall import RateLimiter
-from ratewall._server import LocalServer
 from ratewall.cli import main
+from ratewall.embedded import LocalServer
 from ratewall.keys import encode_identity
 
 ROUTES: list[dict[str, Any]] = [

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ratewall import RateLimiter
-from ratewall._server import LocalServer
 from ratewall.cli import main
+from ratewall.embedded import LocalServer
 
 from .test_topologies import (  # noqa: F401 - fixtures, found by pytest under their names
     _collect_dropped_connections,

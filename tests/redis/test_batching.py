@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Decision, Policy, StoreError
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.testing import FakeClock
 
 from ._stats import script_calls

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.testing import FakeClock
 
 from ._proxy import FaultProxy, Mode

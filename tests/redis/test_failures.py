@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from ratewall import ALGORITHMS, AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer
 from ratewall.core import BreakerOpenError
+from ratewall.embedded import LocalServer
 from ratewall.observer import BaseObserver
 from ratewall.stores._resp import Script
 from ratewall.stores.redis import SCRIPT

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.stores import redis as redis_store
 from ratewall.stores._resp import Script
 

@@ -18,8 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ratewall import _server
-from ratewall._server import (
+from ratewall import embedded
+from ratewall.embedded import (
     LocalServer,
     ServerBinary,
     embedded_valkey_path,
@@ -35,7 +35,7 @@ _EXIT_TIMEOUT_S = 10.0
 _OWNER_SCRIPT = """
 import sys
 from pathlib import Path
-from ratewall._server import LocalServer, ServerBinary
+from ratewall.embedded import LocalServer, ServerBinary
 
 kind, path, version, then = sys.argv[1:5]
 server = LocalServer(ServerBinary(kind=kind, path=Path(path), version=version)).start()
@@ -262,9 +262,9 @@ def test_auto_port_retries_when_taken(
     redis_server: LocalServer, fresh_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Simulate losing the race between picking a free port and binding it.
-    real_free_port = _server._free_port
+    real_free_port = embedded._free_port
     ports = iter([fresh_server.port])
-    monkeypatch.setattr(_server, "_free_port", lambda: next(ports, None) or real_free_port())
+    monkeypatch.setattr(embedded, "_free_port", lambda: next(ports, None) or real_free_port())
     with LocalServer(redis_server.binary) as server:
         assert server.port != fresh_server.port
         with _no_retry_client(server, 5.0) as client:

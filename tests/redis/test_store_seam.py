@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.stores import AsyncRedisStore, RedisStore
 from ratewall.testing import DecisionCapture, FailingStore, FakeClock
 

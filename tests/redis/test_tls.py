@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer, ServerBinary
+from ratewall.embedded import LocalServer, ServerBinary
 from ratewall.stores._redispy import aclose_client, close_client, make_client
 from ratewall.testing import FakeClock
 

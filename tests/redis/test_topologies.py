@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
-from ratewall._server import LocalServer, ServerBinary, _die_with_parent_hook
+from ratewall.embedded import LocalServer, ServerBinary, _die_with_parent_hook
 from ratewall.testing import FakeClock
 
 from ._stats import script_calls

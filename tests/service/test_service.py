@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ratewall import AsyncRateLimiter, Policy, StoreError
-from ratewall._server import LocalServer
+from ratewall.embedded import LocalServer
 from ratewall.service import AsyncServiceClient, ServiceClient
 
 from ._support import Code, Service, rls_request, rls_stub, write
