@@ -84,33 +84,40 @@ class PolicyExit:
         self.limit = limit
         self.shadow = shadow
 
+    # allowed() and refused() are the hot pair (one per request): each fills its draft
+    # itself, since the extra call through _decision costs about a tenth of a memory-store
+    # decision.
+
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
-        return _decision(
-            True,
-            self.name,
-            self.limit,
-            remaining if remaining > 0 else 0,
-            reset_us / _MICROS,
-            None,
-            False,
-            source,
-        )
+        draft = _Draft()
+        draft.allowed = True
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.remaining = remaining if remaining > 0 else 0
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None
+        draft.degraded = False
+        draft.shadowed = False
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
     ) -> Decision:
         shadowed = self.shadow
-        return _decision(
-            shadowed,
-            self.name,
-            self.limit,
-            remaining if remaining > 0 else 0,
-            reset_us / _MICROS,
-            None if shadowed else retry_us / _MICROS,
-            False,
-            source,
-            shadowed,
-        )
+        draft = _Draft()
+        draft.allowed = shadowed
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.remaining = remaining if remaining > 0 else 0
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None if shadowed else retry_us / _MICROS
+        draft.degraded = False
+        draft.shadowed = shadowed
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def exempt(self) -> Decision:
         """An exempt identity's decision: allowed, the whole limit left, nothing stored."""

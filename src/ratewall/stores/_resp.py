@@ -265,9 +265,12 @@ def bulk(value: str | int) -> bytes:
 _TIMEOUT_SLACK: Final = 0.001
 
 
+_monotonic: Final = time.monotonic
+
+
 def _time_left(deadline: float) -> float:
     """Seconds until ``deadline`` (``time.monotonic()``), or TimeoutError if none is left."""
-    left = deadline - time.monotonic()
+    left = deadline - _monotonic()
     if left <= 0:
         raise TimeoutError("no time left before the call's deadline")
     return left
@@ -368,24 +371,31 @@ class Connection:
             raise
         self.used = False  # the handshake does not count: only calls made for the limiter
 
-    def _bound(self, deadline: float) -> None:
-        """Give the socket's next operation the time left until ``deadline``."""
-        left = _time_left(deadline)
-        if abs(left - self._timeout) > _TIMEOUT_SLACK:
-            self._sock.settimeout(left)
-            self._timeout = left
-
     def call(self, packed: bytes, deadline: float) -> Any:
         """Send one packed command and return its reply (a ReplyError is returned, not
-        raised), by ``deadline``."""
+        raised), by ``deadline``.
+
+        Before each socket operation the socket gets the time left (see
+        :data:`_TIMEOUT_SLACK`); the test is written out at both places rather than called,
+        since it runs twice per decision."""
         try:
             sock = self._sock
-            self._bound(deadline)
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise TimeoutError("no time left before the call's deadline")
+            if not -_TIMEOUT_SLACK <= left - self._timeout <= _TIMEOUT_SLACK:
+                sock.settimeout(left)
+                self._timeout = left
             sock.sendall(packed)
             reader = self._reader
             reply = reader.gets()
             while reply is False:
-                self._bound(deadline)
+                left = deadline - _monotonic()
+                if left <= 0:
+                    raise TimeoutError("no time left before the call's deadline")
+                if not -_TIMEOUT_SLACK <= left - self._timeout <= _TIMEOUT_SLACK:
+                    sock.settimeout(left)
+                    self._timeout = left
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise StoreConnectionError("the store closed the connection")
@@ -456,10 +466,17 @@ class ConnectionPool:
                     step = next_step
                     reply = connection.call(script.command(step, argc, body), deadline)
                     next_step = script.next_step(step, reply)
+                drop = wrong_server(reply)
+            else:
+                drop = False
         except BaseException:
             connection.close()
             raise
-        self._release(connection, reply)
+        # _release, written out: the usual reply is no error, and tested as such only once.
+        if drop or self._closed or len(self._idle) >= self._max_idle:
+            connection.close()
+        else:
+            self._idle.append(connection)
         return _check(reply)
 
     def _release(self, connection: Connection, reply: Any) -> None:
