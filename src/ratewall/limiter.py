@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Generic, Self, TypeGuard, TypeVar
 
 from ._clock import Clock, micros_from
 from ._urls import redacted
@@ -33,11 +33,18 @@ __all__ = ["AsyncRateLimiter", "RateLimiter"]
 _log = logging.getLogger("ratewall")
 
 
-class _Limiter:
+#: The kind of store a facade executes calls on: Store for RateLimiter, AsyncStore for
+#: AsyncRateLimiter.
+_StoreT = TypeVar("_StoreT", Store, AsyncStore)
+
+
+class _Limiter(Generic[_StoreT]):
     """What both facades share: construction, configuration, introspection. No I/O."""
 
-    # A store that executes calls (Redis/Valkey), or one in this process; exactly one is set.
+    # A store that executes calls (Redis/Valkey), or one in this process (the memory
+    # store); exactly one is set: ``_store`` only when ``_local`` is None.
     _local: LocalStore | None
+    _store: _StoreT
     #: The counters ``metrics=`` attached (a reload reports to their ``record_reload``).
     metrics: Metrics | None
 
@@ -70,14 +77,15 @@ class _Limiter:
             kind, _ = parse_store_url(store)
             self.store_url = store
             # The store's own clock only when one is injected: else Redis uses its TIME.
-            built = self._make_store(
+            built: _StoreT | LocalStore = self._make_store(
                 kind, store, timeout, local_now if (clock or kind == "memory") else None
             )
         else:
             self.store_url = getattr(store, "url", None) or f"<{type(store).__name__}>"
-            if not isinstance(store, LocalStore):
-                self._check_store(store)
-            built = store
+            if isinstance(store, LocalStore) or self._accepts(store):
+                built = store
+            else:
+                raise self._wrong_store(store)
         self._local = built if isinstance(built, LocalStore) else None
         if self._local is not None:
             # Everything is local already: a deny cache would only duplicate the store.
@@ -94,20 +102,26 @@ class _Limiter:
         )
         if self.metrics is not None:
             self.metrics.watch(self._core.policies)
-        if self._local is not None:
-            self._local.attach(self._core)
-        elif observer is not None:
-            built.observe(observer)  # type: ignore[union-attr]  # a Store or an AsyncStore
-        self._store: Any = built
+        if isinstance(built, LocalStore):
+            built.attach(self._core)
+        else:
+            self._store = built
+            if observer is not None:
+                built.observe(observer)
         self._observer = observer
 
     def _make_store(
-        self, kind: str, url: str, timeout: float, clock: Any
-    ) -> Store | AsyncStore | LocalStore:
+        self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
+    ) -> _StoreT | LocalStore:
+        """The store a URL names (``kind`` from :func:`parse_store_url`)."""
         raise NotImplementedError
 
-    def _check_store(self, store: object) -> None:
-        """Raise TypeError unless ``store`` is a store this facade can use."""
+    def _accepts(self, store: object) -> TypeGuard[_StoreT]:
+        """Whether ``store`` is a store object this facade executes calls on."""
+        raise NotImplementedError
+
+    def _wrong_store(self, store: object) -> TypeError:
+        """The error for a store object this facade cannot use."""
         raise NotImplementedError
 
     @property
@@ -206,7 +220,7 @@ def _tell_reload(observer: Observer | None, error: BaseException | None) -> None
         _log.exception("ratewall observer failed on a reload")
 
 
-def _unreachable(limiter: _Limiter, error: Exception) -> StoreError:
+def _unreachable(limiter: _Limiter[Store] | _Limiter[AsyncStore], error: Exception) -> StoreError:
     return StoreError(
         f"the rate-limit store {redacted(limiter.store_url)!r} did not answer: "
         f"{type(error).__name__}: {error}"
@@ -217,7 +231,7 @@ def _reset_failed(plan: Plan, error: Exception) -> StoreError:
     return StoreError(f"reset of {plan.call.key!r} failed: {type(error).__name__}: {error}")
 
 
-class RateLimiter(_Limiter):
+class RateLimiter(_Limiter[Store]):
     """Checks requests against named policies, synchronously. Thread-safe.
 
     >>> limiter = RateLimiter({"login": Policy(limit=5, window=60)})
@@ -225,22 +239,22 @@ class RateLimiter(_Limiter):
     True
     """
 
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+    def _make_store(
+        self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
+    ) -> Store | LocalStore:
         if kind == "memory":
-            return MemoryStore(clock)
+            return MemoryStore(micros_from(None) if clock is None else clock)
         return RedisStore(url, timeout=timeout, clock=clock)
 
-    def _check_store(self, store: object) -> None:
-        if not isinstance(store, Store):
-            raise TypeError(
-                f"RateLimiter needs a store URL, a ratewall.stores.Store (such as RedisStore) "
-                f"or a MemoryStore; got {type(store).__name__}"
-                + (
-                    " (an asyncio store: use AsyncRateLimiter)"
-                    if isinstance(store, AsyncStore)
-                    else ""
-                )
-            )
+    def _accepts(self, store: object) -> TypeGuard[Store]:
+        return isinstance(store, Store)
+
+    def _wrong_store(self, store: object) -> TypeError:
+        return TypeError(
+            f"RateLimiter needs a store URL, a ratewall.stores.Store (such as RedisStore) "
+            f"or a MemoryStore; got {type(store).__name__}"
+            + (" (an asyncio store: use AsyncRateLimiter)" if isinstance(store, AsyncStore) else "")
+        )
 
     def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         self._reload(source)
@@ -317,7 +331,10 @@ class RateLimiter(_Limiter):
 
     def close(self) -> None:
         """Release the store's connections. The limiter must not be used afterwards."""
-        self._store.close()
+        if self._local is not None:
+            self._local.close()
+        else:
+            self._store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -331,21 +348,25 @@ class RateLimiter(_Limiter):
         self.close()
 
 
-class AsyncRateLimiter(_Limiter):
+class AsyncRateLimiter(_Limiter[AsyncStore]):
     """The asyncio twin of :class:`RateLimiter`: the same names, awaitable."""
 
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
+    def _make_store(
+        self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
+    ) -> AsyncStore | LocalStore:
         if kind == "memory":
-            return MemoryStore(clock)
+            return MemoryStore(micros_from(None) if clock is None else clock)
         return AsyncRedisStore(url, timeout=timeout, clock=clock)
 
-    def _check_store(self, store: object) -> None:
-        if not isinstance(store, AsyncStore):
-            raise TypeError(
-                f"AsyncRateLimiter needs a store URL, a ratewall.stores.AsyncStore (such as "
-                f"AsyncRedisStore) or a MemoryStore; got {type(store).__name__}"
-                + (" (a synchronous store: use RateLimiter)" if isinstance(store, Store) else "")
-            )
+    def _accepts(self, store: object) -> TypeGuard[AsyncStore]:
+        return isinstance(store, AsyncStore)
+
+    def _wrong_store(self, store: object) -> TypeError:
+        return TypeError(
+            f"AsyncRateLimiter needs a store URL, a ratewall.stores.AsyncStore (such as "
+            f"AsyncRedisStore) or a MemoryStore; got {type(store).__name__}"
+            + (" (a synchronous store: use RateLimiter)" if isinstance(store, Store) else "")
+        )
 
     async def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         self._reload(source)
@@ -431,7 +452,10 @@ class AsyncRateLimiter(_Limiter):
 
     async def aclose(self) -> None:
         """Release the store's connections. The limiter must not be used afterwards."""
-        await self._store.aclose()
+        if self._local is not None:
+            self._local.close()
+        else:
+            await self._store.aclose()
 
     async def __aenter__(self) -> Self:
         return self

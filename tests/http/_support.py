@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from http_sfv.list import List
 
-from ratewall import AsyncRateLimiter, Decision, RateLimiter
+from ratewall import Decision
 from ratewall.http import HttpEngine, HttpRequest
 from ratewall.http.steps import AskLimiter
 
@@ -64,39 +64,6 @@ def wsgi_app(calls: Calls | None = None) -> Any:
         return [b"ok"]
 
     return app
-
-
-class DeadStore:
-    """A store whose every call fails, as a crashed Redis would: the sync and the async
-    calls, single and batched."""
-
-    def run(self, requests: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    def run_one(self, call: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    async def arun(self, requests: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    async def arun_one(self, call: Any) -> Any:
-        raise ConnectionRefusedError("connection refused")
-
-    def close(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class DeadStoreLimiter(RateLimiter):
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
-        return DeadStore()
-
-
-class AsyncDeadStoreLimiter(AsyncRateLimiter):
-    def _make_store(self, kind: str, url: str, timeout: float, clock: Any) -> Any:
-        return DeadStore()
 
 
 class BrokenHeaders(HttpEngine):

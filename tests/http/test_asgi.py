@@ -33,10 +33,9 @@ from ratewall.http import (
     User,
 )
 from ratewall.http.steps import AskLimiter, Respond
-from ratewall.testing import FakeClock
+from ratewall.testing import FailingStore, FakeClock
 
 from ._support import (
-    AsyncDeadStoreLimiter,
     BrokenHeaders,
     BrokenStart,
     Calls,
@@ -483,7 +482,7 @@ async def test_store_down(
     failure_mode: str, status: int, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     policies = {"login": Policy(5, 60, failure_mode=failure_mode)}
-    limiter = AsyncDeadStoreLimiter(policies, clock=clock)
+    limiter = AsyncRateLimiter(policies, FailingStore(), clock=clock)
     calls = Calls()
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         async with client(RateLimitMiddleware(asgi_app(calls), limiter, SEED)) as http:

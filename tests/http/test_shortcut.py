@@ -25,9 +25,9 @@ from ratewall.http import (
 )
 from ratewall.http.shortcut import checks_singly
 from ratewall.http.steps import AskLimiter, Respond, Step
-from ratewall.testing import FakeClock
+from ratewall.testing import FailingStore, FakeClock
 
-from ._support import AsyncDeadStoreLimiter, asgi_app
+from ._support import asgi_app
 
 ALGORITHMS = ["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
 PEER = ("203.0.113.7", 50000)
@@ -334,7 +334,7 @@ async def test_store_failures_are_contained_alike(
     policies = {"api": Policy(2, 60, failure_mode=failure_mode)}
 
     def make(clock: FakeClock) -> AsyncRateLimiter:
-        return AsyncDeadStoreLimiter(policies, store="redis://127.0.0.1:1/0", clock=clock)
+        return AsyncRateLimiter(policies, FailingStore(), clock=clock)
 
     with caplog.at_level(logging.WARNING, logger="ratewall"):
         exchanges = await both_ways(make, EVERYTHING, [(1, scope_for())] * 3)

@@ -25,13 +25,12 @@ from ratewall.http import (
     WSGIRateLimitMiddleware,
 )
 from ratewall.http.steps import AskLimiter, Respond
-from ratewall.testing import FakeClock
+from ratewall.testing import FailingStore, FakeClock
 
 from ._support import (
     BrokenHeaders,
     BrokenStart,
     Calls,
-    DeadStoreLimiter,
     ratelimit_members,
     wsgi_app,
 )
@@ -229,7 +228,9 @@ def test_broken_refusal_hooks_still_refuse(
 
 @pytest.mark.parametrize(("failure_mode", "status"), [("closed", 503), ("open", 200)])
 def test_store_down(failure_mode: str, status: int, clock: FakeClock) -> None:
-    limiter = DeadStoreLimiter({"login": Policy(5, 60, failure_mode=failure_mode)}, clock=clock)
+    limiter = RateLimiter(
+        {"login": Policy(5, 60, failure_mode=failure_mode)}, FailingStore(), clock=clock
+    )
     http = Client(WSGIRateLimitMiddleware(wsgi_app(), limiter, SEED))
     for _ in range(5):
         response = login(http)
