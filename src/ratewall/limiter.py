@@ -110,19 +110,35 @@ class _Limiter(Generic[_StoreT]):
                 built.observe(observer)
         self._observer = observer
 
+    # What makes the two facades differ at construction, set by each: the store kind it
+    # executes calls on (a protocol, runtime-checkable), the Redis/Valkey store it builds
+    # from a URL, and the other facade with its store kind, named when a store is the
+    # other facade's.
+    _kind: type
+    _redis: Callable[..., _StoreT]
+    _other: tuple[str, type, str]
+
     def _make_store(
         self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
     ) -> _StoreT | LocalStore:
         """The store a URL names (``kind`` from :func:`parse_store_url`)."""
-        raise NotImplementedError
+        if kind == "memory":
+            return MemoryStore(micros_from(None) if clock is None else clock)
+        return self._redis(url, timeout=timeout, clock=clock)
 
     def _accepts(self, store: object) -> TypeGuard[_StoreT]:
         """Whether ``store`` is a store object this facade executes calls on."""
-        raise NotImplementedError
+        return isinstance(store, self._kind)
 
     def _wrong_store(self, store: object) -> TypeError:
         """The error for a store object this facade cannot use."""
-        raise NotImplementedError
+        other, other_kind, which = self._other
+        return TypeError(
+            f"{type(self).__name__} needs a store URL, a ratewall.stores.{self._kind.__name__} "
+            f"(such as {getattr(self._redis, '__name__', self._redis)}) or a MemoryStore; got "
+            f"{type(store).__name__}"
+            + (f" ({which}: use {other})" if isinstance(store, other_kind) else "")
+        )
 
     @property
     def local_store(self) -> LocalStore | None:
@@ -239,22 +255,9 @@ class RateLimiter(_Limiter[Store]):
     True
     """
 
-    def _make_store(
-        self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
-    ) -> Store | LocalStore:
-        if kind == "memory":
-            return MemoryStore(micros_from(None) if clock is None else clock)
-        return RedisStore(url, timeout=timeout, clock=clock)
-
-    def _accepts(self, store: object) -> TypeGuard[Store]:
-        return isinstance(store, Store)
-
-    def _wrong_store(self, store: object) -> TypeError:
-        return TypeError(
-            f"RateLimiter needs a store URL, a ratewall.stores.Store (such as RedisStore) "
-            f"or a MemoryStore; got {type(store).__name__}"
-            + (" (an asyncio store: use AsyncRateLimiter)" if isinstance(store, AsyncStore) else "")
-        )
+    _kind = Store
+    _redis = RedisStore
+    _other = ("AsyncRateLimiter", AsyncStore, "an asyncio store")
 
     def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         self._reload(source)
@@ -351,22 +354,9 @@ class RateLimiter(_Limiter[Store]):
 class AsyncRateLimiter(_Limiter[AsyncStore]):
     """The asyncio twin of :class:`RateLimiter`: the same names, awaitable."""
 
-    def _make_store(
-        self, kind: str, url: str, timeout: float, clock: Callable[[], int] | None
-    ) -> AsyncStore | LocalStore:
-        if kind == "memory":
-            return MemoryStore(micros_from(None) if clock is None else clock)
-        return AsyncRedisStore(url, timeout=timeout, clock=clock)
-
-    def _accepts(self, store: object) -> TypeGuard[AsyncStore]:
-        return isinstance(store, AsyncStore)
-
-    def _wrong_store(self, store: object) -> TypeError:
-        return TypeError(
-            f"AsyncRateLimiter needs a store URL, a ratewall.stores.AsyncStore (such as "
-            f"AsyncRedisStore) or a MemoryStore; got {type(store).__name__}"
-            + (" (a synchronous store: use RateLimiter)" if isinstance(store, Store) else "")
-        )
+    _kind = AsyncStore
+    _redis = AsyncRedisStore
+    _other = ("RateLimiter", Store, "a synchronous store")
 
     async def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         self._reload(source)
