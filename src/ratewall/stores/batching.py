@@ -11,10 +11,11 @@ from typing import Any, cast
 from .._fork import abandon, reset_in_child
 from ..core import Call, Reply, Request
 from ..observer import Observer
+from ._aconnection import AsyncConnection
 from ._arguments import ALTERNATING, Arguments, flatten, regroup
 from ._lua import SCRIPT
 from ._redispy import aclose_client, make_client, parse_store_url
-from ._resp import AsyncConnection, Endpoint, Script, StoreConnectionError, StoreProtocolError
+from ._resp import Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
 
@@ -41,7 +42,7 @@ class AsyncRedisStore:
     beside all the others) would leave each side waiting for the other.
 
     On a standalone server the whole path runs in callbacks: a caller awaits one future, and
-    a batch costs no task (see :class:`._resp.ScriptCall`).
+    a batch costs no task (see :class:`._aconnection.ScriptCall`).
     """
 
     def __init__(

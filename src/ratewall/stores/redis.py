@@ -26,9 +26,10 @@ from typing import Any
 from ..core import Call, Reply, Request
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
+from ._connection import ConnectionPool
 from ._lua import SCRIPT
 from ._redispy import close_client, make_client, parse_store_url
-from ._resp import ConnectionPool, Endpoint, Script
+from ._resp import Endpoint, Script
 from ._slots import key_slot, per_slot
 from .base import DEFAULT_TIMEOUT, timed
 
@@ -39,7 +40,7 @@ class RedisStore:
     """Synchronous store on Redis/Valkey: one script call per :meth:`run`.
 
     Standalone servers (``redis://``, ``rediss://``, ``unix://``, ``valkey://``) are reached
-    through ratewall's lean connection (:mod:`._resp`); Cluster and Sentinel through
+    through ratewall's lean connection (:mod:`._connection`); Cluster and Sentinel through
     redis-py. ``clock`` (µs) replaces the server's ``TIME``: only tests should pass one.
     """
 
