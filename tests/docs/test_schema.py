@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
-from ratewall import ConfigError
+from ratewall import ALGORITHMS, ConfigError, Policy, keys, metrics, policy
+from ratewall import config as loader
 from ratewall.config import load_config, parse_config
+from ratewall.policy import FAILURE_MODES, parse_duration
+from ratewall.service import descriptors
 
 from ._blocks import Block, config_blocks
 from ._configs import ROOT, decode, schema, schema_errors
@@ -135,3 +139,55 @@ def test_the_readme_config_examples_validate_together() -> None:
         merged.update(loaded)
     assert "policies" in merged
     assert schema_errors(merged) == []
+
+
+# --- the schema's vocabulary is the code's ------------------------------------------------
+#
+# When a setting, a policy field, an algorithm or a store scheme is added to the code, these
+# fail and name what the schema lacks (the schema's $comment says where each goes).
+
+
+def defs() -> dict[str, Any]:
+    found: dict[str, Any] = schema()["$defs"]
+    return found
+
+
+def test_the_settings_are_the_loaders() -> None:
+    assert set(defs()["longForm"]["properties"]) == {"policies", *loader.SETTINGS}
+
+
+def test_the_policy_fields_are_the_policys() -> None:
+    assert tuple(defs()["policy"]["properties"]) == policy._FIELDS
+    assert set(defs()["variant"]["properties"]) == set(policy._VARIANT_FIELDS)
+
+
+def test_the_algorithms_and_failure_modes_are_the_codes() -> None:
+    assert tuple(defs()["algorithm"]["enum"]) == ALGORITHMS
+    assert tuple(defs()["failureMode"]["enum"]) == FAILURE_MODES
+    assert [value for value in defs()["longForm"]["properties"]["metrics"]["enum"] if value] == [
+        *metrics.BACKENDS
+    ]
+
+
+def test_the_store_schemes_are_the_codes() -> None:
+    pattern = defs()["storeUrl"]["pattern"]
+    for scheme in loader.STORE_SCHEMES:
+        assert re.match(pattern, f"{scheme}://x"), scheme
+    assert not re.match(pattern, "http://x")
+
+
+def test_the_http_sections_fields_are_the_loaders() -> None:
+    assert tuple(defs()["route"]["properties"]) == loader._ROUTE_FIELDS
+    assert tuple(defs()["routeLimit"]["properties"]) == loader._LIMIT_FIELDS
+    assert tuple(defs()["clientIp"]["properties"]) == loader._CLIENT_IP_FIELDS
+    assert tuple(defs()["onMissingIdentity"]["enum"]) == loader.ON_MISSING_IDENTITY
+    assert tuple(defs()["descriptor"]["properties"]) == descriptors._DOMAIN_ENTRY_FIELDS
+
+
+def test_the_schema_defaults_are_the_codes() -> None:
+    settings = defs()["longForm"]["properties"]
+    assert settings["key_prefix"]["default"] == keys.DEFAULT_PREFIX
+    assert settings["local_cache_size"]["default"] == loader.DEFAULT_LOCAL_CACHE_SIZE
+    assert parse_duration(settings["timeout"]["default"]) == loader.DEFAULT_TIMEOUT
+    assert defs()["algorithm"]["default"] == Policy(1, 1).algorithm
+    assert defs()["failureMode"]["default"] == Policy(1, 1).failure_mode
