@@ -11,6 +11,8 @@ the line just before its fence (invisible on the site):
   every name it reads (for snippets that need a whole project, such as Django settings);
   ``<!-- test: continue -->`` runs it after the page's previous python block, in the same
   namespace.
+- Every ``python`` block, run or not, is also type-checked by mypy (not strict), so a wrong
+  argument to a ratewall API fails even in a block no test can run.
 - ``yaml``, ``json``, ``toml``: a config file, which must pass the JSON Schema and the loader
   (tests/docs/test_schema.py). ``<!-- test: not-config -->`` marks other files (Envoy's,
   an editor's settings), which must still parse.
@@ -25,6 +27,9 @@ import ast
 import asyncio
 import builtins
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +176,47 @@ def test_python_block_runs(chain: list[Block]) -> None:
 @pytest.mark.usefixtures("workdir")
 def test_python_block_runs_against_a_real_server(chain: list[Block], redis_url: str) -> None:
     execute(chain, redis_url)
+
+
+def as_module(chain: list[Block]) -> str:
+    """A chain of blocks as one module mypy can check: code that awaits at top level (as
+    ``python -m asyncio`` allows) goes into an async function."""
+    code = "\n".join(block.code for block in chain)
+    try:
+        compile(code, str(chain[-1]), "exec")
+    except SyntaxError:  # top-level await or async with
+        body = "\n".join(f"    {line}" if line else "" for line in code.splitlines())
+        return f"async def _block() -> None:\n{body}\n"
+    return code
+
+
+@pytest.mark.timeout(300)
+def test_every_python_block_type_checks(tmp_path: Path) -> None:
+    """mypy (not strict: snippets need not annotate everything) over every python block, run
+    or compile-only, so a wrong argument to a ratewall API fails here even in a block that
+    cannot run in a test (a Django project, a running service, your certificates)."""
+    chains = programs() + [[block] for block in python_blocks() if not runs(block)]
+    for index, chain in enumerate(chains):
+        (tmp_path / f"block_{index}.py").write_text(as_module(chain), "utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nignore_missing_imports = True\ncheck_untyped_defs = True\n")
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(config),
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path / ".cache"),
+            *sorted(map(str, tmp_path.glob("block_*.py"))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    names = {f"block_{index}.py": str(chain[-1]) for index, chain in enumerate(chains)}
+    report = re.sub(r"[\w/.-]*(block_\d+\.py)", lambda found: names[found[1]], checked.stdout)
+    assert checked.returncode == 0, report
