@@ -47,6 +47,15 @@ SECTIONS = (
     ),
 )
 ANCHORS = {name: anchor for name, _, anchor, _ in SECTIONS}
+LABELS = {
+    "longForm": "settings",
+    "policy": "policy",
+    "variant": "limits",
+    "route": "route",
+    "routeLimit": "route policy",
+    "clientIp": "client address settings",
+    "descriptor": "descriptor entry",
+}
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
@@ -66,6 +75,19 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
 def render(schema: dict[str, Any]) -> str:
     defs: dict[str, Any] = schema["$defs"]
+    # A section the reference would not show is an error of the build, not a silent gap.
+    unlisted = [name for name, node in defs.items() if "properties" in node and name not in ANCHORS]
+    inline = [
+        f"{name}.{field}"
+        for name, node in defs.items()
+        for field, spec in node.get("properties", {}).items()
+        if "properties" in spec
+    ]
+    if unlisted or inline:
+        raise ValueError(
+            f"config.schema.json: objects {unlisted + inline} have no section in the reference; "
+            "define each in $defs and add it to SECTIONS in docs/_hooks/config_reference.py"
+        )
     parts: list[str] = []
     for name, heading, anchor, intro in SECTIONS:
         node = defs[name]
@@ -124,7 +146,9 @@ def type_of(spec: dict[str, Any], defs: dict[str, Any]) -> str:
     if ref is not None:
         target = ref.rsplit("/", 1)[-1]
         if target in ANCHORS:
-            return f"[{target}](#{ANCHORS[target]})"
+            return f"[{LABELS[target]}](#{ANCHORS[target]})"
+        if target == "durationString":
+            return "a [duration](#duration) string"
         if target in (
             "algorithm",
             "failureMode",
