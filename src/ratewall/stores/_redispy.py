@@ -110,7 +110,8 @@ async def aclose_client(client: Any) -> None:
 
 
 def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
-    """A redis-py client for a Cluster or Sentinel URL (standalone servers use ._connection and ._aconnection)."""
+    """A redis-py client for a Cluster or Sentinel URL (standalone servers use ratewall's
+    own connections: ._connection and ._aconnection)."""
     parsed = parse_url(url)
     if parsed.kind == "cluster":
         options = _client_options(timeout, parsed)
