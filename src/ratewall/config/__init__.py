@@ -56,8 +56,12 @@ A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``
 ``overrides`` (identities to ``{limit, window, burst}``) and ``tiers`` (names to the same).
 
 Every error is a :class:`~ratewall.ConfigError` naming the file, the dotted path of the field
-(``policies.login.limit``, in both forms) and what to do about it. The file is compiled once
-into an immutable :class:`Config`; reloading means loading a new one.
+(``policies.login.limit``, in both forms) and what to do about it. A file is checked whole:
+the error raised is the first problem found and its ``errors`` holds every problem, sorted
+by field path (``ratewall check-config`` prints them all). A near miss of a known field name
+gets a suggestion (``unknown top-level field 'polices' (did you mean 'policies'?)``).
+The file is compiled once into an immutable :class:`Config`; reloading means loading a new
+one.
 
 The package's modules each do one job: ``_formats`` reads a file into data (JSON, YAML,
 TOML, duplicate keys rejected), ``_settings`` parses that data (the two forms, the settings,
@@ -66,6 +70,7 @@ the helpers every error uses (how a value is described, how a field path is writ
 """
 
 from .._urls import STORE_SCHEMES
+from ._fields import MAX_REPORTED
 from ._formats import EXTENSIONS
 from ._http import (
     FORWARDED_HEADERS,
@@ -106,6 +111,7 @@ __all__ = [
     "FORWARDED_HEADERS",
     "HEADER_NAME",
     "HTTP_METHOD",
+    "MAX_REPORTED",
     "MAX_TIMEOUT",
     "ON_MISSING_IDENTITY",
     "PARAM_NAME",

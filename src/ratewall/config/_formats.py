@@ -1,7 +1,7 @@
 """Reading a config file: JSON, YAML or TOML by extension, into plain data.
 
-Each loader rejects a key repeated in one mapping (JSON and PyYAML would keep the last
-silently), naming its field path as the parsed config would.
+Each loader reports every key repeated in one mapping (JSON and PyYAML would keep one
+silently), naming its field path as the parsed config would; TOML rejects them itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Final
 import yaml
 
 from ..errors import ConfigError
-from ._fields import duplicate_key
+from ._fields import Problems, duplicate_key
 
 __all__ = ["EXTENSIONS", "read_config_file"]
 
@@ -30,7 +30,7 @@ class _Pairs(list[tuple[str, object]]):
     """A JSON object's members in file order, duplicates kept, until their path is known."""
 
 
-def _load_json(text: str, source: str) -> object:
+def _load_json(text: str, source: str, problems: Problems) -> object:
     def reject_constant(name: str) -> object:
         raise ConfigError(f"JSON does not allow {name}; write a finite number", source=source)
 
@@ -45,22 +45,27 @@ def _load_json(text: str, source: str) -> object:
     except ValueError as exc:  # for example an integer with more digits than Python allows
         raise ConfigError(f"invalid JSON: {exc}", source=source) from None
     long_form = isinstance(data, _Pairs) and any(key == "policies" for key, _ in data)
-    return _json_objects(data, (), long_form=long_form, source=source)
+    return _json_objects(data, (), long_form=long_form, source=source, problems=problems)
 
 
 def _json_objects(
-    value: object, path: tuple[object, ...], *, long_form: bool, source: str
+    value: object, path: tuple[object, ...], *, long_form: bool, source: str, problems: Problems
 ) -> object:
     if isinstance(value, _Pairs):
         result: dict[str, object] = {}
         for key, item in value:
             if key in result:
-                raise duplicate_key(key, (*path, key), long_form=long_form, source=source)
-            result[key] = _json_objects(item, (*path, key), long_form=long_form, source=source)
+                problems.add(duplicate_key(key, (*path, key), long_form=long_form, source=source))
+                continue
+            result[key] = _json_objects(
+                item, (*path, key), long_form=long_form, source=source, problems=problems
+            )
         return result
     if isinstance(value, list):
         return [
-            _json_objects(item, (*path, index), long_form=long_form, source=source)
+            _json_objects(
+                item, (*path, index), long_form=long_form, source=source, problems=problems
+            )
             for index, item in enumerate(value)
         ]
     return value
@@ -69,13 +74,13 @@ def _json_objects(
 # --- YAML -----------------------------------------------------------------------------------
 
 
-def _load_yaml(text: str, source: str) -> object:
+def _load_yaml(text: str, source: str, problems: Problems) -> object:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             return None
-        _check_yaml_keys(loader, root, source)
+        _check_yaml_keys(loader, root, source, problems)
         return loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -88,7 +93,9 @@ def _load_yaml(text: str, source: str) -> object:
         loader.dispose()
 
 
-def _check_yaml_keys(loader: yaml.SafeLoader, root: yaml.Node, source: str) -> None:
+def _check_yaml_keys(
+    loader: yaml.SafeLoader, root: yaml.Node, source: str, problems: Problems
+) -> None:
     """Reject a key repeated in one mapping, naming its path (PyYAML keeps the last silently).
 
     Keys are compared as constructed values, so ``1`` and ``0x1`` are the same key. Keys
@@ -116,7 +123,10 @@ def _check_yaml_keys(loader: yaml.SafeLoader, root: yaml.Node, source: str) -> N
                     continue  # a list or mapping as a key: construction rejects it as unhashable
                 key = loader.construct_object(key_node)
                 if key in keys:
-                    raise duplicate_key(key, (*path, key), long_form=long_form, source=source)
+                    problems.add(
+                        duplicate_key(key, (*path, key), long_form=long_form, source=source)
+                    )
+                    continue
                 keys.add(key)
                 pending.append((value_node, (*path, key)))
 
@@ -124,7 +134,7 @@ def _check_yaml_keys(loader: yaml.SafeLoader, root: yaml.Node, source: str) -> N
 # --- TOML -----------------------------------------------------------------------------------
 
 
-def _load_toml(text: str, source: str) -> object:
+def _load_toml(text: str, source: str, problems: Problems) -> object:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -132,7 +142,7 @@ def _load_toml(text: str, source: str) -> object:
         raise ConfigError(f"invalid TOML: {exc}", source=source) from None
 
 
-_LOADERS: Final[dict[str, Callable[[str, str], object]]] = {
+_LOADERS: Final[dict[str, Callable[[str, str, Problems], object]]] = {
     ".json": _load_json,
     ".yaml": _load_yaml,
     ".yml": _load_yaml,
@@ -140,8 +150,9 @@ _LOADERS: Final[dict[str, Callable[[str, str], object]]] = {
 }
 
 
-def read_config_file(path: str | os.PathLike[str]) -> tuple[str, object]:
-    """The file at ``path`` as its name (for errors) and its decoded data, format by extension."""
+def read_config_file(path: str | os.PathLike[str]) -> tuple[str, object, Problems]:
+    """The file at ``path`` as its name (for errors), its decoded data (format by extension)
+    and the problems found reading it (keys repeated in a mapping), for the parse to add to."""
     source = os.fspath(path)
     suffix = os.path.splitext(source)[1].lower()
     loader = _LOADERS.get(suffix)
@@ -167,7 +178,8 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[str, object]:
             source=source,
         ) from None
     try:
-        data = loader(text, source)
+        problems = Problems()
+        data = loader(text, source, problems)
     except RecursionError:
         raise ConfigError("is nested too deeply to be a config file", source=source) from None
-    return source, data
+    return source, data, problems

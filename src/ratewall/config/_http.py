@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Required, TypedDict, get_args
 
 from ..errors import ConfigError
 from ..policy import Policy
-from ._fields import check_fields, kind_of
+from ._fields import Problems, did_you_mean, kind_of, unknown_fields
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -56,6 +56,8 @@ _CLIENT_IP_FIELDS: Final = ("trusted_proxies", "header", "ipv6_prefix", "ipv4_pr
 _ROUTE_FIELDS: Final = ("match", "policies", "identity", "on_missing_identity")
 _LIMIT_FIELDS: Final = ("policy", "identity", "cost", "on_missing_identity")
 _SOURCE_KINDS: Final = "'ip', 'user', 'header:<name>', 'api_key', 'api_key:<header>', 'path:<name>'"
+
+_BY_ADDRESS: Final[tuple[IdentityKind, str | None]] = ("ip", None)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -176,34 +178,37 @@ class ClientIPSettings:
 
 
 def client_ip_section(section: object, *, source: str) -> ClientIPSettings:
+    """The ``client_ip`` section, checked; a ConfigError carries every problem in it."""
     if not isinstance(section, Mapping):
         raise ConfigError(
             "must be a mapping such as {trusted_proxies: ['10.0.0.0/8'], header: x-forwarded-for}",
             source=source,
             field="client_ip",
         )
-    for key in section:
-        if key not in _CLIENT_IP_FIELDS:
-            raise ConfigError(
-                f"unknown field {key!r}; expected one of {', '.join(_CLIENT_IP_FIELDS)}",
-                source=source,
-                field=f"client_ip.{key}",
-            )
+    problems = Problems()
+    for error in unknown_fields(section, _CLIENT_IP_FIELDS, "client_ip", source):
+        problems.add(error)
     proxies = section.get("trusted_proxies", ())
     if isinstance(proxies, str) or not isinstance(proxies, list | tuple):
-        raise ConfigError(
-            "must be a list of addresses or CIDR blocks (or 'unix')",
-            source=source,
-            field="client_ip.trusted_proxies",
+        problems.add(
+            ConfigError(
+                "must be a list of addresses or CIDR blocks (or 'unix')",
+                source=source,
+                field="client_ip.trusted_proxies",
+            )
         )
+        proxies = ()
     for index, spec in enumerate(proxies):
         if not isinstance(spec, str):
-            raise ConfigError(
-                f"must be an address or CIDR block such as '10.0.0.0/8' (or 'unix'), "
-                f"got {kind_of(spec)}",
-                source=source,
-                field=f"client_ip.trusted_proxies[{index}]",
+            problems.add(
+                ConfigError(
+                    f"must be an address or CIDR block such as '10.0.0.0/8' (or 'unix'), "
+                    f"got {kind_of(spec)}",
+                    source=source,
+                    field=f"client_ip.trusted_proxies[{index}]",
+                )
             )
+    problems.raise_first()
     try:
         return ClientIPSettings(**{**section, "trusted_proxies": tuple(proxies)})
     except (ValueError, TypeError) as error:
@@ -259,7 +264,11 @@ def parse_identity_spec(
 
 
 def validate_routes(
-    data: object, *, source: str, policies: Mapping[str, Policy]
+    data: object,
+    *,
+    source: str,
+    policies: Mapping[str, Policy],
+    unchecked: Collection[str] = (),
 ) -> tuple[RouteEntry, ...]:
     """The ``routes`` section of a config file, checked against ``policies``.
 
@@ -268,7 +277,9 @@ def validate_routes(
     ``identity``, ``cost`` and ``on_missing_identity``) and optionally ``identity`` and
     ``on_missing_identity`` as defaults for the route's policies. Names must exist, costs
     must fit. Every error is a :class:`~ratewall.ConfigError` naming ``source`` and the field
-    path, such as ``routes[0].policies[1].identity``.
+    path, such as ``routes[0].policies[1].identity``; the one raised carries every problem
+    of the section in ``errors``. Names in ``unchecked`` (policies that failed to parse,
+    already reported) are accepted as they are.
     """
     if not isinstance(data, list | tuple):
         raise ConfigError(
@@ -277,61 +288,101 @@ def validate_routes(
             source=source,
             field="routes",
         )
-    return tuple(
-        _route_entry(entry, f"routes[{index}]", source=source, policies=policies)
-        for index, entry in enumerate(data)
-    )
+    problems = Problems()
+    routes: list[RouteEntry] = []
+    for index, entry in enumerate(data):
+        try:
+            routes.append(
+                _route_entry(
+                    entry,
+                    f"routes[{index}]",
+                    source=source,
+                    names=_Names(policies, unchecked),
+                )
+            )
+        except ConfigError as error:
+            problems.add(error)
+    problems.raise_first()
+    return tuple(routes)
 
 
-def _route_entry(
-    entry: object, at: str, *, source: str, policies: Mapping[str, Policy]
-) -> RouteEntry:
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The policies a route may name: parsed ones, and ``unchecked`` ones that failed."""
+
+    policies: Mapping[str, Policy]
+    unchecked: Collection[str]
+
+
+def _route_entry(entry: object, at: str, *, source: str, names: _Names) -> RouteEntry:
     if not isinstance(entry, Mapping):
         raise ConfigError("must be a mapping with 'match' and 'policies'", source=source, field=at)
-    check_fields(entry, _ROUTE_FIELDS, at, source)
+    problems = Problems()
+    for error in unknown_fields(entry, _ROUTE_FIELDS, at, source):
+        problems.add(error)
     for required in ("match", "policies"):
         if required not in entry:
-            raise ConfigError("is required", source=source, field=f"{at}.{required}")
-    match = entry["match"]
-    method, path = _parse_match(match, source=source, field=f"{at}.match")
-    checked: RouteEntry = {"match": match, "policies": []}
-    route_identity = parse_identity_spec(
-        entry.get("identity", "ip"), source=source, field=f"{at}.identity"
+            problems.add(ConfigError("is required", source=source, field=f"{at}.{required}"))
+    match = entry.get("match")
+    parsed: tuple[str, str] | None = None
+    if "match" in entry:
+        parsed = problems.attempt(
+            lambda: _parse_match(match, source=source, field=f"{at}.match"), None
+        )
+    checked: RouteEntry = {"match": str(match), "policies": []}
+    route_identity = problems.attempt(
+        lambda: parse_identity_spec(
+            entry.get("identity", "ip"), source=source, field=f"{at}.identity"
+        ),
+        _BY_ADDRESS,
     )
     if "identity" in entry:
         checked["identity"] = str(entry["identity"])  # a string: parse_identity_spec said so
     if "on_missing_identity" in entry:
-        checked["on_missing_identity"] = _on_missing(
-            entry["on_missing_identity"], source=source, field=f"{at}.on_missing_identity"
+        missing = problems.attempt(
+            lambda: _on_missing(
+                entry["on_missing_identity"], source=source, field=f"{at}.on_missing_identity"
+            ),
+            None,
         )
-    raw_limits = entry["policies"]
+        if missing is not None:
+            checked["on_missing_identity"] = missing
+    raw_limits = entry.get("policies", ())
     if not isinstance(raw_limits, list | tuple):
-        raise ConfigError(
-            "must be a list of policy names or mappings (an empty list exempts the route)",
-            source=source,
-            field=f"{at}.policies",
+        problems.add(
+            ConfigError(
+                "must be a list of policy names or mappings (an empty list exempts the route)",
+                source=source,
+                field=f"{at}.policies",
+            )
         )
+        raw_limits = ()
     seen: set[str] = set()
     identities: list[tuple[IdentityKind, str | None]] = []
     for position, raw in enumerate(raw_limits):
-        limit, identity = _limit_entry(
-            raw,
-            f"{at}.policies[{position}]",
-            route_identity,
-            seen,
-            source=source,
-            policies=policies,
-        )
+        try:
+            limit, identity = _limit_entry(
+                raw, f"{at}.policies[{position}]", route_identity, seen, source=source, names=names
+            )
+        except ConfigError as error:
+            problems.add(error)
+            continue
         identities.append(identity)
         checked["policies"].append(limit)
-    captures = path_captures(path)
-    for kind, argument in identities:
-        if kind == "path" and argument not in captures:
-            raise ConfigError(
-                f"route {method} {path} has no {{{argument}}} for PathParam({argument!r})",
-                source=source,
-                field=f"{at}.match",
-            )
+    if parsed is not None:
+        method, path = parsed
+        captures = path_captures(path)
+        for kind, argument in identities:
+            if kind == "path" and argument not in captures:
+                problems.add(
+                    ConfigError(
+                        f"route {method} {path} has no {{{argument}}} for PathParam({argument!r})",
+                        source=source,
+                        field=f"{at}.match",
+                    )
+                )
+                break
+    problems.raise_first()
     return checked
 
 
@@ -342,48 +393,69 @@ def _limit_entry(
     seen: set[str],
     *,
     source: str,
-    policies: Mapping[str, Policy],
+    names: _Names,
 ) -> tuple[str | LimitEntry, tuple[IdentityKind, str | None]]:
     """One entry of a route's ``policies``, checked, and the identity it applies; ``seen``
     holds the route's policies before it, and gets this one."""
     if isinstance(raw, str):
-        return _unseen(raw, policies, seen, source=source, field=here), route_identity
+        return _unseen(raw, names, seen, source=source, field=here), route_identity
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"must be a policy name or a mapping with 'policy', got {type(raw).__name__}",
             source=source,
             field=here,
         )
-    check_fields(raw, _LIMIT_FIELDS, here, source)
+    problems = Problems()
+    for error in unknown_fields(raw, _LIMIT_FIELDS, here, source):
+        problems.add(error)
     if "policy" not in raw:
-        raise ConfigError("is required", source=source, field=f"{here}.policy")
+        problems.add(ConfigError("is required", source=source, field=f"{here}.policy"))
     identity = route_identity
     if "identity" in raw:
-        identity = parse_identity_spec(raw["identity"], source=source, field=f"{here}.identity")
+        identity = problems.attempt(
+            lambda: parse_identity_spec(raw["identity"], source=source, field=f"{here}.identity"),
+            route_identity,
+        )
     missing = (
-        _on_missing(raw["on_missing_identity"], source=source, field=f"{here}.on_missing_identity")
+        problems.attempt(
+            lambda: _on_missing(
+                raw["on_missing_identity"], source=source, field=f"{here}.on_missing_identity"
+            ),
+            None,
+        )
         if "on_missing_identity" in raw
         else None
     )
-    name = _unseen(raw["policy"], policies, seen, source=source, field=f"{here}.policy")
+    name = (
+        problems.attempt(
+            lambda: _unseen(raw["policy"], names, seen, source=source, field=f"{here}.policy"),
+            None,
+        )
+        if "policy" in raw
+        else None
+    )
+    if "cost" in raw and name is not None and name in names.policies:
+        policy = names.policies[name]
+        problems.attempt(
+            lambda: _cost(raw["cost"], policy, name, source=source, field=f"{here}.cost"), 0
+        )
+    problems.raise_first()
+    if name is None:  # not reached: a missing or unknown name was recorded and raised above
+        raise ConfigError("is required", source=source, field=f"{here}.policy")
     # The mapping as the file wrote it, every value checked.
     limit: LimitEntry = {"policy": name}
     if "identity" in raw:
         limit["identity"] = str(raw["identity"])  # a string: parse_identity_spec said so
     if "cost" in raw:
-        limit["cost"] = _cost(
-            raw["cost"], policies[name], name, source=source, field=f"{here}.cost"
-        )
+        limit["cost"] = raw["cost"]  # an int in range: _cost said so (or the policy is broken)
     if missing is not None:
         limit["on_missing_identity"] = missing
     return limit, identity
 
 
-def _unseen(
-    name: object, policies: Mapping[str, Policy], seen: set[str], *, source: str, field: str
-) -> str:
+def _unseen(name: object, names: _Names, seen: set[str], *, source: str, field: str) -> str:
     """``name`` if it is a known policy that the route does not list yet (then it does)."""
-    known = _known_name(name, policies, source=source, field=field)
+    known = _known_name(name, names, source=source, field=field)
     if known in seen:
         raise ConfigError(
             f"policy {known!r} is listed twice in this route; define a second policy "
@@ -450,10 +522,13 @@ def _on_missing(value: object, *, source: str, field: str) -> OnMissingIdentity:
     )
 
 
-def _known_name(name: object, policies: Mapping[str, Policy], *, source: str, field: str) -> str:
-    if isinstance(name, str) and name in policies:
+def _known_name(name: object, names: _Names, *, source: str, field: str) -> str:
+    if isinstance(name, str) and (name in names.policies or name in names.unchecked):
         return name
-    known = ", ".join(policies) or "(none)"
+    known = ", ".join(names.policies) or "(none)"
     raise ConfigError(
-        f"unknown policy {name!r}; known policies: {known}", source=source, field=field
+        f"unknown policy {name!r}; known policies: {known}"
+        + did_you_mean(name, [*names.policies, *names.unchecked]),
+        source=source,
+        field=field,
     )

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from ..metrics import BACKENDS as METRICS_BACKENDS
 from ..policy import FAILURE_MODES, Policy, parse_duration
-from ._fields import kind_of
+from ._fields import Problems, closest, did_you_mean, kind_of
 from ._formats import read_config_file
 from ._http import ClientIPSettings, RouteEntry, client_ip_section, validate_routes
 
@@ -91,20 +91,27 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read, parse and validate the config file at ``path`` (format by extension)."""
-    source, data = read_config_file(path)
-    return parse_config(data, source=source)
+    """Read, parse and validate the config file at ``path`` (format by extension).
+
+    A :class:`~ratewall.ConfigError` names the first problem found and carries every problem
+    of the file in ``errors``."""
+    source, data, problems = read_config_file(path)
+    return _checked(data, source, problems)
 
 
 def parse_config(data: object, *, source: str) -> Config:
     """Validate already-decoded config ``data`` (either form); ``source`` names it in errors."""
+    return _checked(data, source, Problems())
+
+
+def _checked(data: object, source: str, problems: Problems) -> Config:
     try:
-        return _parse(data, source)
+        return _parse(data, source, problems)
     except RecursionError:  # repr() of a deeply nested value inside an error message
         raise ConfigError("is nested too deeply to be a config", source=source) from None
 
 
-def _parse(data: object, source: str) -> Config:
+def _parse(data: object, source: str, problems: Problems) -> Config:
     if data is None:
         raise ConfigError(f"is empty; define at least one policy, e.g. {_EXAMPLE}", source=source)
     if not isinstance(data, Mapping):
@@ -113,49 +120,133 @@ def _parse(data: object, source: str) -> Config:
             f"or a mapping with 'policies' and settings; got {kind_of(data)}",
             source=source,
         )
-    if "policies" not in data:
-        return Config(_policies(data, source=source, short_form=True), source=source)
+    if "policies" in data:
+        policies_key: object = "policies"
+    else:
+        policies_key = _misspelt_policies(data)
+        if policies_key is None:
+            policies = _policies(data, source=source, short_form=True, problems=problems)
+            problems.raise_first()
+            return Config(policies.parsed, source=source)
+        problems.add(
+            ConfigError(
+                f"unknown top-level field {policies_key!r} (did you mean 'policies'?)",
+                source=source,
+                field=str(policies_key),
+            )
+        )
 
-    settings = {key: value for key, value in data.items() if key != "policies"}
+    settings = {key: value for key, value in data.items() if key != policies_key}
     for key in settings:
         if key not in SETTINGS:
-            raise ConfigError(
-                f"unknown setting {key!r}; expected one of policies, {', '.join(SETTINGS)}",
-                source=source,
-                field=str(key),
+            problems.add(
+                ConfigError(
+                    f"unknown setting {key!r}; expected one of policies, {', '.join(SETTINGS)}"
+                    + did_you_mean(key, ("policies", *SETTINGS)),
+                    source=source,
+                    field=str(key),
+                )
             )
     store = (
-        validate_store_url(settings["store"], source=source, field="store")
+        problems.attempt(
+            lambda: validate_store_url(settings["store"], source=source, field="store"), None
+        )
         if "store" in settings
         else None
     )
     failure_mode = (
-        _failure_mode(settings["failure_mode"], source=source)
+        problems.attempt(lambda: _failure_mode(settings["failure_mode"], source=source), None)
         if "failure_mode" in settings
         else None
     )
     shadow = settings.get("shadow")
     if shadow is not None and not isinstance(shadow, bool):
-        raise ConfigError(f"must be true or false, got {shadow!r}", source=source, field="shadow")
+        problems.add(
+            ConfigError(f"must be true or false, got {shadow!r}", source=source, field="shadow")
+        )
+        shadow = None
     defaults = {"failure_mode": failure_mode, "shadow": shadow}
+    if policies_key == "policies":
+        policies = _policies(
+            data["policies"],
+            source=source,
+            short_form=False,
+            problems=problems,
+            defaults=defaults,
+        )
+    else:  # misspelt: its policies are not checked, but routes may name them
+        policies = _policies(
+            data[policies_key], source=source, short_form=False, problems=Problems()
+        )
     config = Config(
-        _policies(data["policies"], source=source, short_form=False, defaults=defaults),
+        policies.parsed,
         store=store,
-        key_prefix=validate_prefix(
-            settings.get("key_prefix", DEFAULT_PREFIX), source=source, field="key_prefix"
+        key_prefix=problems.attempt(
+            lambda: validate_prefix(
+                settings.get("key_prefix", DEFAULT_PREFIX), source=source, field="key_prefix"
+            ),
+            DEFAULT_PREFIX,
         ),
-        local_cache_size=_cache_size(
-            settings.get("local_cache_size", DEFAULT_LOCAL_CACHE_SIZE), source=source
+        local_cache_size=problems.attempt(
+            lambda: _cache_size(
+                settings.get("local_cache_size", DEFAULT_LOCAL_CACHE_SIZE), source=source
+            ),
+            DEFAULT_LOCAL_CACHE_SIZE,
         ),
-        timeout=_timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
+        timeout=problems.attempt(
+            lambda: _timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
+            DEFAULT_TIMEOUT,
+        ),
         source=source,
-        metrics=_metrics(settings.get("metrics"), source=source),
+        metrics=problems.attempt(lambda: _metrics(settings.get("metrics"), source=source), None),
     )
-    if "domains" in settings:
-        config = replace(config, domains=_domains(settings["domains"], config))
-    if "routes" not in settings and "client_ip" not in settings:
+    client_ip = (
+        problems.attempt(lambda: client_ip_section(settings["client_ip"], source=source), None)
+        if "client_ip" in settings
+        else None
+    )
+    # Sections that name policies are checked only against a policies section that could be
+    # read: otherwise every name in them would be reported as unknown.
+    routes = (
+        problems.attempt(
+            lambda: validate_routes(
+                settings["routes"],
+                source=source,
+                policies=config.policies,
+                unchecked=policies.failed,
+            ),
+            None,
+        )
+        if "routes" in settings and policies.readable
+        else None
+    )
+    domains = (
+        problems.attempt(lambda: _domains(settings["domains"], config), None)
+        if "domains" in settings and policies.readable and not policies.failed
+        else None
+    )
+    problems.raise_first()
+    if routes is None and client_ip is None and domains is None:
         return config
-    return _with_http(config, settings, source)
+    return replace(config, routes=routes, client_ip=client_ip, domains=domains)
+
+
+def _misspelt_policies(data: Mapping[object, object]) -> object | None:
+    """The top-level key of a short-form-looking file that is ``policies`` misspelt: a near
+    miss of it whose value reads as a mapping of policies, not as a policy
+    (``polices: {login: {limit: 5, window: 60}}``). ``None`` if there is none."""
+    for key, body in data.items():
+        if key in SETTINGS or closest(key, ("policies",)) is None:
+            continue
+        if (
+            isinstance(body, Mapping)
+            and body
+            and "limit" not in body
+            and "window" not in body
+            and all(isinstance(value, Mapping) for value in body.values())
+        ):
+            return key
+    return None
 
 
 def _domains(section: object, config: Config) -> DomainTable:
@@ -164,20 +255,6 @@ def _domains(section: object, config: Config) -> DomainTable:
     from ..service.descriptors import parse_domains
 
     return parse_domains(section, source=config.source, policies=config.policies)
-
-
-def _with_http(config: Config, settings: Mapping[str, object], source: str) -> Config:
-    """Validate the HTTP sections now, so a bad route fails at load (and in check-config);
-    :mod:`ratewall.http` compiles the plain data they become."""
-    client_ip = (
-        client_ip_section(settings["client_ip"], source=source) if "client_ip" in settings else None
-    )
-    routes = (
-        validate_routes(settings["routes"], source=source, policies=config.policies)
-        if "routes" in settings
-        else None
-    )
-    return replace(config, routes=routes, client_ip=client_ip)
 
 
 def validate_store_url(value: object, *, source: str, field: str) -> str:
@@ -205,51 +282,84 @@ def validate_store_url(value: object, *, source: str, field: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Policies:
+    """A policies section: the policies that parsed, the names of those that did not, and
+    whether the section was a mapping of policies at all."""
+
+    parsed: dict[str, Policy]
+    failed: frozenset[str] = frozenset()
+    readable: bool = True
+
+
 def _policies(
     data: object,
     *,
     source: str,
     short_form: bool,
+    problems: Problems,
     defaults: Mapping[str, object] | None = None,
-) -> dict[str, Policy]:
+) -> _Policies:
     if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"must be a mapping of policy names to policies, e.g. {_EXAMPLE}; got {kind_of(data)}",
-            source=source,
-            field="policies",
-        )
-    if not data:
-        raise ConfigError(
-            f"defines no policies; add at least one, e.g. {_EXAMPLE}",
-            source=source,
-            field="policies",
-        )
-    policies: dict[str, Policy] = {}
-    for name, body in data.items():
-        path = f"policies.{name}"
-        if short_form and name in SETTINGS and not isinstance(body, Mapping):
-            raise ConfigError(
-                f"{name!r} is a setting, and settings need the long form: put the policies "
-                "under a top-level 'policies' key next to it",
+        problems.add(
+            ConfigError(
+                f"must be a mapping of policy names to policies, e.g. {_EXAMPLE}; "
+                f"got {kind_of(data)}",
                 source=source,
-                field=str(name),
+                field="policies",
             )
-        checked_name = validate_name(name, source=source, field=path)
-        fields = dict(body) if isinstance(body, Mapping) else body
-        if isinstance(fields, dict):
-            for setting, value in (defaults or {}).items():
-                if value is not None:
-                    fields.setdefault(setting, value)
-        try:
-            policies[checked_name] = Policy.from_mapping(fields, source=source, field=path)
-        except OverflowError:
-            # Only the window is converted to float; a value beyond float range lands here.
-            raise ConfigError(
-                "is too large; write a window of at most a few years, such as '365d'",
+        )
+        return _Policies({}, readable=False)
+    if not data:
+        problems.add(
+            ConfigError(
+                f"defines no policies; add at least one, e.g. {_EXAMPLE}",
                 source=source,
-                field=f"{path}.window",
-            ) from None
-    return policies
+                field="policies",
+            )
+        )
+        return _Policies({}, readable=False)
+    policies: dict[str, Policy] = {}
+    failed: set[str] = set()
+    for name, body in data.items():
+        try:
+            policies[str(name)] = _policy(name, body, source, short_form, defaults)
+        except ConfigError as error:
+            problems.add(error)
+            failed.add(str(name))
+    return _Policies(policies, frozenset(failed))
+
+
+def _policy(
+    name: object,
+    body: object,
+    source: str,
+    short_form: bool,
+    defaults: Mapping[str, object] | None,
+) -> Policy:
+    path = f"policies.{name}"
+    if short_form and name in SETTINGS and not isinstance(body, Mapping):
+        raise ConfigError(
+            f"{name!r} is a setting, and settings need the long form: put the policies "
+            "under a top-level 'policies' key next to it",
+            source=source,
+            field=str(name),
+        )
+    validate_name(name, source=source, field=path)
+    fields = dict(body) if isinstance(body, Mapping) else body
+    if isinstance(fields, dict):
+        for setting, value in (defaults or {}).items():
+            if value is not None:
+                fields.setdefault(setting, value)
+    try:
+        return Policy.from_mapping(fields, source=source, field=path)
+    except OverflowError:
+        # Only the window is converted to float; a value beyond float range lands here.
+        raise ConfigError(
+            "is too large; write a window of at most a few years, such as '365d'",
+            source=source,
+            field=f"{path}.window",
+        ) from None
 
 
 def _failure_mode(value: object, *, source: str) -> str:
