@@ -34,6 +34,8 @@ from .policy import Policy
 
 __all__ = [
     "CHECK",
+    "DEFAULT_BREAKER_COOLDOWN",
+    "DEFAULT_BREAKER_THRESHOLD",
     "LEASE",
     "PEEK",
     "RESET",
@@ -51,6 +53,10 @@ CHECK: Final = 0
 PEEK: Final = 1
 RESET: Final = 2
 LEASE: Final = 3  # a check that also takes a slice for this node (Policy.lease)
+#: Consecutive store failures that open the circuit breaker, and how long (seconds) it then
+#: fails calls fast before a probe call may reach the store again.
+DEFAULT_BREAKER_THRESHOLD: Final = 3
+DEFAULT_BREAKER_COOLDOWN: Final = 1.0
 
 # A store reply: allowed (0/1), remaining, reset µs, retry µs (-1 if allowed), store now µs,
 # then on refusal the key's stored state (integers); after an allowed lease, the units granted.
@@ -222,8 +228,8 @@ class Core:
         key_prefix: str = DEFAULT_PREFIX,
         local_cache_size: int = 10_000,
         local_clock: Callable[[], int],
-        breaker_threshold: int = 3,
-        breaker_cooldown: float = 1.0,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
         slot_of: Callable[[str], int] | None = None,
         observer: Observer | None = None,
     ) -> None:

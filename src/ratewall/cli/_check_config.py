@@ -10,7 +10,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .._urls import redacted
-from ..config import MAX_REPORTED, Config, load_config
+from ..config import (
+    MAX_REPORTED,
+    NO_BATCHING_SETTINGS,
+    NO_BREAKER_SETTINGS,
+    Config,
+    load_config,
+)
 from ..errors import ConfigError
 from ._common import EXIT_OK, EXIT_USAGE
 
@@ -143,6 +149,16 @@ def describe_config(config: Config) -> list[str]:
             f"timeout = {config.timeout * 1000:g}ms",
         ]
     )
+    if config.breaker != NO_BREAKER_SETTINGS:
+        lines.append(
+            f"breaker = opens after {config.breaker.threshold} consecutive failures, "
+            f"fails fast for {config.breaker.cooldown * 1000:g}ms"
+        )
+    if config.batching != NO_BATCHING_SETTINGS:
+        lines.append(
+            f"batching = {config.batching.max_in_flight} script calls in flight, "
+            f"at most {config.batching.max_batch} decisions each (asyncio limiters)"
+        )
     for route in config.routes or ():
         names = [p if isinstance(p, str) else p.get("policy") for p in route.get("policies", ())]
         lines.append(f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}")

@@ -46,6 +46,13 @@ Settings:
 ``metrics``
     Export ratewall's own metrics: ``prometheus`` (prometheus-client's default registry) or
     ``otel`` (opentelemetry-api's meter provider). Not set: no metrics (see docs/metrics.md).
+``breaker``
+    ``{threshold: 3, cooldown: 1s}`` (the defaults): after ``threshold`` consecutive store
+    failures, calls fail fast with the policy's failure mode for ``cooldown``, then one
+    probes the store (:class:`Breaker`).
+``batching``
+    ``{max_in_flight: 2, max_batch: 512}`` (the defaults): how an ``AsyncRateLimiter`` on
+    Redis/Valkey batches concurrent decisions into script calls (:class:`Batching`).
 ``domains``
     Rate-limit descriptors for ``ratewall serve`` (Envoy's rate-limit service protocol):
     domain names mapped to trees of ``{key, value, policy}`` entries naming this file's
@@ -65,8 +72,10 @@ one.
 
 The package's modules each do one job: ``_formats`` reads a file into data (JSON, YAML,
 TOML, duplicate keys rejected), ``_settings`` parses that data (the two forms, the settings,
-the policies), ``_http`` the ``routes`` and ``client_ip`` sections, and ``_fields`` holds
-the helpers every error uses (how a value is described, how a field path is written).
+the policies), ``_store`` the settings of the store (URL, timeout, breaker, batching),
+``_http`` the ``routes`` and ``client_ip`` sections, and ``_fields`` holds the helpers
+every error uses (how a value is described, how a field path is written, ``Problems``
+gathering every error of a file).
 """
 
 from .._urls import STORE_SCHEMES
@@ -93,14 +102,14 @@ from ._http import (
     trusted_proxy_network,
     validate_routes,
 )
-from ._settings import (
-    DEFAULT_LOCAL_CACHE_SIZE,
+from ._settings import DEFAULT_LOCAL_CACHE_SIZE, SETTINGS, Config, load_config, parse_config
+from ._store import (
     DEFAULT_TIMEOUT,
     MAX_TIMEOUT,
-    SETTINGS,
-    Config,
-    load_config,
-    parse_config,
+    NO_BATCHING_SETTINGS,
+    NO_BREAKER_SETTINGS,
+    Batching,
+    Breaker,
     validate_store_url,
 )
 
@@ -113,11 +122,15 @@ __all__ = [
     "HTTP_METHOD",
     "MAX_REPORTED",
     "MAX_TIMEOUT",
+    "NO_BATCHING_SETTINGS",
+    "NO_BREAKER_SETTINGS",
     "ON_MISSING_IDENTITY",
     "PARAM_NAME",
     "PATH_CAPTURE",
     "SETTINGS",
     "STORE_SCHEMES",
+    "Batching",
+    "Breaker",
     "ClientIPSettings",
     "Config",
     "ForwardedHeader",

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from .._urls import STORE_SCHEMES, redacted, store_url_problem
 from ..errors import ConfigError
 from ..keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from ..metrics import BACKENDS as METRICS_BACKENDS
-from ..policy import FAILURE_MODES, Policy, parse_duration
+from ..policy import FAILURE_MODES, Policy
 from ._fields import Problems, closest, did_you_mean, kind_of
 from ._formats import read_config_file
 from ._http import ClientIPSettings, RouteEntry, client_ip_section, validate_routes
+from ._store import (
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    NO_BATCHING_SETTINGS,
+    NO_BREAKER_SETTINGS,
+    Batching,
+    Breaker,
+    batching_section,
+    breaker_section,
+    timeout_setting,
+    validate_store_url,
+)
 
 if TYPE_CHECKING:
     from ..service.descriptors import DomainTable
@@ -43,12 +53,10 @@ SETTINGS: Final = (
     "client_ip",
     "metrics",
     "domains",
+    "breaker",
+    "batching",
 )
 DEFAULT_LOCAL_CACHE_SIZE: Final = 10_000
-DEFAULT_TIMEOUT: Final = 0.05
-# A store call that may block for longer than this is a misconfiguration, not a timeout (and
-# much larger values overflow the socket layer).
-MAX_TIMEOUT: Final = 3600.0
 _EXAMPLE: Final = '{"login": {"limit": 5, "window": 60}}'
 
 
@@ -74,6 +82,10 @@ class Config:
     client_ip: ClientIPSettings | None = field(default=None, hash=False)
     #: The ``domains`` section (rate-limit descriptors for ``ratewall serve``), compiled.
     domains: DomainTable | None = field(default=None, hash=False)
+    #: The ``breaker`` section: when the circuit breaker opens, and for how long.
+    breaker: Breaker = NO_BREAKER_SETTINGS
+    #: The ``batching`` section: how the asyncio Redis store batches its script calls.
+    batching: Batching = NO_BATCHING_SETTINGS
 
     def __post_init__(self) -> None:
         # Copy, so that a caller keeping the dict it passed cannot change this config.
@@ -194,8 +206,14 @@ def _parse(data: object, source: str, problems: Problems) -> Config:
             DEFAULT_LOCAL_CACHE_SIZE,
         ),
         timeout=problems.attempt(
-            lambda: _timeout(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
+            lambda: timeout_setting(settings.get("timeout", DEFAULT_TIMEOUT), source=source),
             DEFAULT_TIMEOUT,
+        ),
+        breaker=problems.attempt(
+            lambda: breaker_section(settings.get("breaker", {}), source=source), Breaker()
+        ),
+        batching=problems.attempt(
+            lambda: batching_section(settings.get("batching", {}), source=source), Batching()
         ),
         source=source,
         metrics=problems.attempt(lambda: _metrics(settings.get("metrics"), source=source), None),
@@ -255,31 +273,6 @@ def _domains(section: object, config: Config) -> DomainTable:
     from ..service.descriptors import parse_domains
 
     return parse_domains(section, source=config.source, policies=config.policies)
-
-
-def validate_store_url(value: object, *, source: str, field: str) -> str:
-    """``value`` if it is a URL string with one of :data:`STORE_SCHEMES` and well-formed parts
-    (port, database, socket path, parameters: ``ratewall._urls.store_url_problem``), else
-    ConfigError."""
-    examples = "such as 'redis://127.0.0.1:6379/0' or 'memory://'"
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"must be a store URL string {examples}, got {kind_of(value)}",
-            source=source,
-            field=field,
-        )
-    scheme, separator, _ = value.partition("://")
-    if not separator or scheme not in STORE_SCHEMES:
-        expected = ", ".join(f"{name}://" for name in STORE_SCHEMES)
-        raise ConfigError(
-            f"store URL {redacted(value)!r} has an unsupported scheme; expected one of {expected}",
-            source=source,
-            field=field,
-        )
-    problem = store_url_problem(value)
-    if problem is not None:
-        raise ConfigError(problem, source=source, field=field)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,33 +384,3 @@ def _cache_size(value: object, *, source: str) -> int:
             field="local_cache_size",
         )
     return value
-
-
-def _timeout(value: object, *, source: str) -> float:
-    if isinstance(value, str):
-        seconds = parse_duration(value, source=source, field="timeout")
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise ConfigError(
-                f"must be a positive number of seconds, got {value!r}; "
-                "write seconds (0.05) or a duration such as '50ms'",
-                source=source,
-                field="timeout",
-            )
-    else:
-        raise ConfigError(
-            f"expected seconds (0.05) or a duration such as '50ms', got {kind_of(value)}",
-            source=source,
-            field="timeout",
-        )
-    if seconds > MAX_TIMEOUT:
-        raise ConfigError(
-            f"is {seconds:g} seconds; a store timeout is at most {MAX_TIMEOUT:g} seconds",
-            source=source,
-            field="timeout",
-        )
-    return seconds
