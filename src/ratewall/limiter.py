@@ -154,7 +154,10 @@ class _Limiter(Generic[_StoreT]):
         :class:`~ratewall.config.Config` already loaded).
 
         ``store`` (a URL or a store object) overrides the file's store URL (with neither,
-        the memory store is used); ``timeout`` overrides the file's store timeout, and
+        the memory store is used: per process, so not shared between workers). No
+        environment variable is read; to take the store from one, pass it:
+        ``from_config(path, os.environ.get("RATEWALL_STORE"))``. ``timeout`` overrides the
+        file's store timeout, and
         ``metrics`` its ``metrics`` setting.
         """
         from .config import Config, load_config

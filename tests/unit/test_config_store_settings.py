@@ -90,3 +90,18 @@ def test_batching_on_the_memory_store_changes_nothing() -> None:
         {"policies": POLICIES, "batching": {"max_batch": 4}, "store": "memory://"}, source="x"
     )
     assert AsyncRateLimiter.from_config(config).local_store is not None
+
+
+def test_the_store_comes_from_the_argument_then_the_file_never_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ratewall reads no environment variable (the examples read RATEWALL_STORE themselves
+    and pass it as ``store``): argument, else the file's ``store``, else memory://."""
+    monkeypatch.setenv("RATEWALL_STORE", "redis://127.0.0.1:1/0")
+    without = parse_config({"policies": POLICIES}, source="x")
+    limiter = RateLimiter.from_config(without)
+    assert (limiter.store_url, limiter.local_store is not None) == ("memory://", True)
+    named = parse_config({"policies": POLICIES, "store": "memory://"}, source="x")
+    assert RateLimiter.from_config(named).store_url == "memory://"
+    passed = RateLimiter.from_config(without, "memory://?from=argument")
+    assert passed.store_url == "memory://?from=argument"

@@ -29,7 +29,9 @@ Settings:
 
 ``store``
     A store URL whose scheme is one of :data:`STORE_SCHEMES`. Not set: the program decides
-    (``RateLimiter.from_config`` uses ``memory://``).
+    (``RateLimiter.from_config`` uses its ``store`` argument, else ``memory://``). No
+    environment variable is read: a program that wants one passes
+    ``os.environ.get("RATEWALL_STORE")`` as ``store`` itself.
 ``key_prefix``
     The first part of every Redis key (default ``ratelimit``).
 ``local_cache_size``
