@@ -285,10 +285,12 @@ class Core:
 
     # -- planning -------------------------------------------------------------------------
 
-    def _call(self, identity: str, policy: str, op: int, cost: int) -> tuple[_Compiled, Call]:
+    def _call(
+        self, identity: str, policy: str, op: int, cost: int, tier: str | None = None
+    ) -> tuple[_Compiled, Call]:
         compiled = self._compiled.get(policy)
-        if compiled is not None and compiled.special:
-            compiled = self.select(compiled, identity, None)
+        if compiled is not None and (compiled.special or tier is not None):
+            compiled = self.select(compiled, identity, tier)
         if (
             compiled is None
             or type(identity) is not str
@@ -388,9 +390,12 @@ class Core:
         return _tuple_new(Plan, (compiled, call, None, breaker.generation))
 
     def plan_many(
-        self, items: Sequence[tuple[str, str] | tuple[str, str, int]], op: int
+        self,
+        items: Sequence[tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]],
+        op: int,
     ) -> PlanMany:
-        """One request against several (identity, policy[, cost]) items, all or nothing."""
+        """One request against several (identity, policy[, cost[, tier]]) items, all or
+        nothing."""
         if not items:
             raise ValueError("check_many needs at least one (identity, policy) item")
         exempt: dict[int, Decision] = {}
@@ -399,7 +404,15 @@ class Core:
             known_policy = self._compiled.get(item[1])
             if known_policy is not None and item[0] in known_policy.exempt:
                 exempt[index] = known_policy.exit.exempt()
-            pairs.append(self._call(item[0], item[1], op, item[2] if len(item) > 2 else 1))
+            pairs.append(
+                self._call(
+                    item[0],
+                    item[1],
+                    op,
+                    item[2] if len(item) > 2 else 1,
+                    item[3] if len(item) > 3 else None,  # a tier
+                )
+            )
         compiled = tuple(pair[0] for pair in pairs)
         calls = tuple(pair[1] for pair in pairs)
         if exempt or any(c.exit.shadow for c in compiled):

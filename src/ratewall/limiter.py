@@ -228,9 +228,12 @@ class _Limiter(Generic[_StoreT]):
         return f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={store!r})"
 
 
-Item = tuple[str, str] | tuple[str, str, int]
+Item = tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]
 
-_CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cost])`` items at once.
+_CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cost[, tier]])`` items.
+
+        A ``tier`` picks one of the policy's tiers, as ``check(..., tier=)`` does (``None``:
+        the policy's own limits); an unknown tier is a :class:`KeyError`.
 
         All or nothing: the request may proceed only if every returned decision is allowed;
         if any is refused, nothing is consumed, and the allowed decisions describe what

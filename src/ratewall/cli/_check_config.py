@@ -161,5 +161,14 @@ def describe_config(config: Config) -> list[str]:
         )
     for route in config.routes or ():
         names = [p if isinstance(p, str) else p.get("policy") for p in route.get("policies", ())]
-        lines.append(f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}")
+        extras = []
+        tier = route.get("tier")
+        if tier is not None:
+            extras.append(f"tier from {tier['header']}: {', '.join(tier['allowed'])}")
+        if route.get("exempt_networks"):
+            extras.append(f"exempt {', '.join(route.get('exempt_networks', []))}")
+        lines.append(
+            f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}"
+            + (f" ({'; '.join(extras)})" if extras else "")
+        )
     return lines

@@ -31,9 +31,11 @@ __all__ = [
     "LimitEntry",
     "OnMissingIdentity",
     "RouteEntry",
+    "TierEntry",
     "check_header_name",
     "check_param_name",
     "client_ip_section",
+    "exempt_network",
     "parse_identity_spec",
     "path_captures",
     "trusted_proxy_network",
@@ -53,13 +55,38 @@ PATH_CAPTURE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
 HTTP_METHOD: Final = re.compile(r"[A-Za-z]{1,32}")
 
 _CLIENT_IP_FIELDS: Final = ("trusted_proxies", "header", "ipv6_prefix", "ipv4_prefix")
-_ROUTE_FIELDS: Final = ("match", "policies", "identity", "on_missing_identity")
-_LIMIT_FIELDS: Final = ("policy", "identity", "cost", "on_missing_identity")
+_ROUTE_FIELDS: Final = (
+    "match",
+    "policies",
+    "identity",
+    "on_missing_identity",
+    "tier",
+    "exempt_networks",
+)
+_LIMIT_FIELDS: Final = (
+    "policy",
+    "identity",
+    "cost",
+    "on_missing_identity",
+    "tier",
+    "exempt_networks",
+)
+_TIER_FIELDS: Final = ("header", "allowed", "default")
 _SOURCE_KINDS: Final = "'ip', 'user', 'header:<name>', 'api_key', 'api_key:<header>', 'path:<name>'"
 
 _BY_ADDRESS: Final[tuple[IdentityKind, str | None]] = ("ip", None)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TierEntry(TypedDict, total=False):
+    """How a route picks a policy tier per request (``{header: X-Plan, allowed: [free, pro],
+    default: free}``): the header's value if it is one of ``allowed``, else ``default``
+    (absent: the policy's own limits)."""
+
+    header: Required[str]
+    allowed: Required[list[str]]
+    default: str
 
 
 class LimitEntry(TypedDict, total=False):
@@ -69,6 +96,8 @@ class LimitEntry(TypedDict, total=False):
     identity: str
     cost: int
     on_missing_identity: OnMissingIdentity
+    tier: TierEntry
+    exempt_networks: list[str]
 
 
 class RouteEntry(TypedDict, total=False):
@@ -78,6 +107,8 @@ class RouteEntry(TypedDict, total=False):
     policies: Required[list[str | LimitEntry]]
     identity: str
     on_missing_identity: OnMissingIdentity
+    tier: TierEntry
+    exempt_networks: list[str]
 
 
 def check_header_name(name: object) -> str:
@@ -138,6 +169,25 @@ def trusted_proxy_network(spec: object) -> IPNetwork | None:
         raise ValueError(
             f"trusted proxy {spec!r} is not an IP address or CIDR network "
             "(write '10.0.0.0/8', '192.0.2.7', '2001:db8::/32' or 'unix')"
+        ) from None
+
+
+def exempt_network(spec: object) -> IPNetwork:
+    """The network an ``exempt_networks`` entry names (``"10.0.0.0/8"``, ``"192.0.2.7"``,
+    an ``ipaddress`` network); ValueError or TypeError for anything else."""
+    if isinstance(spec, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"exempt network {spec!r} is not a string; write addresses or CIDR networks "
+            "such as '10.0.0.0/8'"
+        )
+    try:
+        return ipaddress.ip_network(spec.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f"exempt network {spec!r} is not an IP address or CIDR network "
+            "(write '10.0.0.0/8', '192.0.2.7' or '2001:db8::/32')"
         ) from None
 
 
@@ -369,6 +419,32 @@ def _route_entry(entry: object, at: str, *, source: str, names: _Names) -> Route
             continue
         identities.append(identity)
         checked["policies"].append(limit)
+    if "exempt_networks" in entry:
+        networks = problems.attempt(
+            lambda: _exempt_networks(
+                entry["exempt_networks"], source=source, field=f"{at}.exempt_networks"
+            ),
+            None,
+        )
+        if networks is not None:
+            checked["exempt_networks"] = networks
+    if "tier" in entry:
+        # The route's tier applies to those of its policies that define the tier chosen.
+        named = [
+            limit if isinstance(limit, str) else limit["policy"] for limit in checked["policies"]
+        ]
+        tier = problems.attempt(
+            lambda: _tier_entry(
+                entry["tier"],
+                [names.policies[name] for name in named if name in names.policies],
+                unchecked=any(name not in names.policies for name in named),
+                source=source,
+                field=f"{at}.tier",
+            ),
+            None,
+        )
+        if tier is not None:
+            checked["tier"] = tier
     if parsed is not None:
         method, path = parsed
         captures = path_captures(path)
@@ -434,6 +510,26 @@ def _limit_entry(
         if "policy" in raw
         else None
     )
+    networks: list[str] | None = None
+    tier: TierEntry | None = None
+    if "exempt_networks" in raw:
+        networks = problems.attempt(
+            lambda: _exempt_networks(
+                raw["exempt_networks"], source=source, field=f"{here}.exempt_networks"
+            ),
+            None,
+        )
+    if "tier" in raw and name is not None:
+        tier = problems.attempt(
+            lambda: _tier_entry(
+                raw["tier"],
+                [names.policies[name]] if name in names.policies else [],
+                unchecked=name not in names.policies,
+                source=source,
+                field=f"{here}.tier",
+            ),
+            None,
+        )
     if "cost" in raw and name is not None and name in names.policies:
         policy = names.policies[name]
         problems.attempt(
@@ -450,7 +546,89 @@ def _limit_entry(
         limit["cost"] = raw["cost"]  # an int in range: _cost said so (or the policy is broken)
     if missing is not None:
         limit["on_missing_identity"] = missing
+    if tier is not None:
+        limit["tier"] = tier
+    if networks is not None:
+        limit["exempt_networks"] = networks
     return limit, identity
+
+
+def _exempt_networks(value: object, *, source: str, field: str) -> list[str]:
+    """An ``exempt_networks`` list, each entry an address or CIDR network."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(
+            "must be a list of addresses or CIDR networks such as ['10.0.0.0/8']",
+            source=source,
+            field=field,
+        )
+    problems = Problems()
+    for index, spec in enumerate(value):
+        try:
+            exempt_network(spec)
+        except (ValueError, TypeError) as error:
+            problems.add(ConfigError(str(error), source=source, field=f"{field}[{index}]"))
+    problems.raise_first()
+    return [str(spec) for spec in value]
+
+
+def _tier_entry(
+    value: object, policies: list[Policy], *, unchecked: bool, source: str, field: str
+) -> TierEntry:
+    """A ``tier`` mapping: ``header``, ``allowed`` tiers (each defined by one of
+    ``policies``, unless some policy is ``unchecked``) and an optional ``default``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "must be a mapping such as {header: X-Plan, allowed: [free, pro], default: free}",
+            source=source,
+            field=field,
+        )
+    problems = Problems()
+    for error in unknown_fields(value, _TIER_FIELDS, field, source):
+        problems.add(error)
+    for required in ("header", "allowed"):
+        if required not in value:
+            problems.add(ConfigError("is required", source=source, field=f"{field}.{required}"))
+    header = value.get("header")
+    if "header" in value:
+        try:
+            check_header_name(header)
+        except ValueError as error:
+            problems.add(ConfigError(str(error), source=source, field=f"{field}.header"))
+    allowed = value.get("allowed", [])
+    defined = sorted({tier for policy in policies for tier in policy.tiers})
+    if isinstance(allowed, str) or not isinstance(allowed, list | tuple) or not allowed:
+        problems.add(
+            ConfigError(
+                "must be a non-empty list of tier names", source=source, field=f"{field}.allowed"
+            )
+        )
+        allowed = []
+    for index, name in enumerate(allowed):
+        if not isinstance(name, str) or (not unchecked and name not in defined):
+            problems.add(
+                ConfigError(
+                    f"{name!r} is not a tier of "
+                    + ("this policy" if len(policies) == 1 else "any policy of this route")
+                    + f"; defined tiers: {', '.join(defined) or '(none)'}"
+                    + did_you_mean(name, defined),
+                    source=source,
+                    field=f"{field}.allowed[{index}]",
+                )
+            )
+    default = value.get("default")
+    if "default" in value and default not in allowed:
+        problems.add(
+            ConfigError(
+                f"{default!r} is not one of the allowed tiers ({', '.join(map(str, allowed))})",
+                source=source,
+                field=f"{field}.default",
+            )
+        )
+    problems.raise_first()
+    checked: TierEntry = {"header": str(header), "allowed": [str(name) for name in allowed]}
+    if "default" in value:
+        checked["default"] = str(default)
+    return checked
 
 
 def _unseen(name: object, names: _Names, seen: set[str], *, source: str, field: str) -> str:
