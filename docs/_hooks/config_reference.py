@@ -38,7 +38,15 @@ SECTIONS = (
         "route-limit",
         "An entry of a route's `policies`.",
     ),
+    (
+        "tierHeader",
+        "Tier selection (`tier`)",
+        "tier",
+        "A route's (or a route policy's) `tier` mapping.",
+    ),
     ("clientIp", "Client address (`client_ip`)", "client-ip", "The `client_ip` section."),
+    ("breaker", "Circuit breaker (`breaker`)", "breaker", "The `breaker` section."),
+    ("batching", "Async batching (`batching`)", "batching", "The `batching` section."),
     (
         "descriptor",
         "Descriptor entries (`domains`)",
@@ -54,6 +62,9 @@ LABELS = {
     "route": "route",
     "routeLimit": "route policy",
     "clientIp": "client address settings",
+    "tierHeader": "tier selection",
+    "breaker": "breaker settings",
+    "batching": "batching settings",
     "descriptor": "descriptor entry",
 }
 

@@ -8,6 +8,7 @@ from django.urls import path
 from ratewall.http import Header
 from ratewall.integrations.django import rate_limit
 
+# This example's own variable (its tests set it): ratewall itself reads no environment.
 STORE = os.environ.get("RATEWALL_STORE", "redis://127.0.0.1:6379/0")
 RATEWALL = {"policies": {"login": {"limit": 5, "window": "1m"}}, "store": STORE, "timeout": 0.5}
 settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["127.0.0.1"], RATEWALL=RATEWALL)

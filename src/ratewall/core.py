@@ -34,6 +34,8 @@ from .policy import Policy
 
 __all__ = [
     "CHECK",
+    "DEFAULT_BREAKER_COOLDOWN",
+    "DEFAULT_BREAKER_THRESHOLD",
     "LEASE",
     "PEEK",
     "RESET",
@@ -51,6 +53,10 @@ CHECK: Final = 0
 PEEK: Final = 1
 RESET: Final = 2
 LEASE: Final = 3  # a check that also takes a slice for this node (Policy.lease)
+#: Consecutive store failures that open the circuit breaker, and how long (seconds) it then
+#: fails calls fast before a probe call may reach the store again.
+DEFAULT_BREAKER_THRESHOLD: Final = 3
+DEFAULT_BREAKER_COOLDOWN: Final = 1.0
 
 # A store reply: allowed (0/1), remaining, reset µs, retry µs (-1 if allowed), store now µs,
 # then on refusal the key's stored state (integers); after an allowed lease, the units granted.
@@ -222,8 +228,8 @@ class Core:
         key_prefix: str = DEFAULT_PREFIX,
         local_cache_size: int = 10_000,
         local_clock: Callable[[], int],
-        breaker_threshold: int = 3,
-        breaker_cooldown: float = 1.0,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
         slot_of: Callable[[str], int] | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -279,10 +285,12 @@ class Core:
 
     # -- planning -------------------------------------------------------------------------
 
-    def _call(self, identity: str, policy: str, op: int, cost: int) -> tuple[_Compiled, Call]:
+    def _call(
+        self, identity: str, policy: str, op: int, cost: int, tier: str | None = None
+    ) -> tuple[_Compiled, Call]:
         compiled = self._compiled.get(policy)
-        if compiled is not None and compiled.special:
-            compiled = self.select(compiled, identity, None)
+        if compiled is not None and (compiled.special or tier is not None):
+            compiled = self.select(compiled, identity, tier)
         if (
             compiled is None
             or type(identity) is not str
@@ -382,9 +390,12 @@ class Core:
         return _tuple_new(Plan, (compiled, call, None, breaker.generation))
 
     def plan_many(
-        self, items: Sequence[tuple[str, str] | tuple[str, str, int]], op: int
+        self,
+        items: Sequence[tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]],
+        op: int,
     ) -> PlanMany:
-        """One request against several (identity, policy[, cost]) items, all or nothing."""
+        """One request against several (identity, policy[, cost[, tier]]) items, all or
+        nothing."""
         if not items:
             raise ValueError("check_many needs at least one (identity, policy) item")
         exempt: dict[int, Decision] = {}
@@ -393,7 +404,15 @@ class Core:
             known_policy = self._compiled.get(item[1])
             if known_policy is not None and item[0] in known_policy.exempt:
                 exempt[index] = known_policy.exit.exempt()
-            pairs.append(self._call(item[0], item[1], op, item[2] if len(item) > 2 else 1))
+            pairs.append(
+                self._call(
+                    item[0],
+                    item[1],
+                    op,
+                    item[2] if len(item) > 2 else 1,
+                    item[3] if len(item) > 3 else None,  # a tier
+                )
+            )
         compiled = tuple(pair[0] for pair in pairs)
         calls = tuple(pair[1] for pair in pairs)
         if exempt or any(c.exit.shadow for c in compiled):

@@ -18,12 +18,16 @@ class ConfigError(RatewallError, ValueError):
 
     ``source`` is the file (or ``"<policy>"`` for values given in code), ``field`` the dotted
     path of the offending field (``policies.login.limit``), ``reason`` what is wrong with it.
+
+    A config file is checked whole: the error raised is the first problem found, and
+    ``errors`` holds every problem found (itself included), sorted by field path.
     """
 
     def __init__(self, reason: str, *, source: str | None = None, field: str | None = None) -> None:
         self.source = source
         self.field = field
         self.reason = reason
+        self.errors: tuple[ConfigError, ...] = (self,)
         where = ": ".join(part for part in (source, field) if part)
         super().__init__(f"{where}: {reason}" if where else reason)
 

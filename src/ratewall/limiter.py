@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Generic, Self, TypeGuard, TypeVar
 
 from ._clock import Clock, micros_from
 from ._urls import redacted
-from .core import CHECK, PEEK, RESET, Core, Plan
+from .core import (
+    CHECK,
+    DEFAULT_BREAKER_COOLDOWN,
+    DEFAULT_BREAKER_THRESHOLD,
+    PEEK,
+    RESET,
+    Core,
+    Plan,
+)
 from .decision import Decision
 from .errors import ConfigError, StoreError
 from .keys import DEFAULT_PREFIX
@@ -59,8 +67,8 @@ class _Limiter(Generic[_StoreT]):
         clock: Clock | None = None,
         observer: Observer | None = None,
         metrics: str | None = None,
-        breaker_threshold: int = 3,
-        breaker_cooldown: float = 1.0,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
     ) -> None:
         if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
             raise ValueError(f"timeout must be seconds in (0, 3600], got {timeout!r}")
@@ -162,22 +170,41 @@ class _Limiter(Generic[_StoreT]):
         :class:`~ratewall.config.Config` already loaded).
 
         ``store`` (a URL or a store object) overrides the file's store URL (with neither,
-        the memory store is used); ``timeout`` overrides the file's store timeout, and
+        the memory store is used: per process, so not shared between workers). No
+        environment variable is read; to take the store from one, pass it:
+        ``from_config(path, os.environ.get("RATEWALL_STORE"))``. ``timeout`` overrides the
+        file's store timeout, and
         ``metrics`` its ``metrics`` setting.
         """
         from .config import Config, load_config
 
         config = path if isinstance(path, Config) else load_config(path)
+        chosen = store or config.store or "memory://"
+        timeout = config.timeout if timeout is None else timeout
         return cls(
             config.policies,
-            store or config.store or "memory://",
+            cls._configured_store(chosen, config, timeout, clock),
             key_prefix=config.key_prefix,
             local_cache_size=config.local_cache_size,
-            timeout=config.timeout if timeout is None else timeout,
+            timeout=timeout,
             clock=clock,
             observer=observer,
             metrics=config.metrics if metrics is None else metrics,
+            breaker_threshold=config.breaker.threshold,
+            breaker_cooldown=config.breaker.cooldown,
         )
+
+    @classmethod
+    def _configured_store(
+        cls,
+        store: str | Store | AsyncStore | LocalStore,
+        config: Config,
+        timeout: float,
+        clock: Clock | None,
+    ) -> str | Store | AsyncStore | LocalStore:
+        """The store ``from_config`` passes on: ``store`` itself, unless the config has
+        settings that only a store built here can take (the async ``batching`` section)."""
+        return store
 
     @property
     def policies(self) -> Mapping[str, Policy]:
@@ -217,9 +244,12 @@ class _Limiter(Generic[_StoreT]):
         return f"{type(self).__name__}(policies={sorted(self.policies)!r}, store={store!r})"
 
 
-Item = tuple[str, str] | tuple[str, str, int]
+Item = tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]
 
-_CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cost])`` items at once.
+_CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cost[, tier]])`` items.
+
+        A ``tier`` picks one of the policy's tiers, as ``check(..., tier=)`` does (``None``:
+        the policy's own limits); an unknown tier is a :class:`KeyError`.
 
         All or nothing: the request may proceed only if every returned decision is allowed;
         if any is refused, nothing is consumed, and the allowed decisions describe what
@@ -357,6 +387,29 @@ class AsyncRateLimiter(_Limiter[AsyncStore]):
     _kind = AsyncStore
     _redis = AsyncRedisStore
     _other = ("RateLimiter", Store, "a synchronous store")
+
+    @classmethod
+    def _configured_store(
+        cls,
+        store: str | Store | AsyncStore | LocalStore,
+        config: Config,
+        timeout: float,
+        clock: Clock | None,
+    ) -> str | Store | AsyncStore | LocalStore:
+        from .config import NO_BATCHING_SETTINGS
+
+        if not isinstance(store, str) or config.batching == NO_BATCHING_SETTINGS:
+            return store
+        kind, _ = parse_store_url(store)
+        if kind == "memory":
+            return store  # decides in this process: nothing to batch
+        return AsyncRedisStore(
+            store,
+            timeout=timeout,
+            clock=micros_from(clock) if clock else None,  # as __init__ does for a URL
+            max_in_flight=config.batching.max_in_flight,
+            max_batch=config.batching.max_batch,
+        )
 
     async def reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         self._reload(source)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
+from ._suggest import did_you_mean
 from .errors import ConfigError
 
 __all__ = ["ALGORITHMS", "FAILURE_MODES", "Algorithm", "FailureMode", "Policy", "parse_duration"]
@@ -211,7 +212,8 @@ class Policy:
             if key not in _VARIANT_FIELDS:
                 raise ConfigError(
                     f"unknown field {key!r}; an override or tier sets any of "
-                    f"{', '.join(_VARIANT_FIELDS)} (the rest is the policy's)",
+                    f"{', '.join(_VARIANT_FIELDS)} (the rest is the policy's)"
+                    + did_you_mean(key, _VARIANT_FIELDS),
                     source=source,
                     field=f"{field}.{key}",
                 )
@@ -238,7 +240,8 @@ class Policy:
         for key in data:
             if key not in allowed:
                 raise ConfigError(
-                    f"unknown field {key!r}; expected one of {', '.join(allowed)}",
+                    f"unknown field {key!r}; expected one of {', '.join(allowed)}"
+                    + did_you_mean(key, allowed),
                     source=source,
                     field=f"{field}.{key}",
                 )

@@ -16,11 +16,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from ratewall import ALGORITHMS, ConfigError, Policy, keys, metrics, policy
+from ratewall import ALGORITHMS, ConfigError, Policy, core, keys, metrics, policy
 from ratewall import config as loader
-from ratewall.config import load_config, parse_config
+from ratewall.config import _http, _store, load_config, parse_config
 from ratewall.policy import FAILURE_MODES, parse_duration
 from ratewall.service import descriptors
+from ratewall.stores import batching
 
 from ._blocks import Block, config_blocks
 from ._configs import ROOT, decode, schema, schema_errors
@@ -177,10 +178,13 @@ def test_the_store_schemes_are_the_codes() -> None:
 
 
 def test_the_http_sections_fields_are_the_loaders() -> None:
-    assert tuple(defs()["route"]["properties"]) == loader._ROUTE_FIELDS
-    assert tuple(defs()["routeLimit"]["properties"]) == loader._LIMIT_FIELDS
-    assert tuple(defs()["clientIp"]["properties"]) == loader._CLIENT_IP_FIELDS
+    assert tuple(defs()["route"]["properties"]) == _http._ROUTE_FIELDS
+    assert tuple(defs()["routeLimit"]["properties"]) == _http._LIMIT_FIELDS
+    assert tuple(defs()["clientIp"]["properties"]) == _http._CLIENT_IP_FIELDS
     assert tuple(defs()["onMissingIdentity"]["enum"]) == loader.ON_MISSING_IDENTITY
+    assert tuple(defs()["tierHeader"]["properties"]) == _http._TIER_FIELDS
+    assert tuple(defs()["breaker"]["properties"]) == _store._BREAKER_FIELDS
+    assert tuple(defs()["batching"]["properties"]) == _store._BATCHING_FIELDS
     assert tuple(defs()["descriptor"]["properties"]) == descriptors._DOMAIN_ENTRY_FIELDS
 
 
@@ -189,5 +193,13 @@ def test_the_schema_defaults_are_the_codes() -> None:
     assert settings["key_prefix"]["default"] == keys.DEFAULT_PREFIX
     assert settings["local_cache_size"]["default"] == loader.DEFAULT_LOCAL_CACHE_SIZE
     assert parse_duration(settings["timeout"]["default"]) == loader.DEFAULT_TIMEOUT
+    breaker, batch = defs()["breaker"]["properties"], defs()["batching"]["properties"]
+    assert breaker["threshold"]["default"] == core.DEFAULT_BREAKER_THRESHOLD
+    assert breaker["threshold"]["maximum"] == _store.MAX_BREAKER_THRESHOLD
+    assert parse_duration(breaker["cooldown"]["default"]) == core.DEFAULT_BREAKER_COOLDOWN
+    assert batch["max_in_flight"]["default"] == batching.DEFAULT_MAX_IN_FLIGHT
+    assert batch["max_in_flight"]["maximum"] == _store.MAX_IN_FLIGHT
+    assert batch["max_batch"]["default"] == batching.DEFAULT_MAX_BATCH
+    assert batch["max_batch"]["maximum"] == batching.MAX_BATCH
     assert defs()["algorithm"]["default"] == Policy(1, 1).algorithm
     assert defs()["failureMode"]["default"] == Policy(1, 1).failure_mode

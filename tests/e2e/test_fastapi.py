@@ -24,6 +24,7 @@ from ratewall.http import (
     Route,
     RouteLimit,
 )
+from ratewall.http.steps import Item
 from ratewall.integrations.fastapi import RateLimit, RateLimited, install
 from ratewall.testing import FakeClock
 
@@ -169,7 +170,7 @@ class BrokenLimiter:
         self.error = error
         self.policies = policies or POLICIES
 
-    async def check_many(self, items: Sequence[tuple[str, str, int]], /) -> list[Decision]:
+    async def check_many(self, items: Sequence[Item], /) -> list[Decision]:
         raise self.error
 
 

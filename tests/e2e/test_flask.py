@@ -23,6 +23,7 @@ from ratewall.http import (
     User,
     WSGIRateLimitMiddleware,
 )
+from ratewall.http.steps import Item
 from ratewall.integrations.flask import FlaskRateLimit
 from ratewall.testing import FakeClock
 
@@ -178,7 +179,7 @@ class BrokenLimiter:
     def __init__(self, policies: dict[str, Policy]) -> None:
         self.policies = policies
 
-    def check_many(self, items: Sequence[tuple[str, str, int]], /) -> list[Decision]:
+    def check_many(self, items: Sequence[Item], /) -> list[Decision]:
         raise RuntimeError("limiter bug")
 
 

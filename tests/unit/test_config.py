@@ -407,7 +407,8 @@ def test_unknown_setting_lists_the_settings() -> None:
     assert caught.value.field == "redis"
     assert caught.value.reason == (
         "unknown setting 'redis'; expected one of policies, store, key_prefix, "
-        "local_cache_size, timeout, failure_mode, shadow, routes, client_ip, metrics, domains"
+        "local_cache_size, timeout, failure_mode, shadow, routes, client_ip, metrics, domains, "
+        "breaker, batching"
     )
 
 

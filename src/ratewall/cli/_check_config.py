@@ -6,17 +6,24 @@ repeatable; a YAML file whose top level has a string ``domain`` is recognised as
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .._urls import redacted
-from ..config import Config, load_config
+from ..config import (
+    MAX_REPORTED,
+    NO_BATCHING_SETTINGS,
+    NO_BREAKER_SETTINGS,
+    Config,
+    load_config,
+)
 from ..errors import ConfigError
-from ._common import EXIT_OK
+from ._common import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from ..service.descriptors import DomainTable
 
-__all__ = ["describe_config", "describe_domains", "register"]
+__all__ = ["describe_config", "describe_domains", "describe_errors", "register"]
 
 
 def register(commands: Any) -> None:
@@ -24,7 +31,8 @@ def register(commands: Any) -> None:
         "check-config",
         help="validate a config file and print the policies it defines",
         description="Validate a config file (.json, .yaml/.yml or .toml) and print its "
-        "policies and settings. Exit status 2 if it is invalid.",
+        "policies and settings. If it is invalid, print every error (sorted by field path, "
+        f"at most {MAX_REPORTED}) and exit with status 2.",
     )
     check.add_argument("file", metavar="FILE", nargs="?", help="the config file to check")
     check.add_argument(
@@ -46,7 +54,14 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.file is not None and _is_envoy_config(args.file):
         envoy_files.insert(0, args.file)
     elif args.file is not None:
-        config = load_config(args.file)
+        try:
+            config = load_config(args.file)
+        except ConfigError as error:
+            if len(error.errors) == 1:
+                raise  # main prints it, as for every command
+            for line in describe_errors(error):
+                print(line, file=sys.stderr)
+            return EXIT_USAGE
         for line in describe_config(config):
             print(line)
         if config.domains is not None:
@@ -62,6 +77,17 @@ def _check_config(args: argparse.Namespace) -> int:
         for line in describe_domains(table):
             print(line)
     return EXIT_OK
+
+
+def describe_errors(error: ConfigError) -> list[str]:
+    """The lines ``check-config`` prints for an invalid file: every error, sorted by field
+    path (at most :data:`~ratewall.config.MAX_REPORTED`), then how many there were."""
+    shown = error.errors[:MAX_REPORTED]
+    lines = [f"ratewall: error: {each}" for each in shown]
+    hidden = len(error.errors) - len(shown)
+    more = f" (the first {len(shown)} shown)" if hidden else ""
+    lines.append(f"ratewall: {len(error.errors)} errors in {error.source}{more}")
+    return lines
 
 
 def _is_envoy_config(path: str) -> bool:
@@ -123,7 +149,26 @@ def describe_config(config: Config) -> list[str]:
             f"timeout = {config.timeout * 1000:g}ms",
         ]
     )
+    if config.breaker != NO_BREAKER_SETTINGS:
+        lines.append(
+            f"breaker = opens after {config.breaker.threshold} consecutive failures, "
+            f"fails fast for {config.breaker.cooldown * 1000:g}ms"
+        )
+    if config.batching != NO_BATCHING_SETTINGS:
+        lines.append(
+            f"batching = {config.batching.max_in_flight} script calls in flight, "
+            f"at most {config.batching.max_batch} decisions each (asyncio limiters)"
+        )
     for route in config.routes or ():
         names = [p if isinstance(p, str) else p.get("policy") for p in route.get("policies", ())]
-        lines.append(f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}")
+        extras = []
+        tier = route.get("tier")
+        if tier is not None:
+            extras.append(f"tier from {tier['header']}: {', '.join(tier['allowed'])}")
+        if route.get("exempt_networks"):
+            extras.append(f"exempt {', '.join(route.get('exempt_networks', []))}")
+        lines.append(
+            f"route {route.get('match')} -> {', '.join(map(str, names)) or '(exempt)'}"
+            + (f" ({'; '.join(extras)})" if extras else "")
+        )
     return lines

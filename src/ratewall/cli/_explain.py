@@ -164,9 +164,11 @@ def _report(
         return report
     step = engine.start(request)
     with_params = request._with_path_params(params) if params else request
-    checked: dict[str, tuple[str, int]] = {}
+    checked: dict[str, tuple[str, int, str | None]] = {}
     if isinstance(step, AskLimiter):
-        checked = {policy: (identity, cost) for identity, policy, cost in step.items}
+        checked = {
+            item[1]: (item[0], item[2], item[3] if len(item) > 3 else None) for item in step.items
+        }
         report["outcome"] = "checked"
     elif isinstance(step, Respond):
         report["outcome"] = f"rejected_{step.status}"
@@ -208,7 +210,7 @@ def _limit_entry(
     limit: RouteLimit,
     request: HttpRequest,
     engine: HttpEngine,
-    checked: tuple[str, int] | None,
+    checked: tuple[str, int, str | None] | None,
     *,
     rejected: bool,
 ) -> dict[str, Any]:
@@ -223,6 +225,7 @@ def _limit_entry(
         "key": None,
         "digest": None,
         "cost": limit.cost,
+        "tier": None,
     }
     try:
         value = limit.identity(request)
@@ -235,8 +238,8 @@ def _limit_entry(
         elif rejected:
             entry["derived"] = "not_checked"
         return entry
-    identity, cost = checked
-    entry["identity"], entry["cost"] = identity, cost
+    identity, cost, tier = checked
+    entry["identity"], entry["cost"], entry["tier"] = identity, cost, tier
     if isinstance(value, str) and value.strip() == identity:
         entry["derived"] = "source"
         if isinstance(limit.identity, ClientIP):
@@ -293,7 +296,9 @@ def _peek_all(config: Config, url: str, timeout: float, report: dict[str, Any]) 
         for entry in report["policies"]:
             if entry["identity"] is None:
                 continue
-            decision = limiter.peek(entry["identity"], entry["policy"], entry["cost"])
+            decision = limiter.peek(
+                entry["identity"], entry["policy"], entry["cost"], tier=entry.get("tier")
+            )
             if decision.degraded:
                 raise StoreError("the peek failed over to the policy's failure mode")
             entry.update(decision_fields(decision))

@@ -15,6 +15,7 @@ One job per module:
   :class:`APIKey`, :class:`PathParam`, and :func:`parse_identity_source`;
 - :mod:`~ratewall.http.client_ip`: :class:`ClientIP`, the client address behind trusted
   proxies;
+- :mod:`~ratewall.http.tiers`: :class:`TierHeader`, which picks a policy tier per request;
 - :mod:`~ratewall.http.headers`: the IETF RateLimit fields, ``Retry-After`` and
   ``application/problem+json`` bodies (pure functions); :mod:`~ratewall.http.wire`, what
   may be sent; :mod:`~ratewall.http.log_throttle`, failure logs that cannot flood.
@@ -33,6 +34,7 @@ from .engine import HttpEngine
 from .identities import APIKey, Header, IdentitySource, PathParam, User, parse_identity_source
 from .request import HttpRequest
 from .routes import Route, RouteLimit, RouteTable
+from .tiers import TierHeader, TierSource
 from .wsgi import WSGIRateLimitMiddleware
 
 HttpLimiter: Final = HttpEngine
@@ -51,6 +53,8 @@ __all__ = [
     "Route",
     "RouteLimit",
     "RouteTable",
+    "TierHeader",
+    "TierSource",
     "User",
     "WSGIRateLimitMiddleware",
     "parse_identity_source",

@@ -167,8 +167,8 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
                 limiter = self.limiter
                 items = step.items
                 try:
-                    if len(items) == 1 and checks_singly(limiter):
-                        answer = [await limiter.check(*items[0])]
+                    if len(items) == 1 and len(items[0]) == 3 and checks_singly(limiter):
+                        answer = [await limiter.check(*items[0])]  # no tier: (id, policy, cost)
                     else:
                         answer = await limiter.check_many(items)
                 except Exception as error:  # noqa: BLE001 - the engine applies the failure policy

@@ -240,10 +240,25 @@ class ClientIP:
     def __call__(self, request: HttpRequest) -> str | None:
         if self._trusts_nobody:
             return self._of_peer(request.client)
-        # A peer that is not an IP address (none, a unix socket path, a test client's name)
-        # is trusted only as "unix", and is its own identity when nothing better is known.
+        peer_text, client = self._resolve(request)
+        if client is None:
+            # A peer that is not an IP address (none, a unix socket path, a test client's
+            # name) is its own identity when nothing better is known.
+            return peer_text or None
+        return self._group(client)
+
+    def address(self, request: HttpRequest) -> IPAddress | None:
+        """The client's address itself (not grouped by prefix), found as for the identity:
+        the peer, or what trusted proxies say; ``None`` when no IP address is known."""
+        return self._resolve(request)[1]
+
+    def _resolve(self, request: HttpRequest) -> tuple[str, IPAddress | None]:
+        """The peer as sent (bounded) and the client address, if one is known."""
         peer_text = (request.client or "").strip()[:MAX_VALUE_LENGTH]
         peer = _parse_address(peer_text) if peer_text else None
+        if self._trusts_nobody:
+            return peer_text, peer
+        # A peer that is not an IP address is trusted only as "unix".
         trusted = self._is_trusted(peer) if peer is not None else self._trust_unix
         client = peer
         if trusted:
@@ -256,9 +271,7 @@ class ClientIP:
                 client = address
                 if not self._is_trusted(address):
                     break
-        if client is None:
-            return peer_text or None
-        return self._group(client)
+        return peer_text, client
 
     def _of_peer(self, client: str | None) -> str | None:
         """The identity of a request whose :attr:`~HttpRequest.client` is ``client``, when no

@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
+from ..config import IPNetwork
 from ..decision import Decision
 from ..errors import ConfigError, StoreError
 from ..policy import Policy
@@ -82,6 +84,14 @@ class _Reject:
 
 
 _REJECT: Final = _Reject()
+_UNRESOLVED: Final = object()  # the client address, before a limit with exemptions needs it
+
+
+def _in_networks(address: object, networks: Sequence[IPNetwork]) -> bool:
+    """Whether ``address`` (an address, or ``None``) is in one of ``networks``."""
+    if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return False
+    return any(address in network for network in networks if network.version == address.version)
 
 
 def _describe(limit: RouteLimit) -> str:
@@ -178,7 +188,14 @@ class HttpEngine:
                 )
             items: list[Item] = []
             skipped = False
+            address: object = _UNRESOLVED
             for limit in route.limits:
+                if limit.exempt_networks:
+                    if address is _UNRESOLVED:
+                        address = self._client_address(request)
+                    if _in_networks(address, limit.exempt_networks):  # type: ignore[arg-type]
+                        skipped = True
+                        continue
                 # The source is called here, not in a helper: this runs for every limit of
                 # every request, and usually simply finds the client.
                 try:
@@ -200,17 +217,61 @@ class HttpEngine:
                         "missing_identity",
                         fallback=plain_response(400, "Bad Request"),
                     )
+                elif limit.tier is not None:
+                    tier = self._tier(limit, request)
+                    items.append(
+                        (identity, limit.policy, limit.cost, tier)
+                        if tier is not None
+                        else (identity, limit.policy, limit.cost)
+                    )
                 else:
                     items.append((identity, limit.policy, limit.cost))
             if not items:
                 return PASS
             limits = route.limits  # a tuple (see Route)
             if skipped:
-                policies = {policy for _, policy, _ in items}
+                policies = {item[1] for item in items}
                 limits = tuple(limit for limit in limits if limit.policy in policies)
             return ask_limiter(request, route, limits, tuple(items))  # type: ignore[arg-type]
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return self.internal_error("start", error)
+
+    def _client_address(self, request: HttpRequest) -> object:
+        """The client address :attr:`client_ip` finds (behind trusted proxies), for
+        ``exempt_networks``; ``None`` if it finds none or fails (logged): not exempt."""
+        try:
+            return self.client_ip.address(request)
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("client_address", type(error).__name__),
+                "finding the client address for exempt_networks raised %s; limiting the request",
+                type(error).__name__,
+                exc_info=error,
+            )
+            return None
+
+    def _tier(self, limit: RouteLimit, request: HttpRequest) -> str | None:
+        """The tier ``limit``'s source picks for ``request``, if the policy defines it; else
+        ``None`` (the policy's own limits). A source that raises is logged, never raised."""
+        try:
+            tier = limit.tier(request)  # type: ignore[misc]  # the caller checked it is set
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("tier", limit.policy, type(error).__name__),
+                "tier source of policy %s raised %s; deciding with the policy's own limits",
+                limit.policy,
+                type(error).__name__,
+                exc_info=error,
+            )
+            return None
+        if tier is None:
+            return None
+        policy = self.policies.get(limit.policy)
+        if type(tier) is not str or policy is None or tier not in policy.tiers:
+            return None  # a value the policy has no tier for: its own limits
+        return tier
 
     def finish(self, check: AskLimiter, decisions: Sequence[Decision]) -> Verdict:
         """The verdict on the limiter's ``decisions`` for ``check`` (one per item)."""
@@ -373,7 +434,8 @@ class HttpEngine:
             # The usual case: every decision is shown as it is.
             return rate_limit_headers(decisions, self.policies, legacy=self.legacy_headers)
         shown: list[Decision] = []
-        for decision, (_, _, cost) in zip(decisions, check.items, strict=True):
+        for decision, item in zip(decisions, check.items, strict=True):
+            cost = item[2]
             if decision.degraded:
                 continue
             if refused and decision.allowed:

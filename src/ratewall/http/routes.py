@@ -29,6 +29,10 @@ Config files describe routes as a list, parsed by :func:`parse_routes`::
         policies: []                      # exempt
       - match: "* /api/*"
         policies: [{policy: api, identity: api_key, cost: 1, on_missing_identity: reject}]
+        tier: {header: X-Plan, allowed: [free, pro], default: free}   # a tier per request
+        exempt_networks: [10.0.0.0/8]      # clients never limited here (see ClientIP)
+
+``tier`` and ``exempt_networks`` may also be set on one policy entry of a route.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from ..config import (
     ON_MISSING_IDENTITY,
     PATH_CAPTURE,
     Config,
+    IPNetwork,
     LimitEntry,
     OnMissingIdentity,
     RouteEntry,
+    exempt_network,
     path_captures,
     validate_routes,
 )
@@ -54,6 +60,7 @@ from ..errors import ConfigError
 from ..policy import Policy
 from .client_ip import ClientIP, client_ip_from_config
 from .identities import IdentitySource, PathParam, parse_identity_source
+from .tiers import TierHeader, TierSource
 
 __all__ = [
     "ON_MISSING_IDENTITY",
@@ -82,12 +89,20 @@ class RouteLimit:
       cannot escape a limit by leaving the header out;
     - ``"reject"``: answer ``400 Bad Request`` (for APIs where the identity is mandatory);
     - ``"skip"``: do not apply this limit to the request.
+
+    ``tier`` picks the policy tier each request is decided in (a
+    :class:`~ratewall.http.TierHeader`, or any callable ``(HttpRequest) -> str | None``; see
+    :mod:`ratewall.http.tiers`). ``exempt_networks`` (CIDR strings or networks) exempts
+    clients whose address, as the engine's :class:`~ratewall.http.ClientIP` finds it behind
+    trusted proxies, is in one of them: the limit does not apply to their requests.
     """
 
     policy: str
     identity: IdentitySource
     cost: int = 1
     on_missing_identity: OnMissingIdentity = "ip"
+    tier: TierSource | None = None
+    exempt_networks: Sequence[str | IPNetwork] = ()  # a tuple of networks once made
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
@@ -104,6 +119,15 @@ class RouteLimit:
                 f"on_missing_identity must be one of {', '.join(ON_MISSING_IDENTITY)}, "
                 f"got {self.on_missing_identity!r}"
             )
+        if self.tier is not None and not callable(self.tier):
+            raise TypeError(
+                f"RouteLimit.tier must be a tier source such as TierHeader('X-Plan', ...), "
+                f"got {self.tier!r}"
+            )
+        specs: object = self.exempt_networks
+        if isinstance(specs, str) or not isinstance(specs, Iterable):
+            raise TypeError(f"exempt_networks must be a list of networks, got {specs!r}")
+        object.__setattr__(self, "exempt_networks", tuple(map(exempt_network, specs)))
 
 
 def _compile(path: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -310,6 +334,8 @@ def compile_routes(
         method, path = words if len(words) == 2 else ("*", words[0])
         route_identity = entry.get("identity", "ip")
         route_missing = entry.get("on_missing_identity", "ip")
+        route_tier = entry.get("tier")
+        route_exempt = entry.get("exempt_networks", ())
         limits: list[RouteLimit] = []
         for position, item in enumerate(entry["policies"]):
             limit: LimitEntry = {"policy": item} if isinstance(item, str) else item
@@ -319,12 +345,19 @@ def compile_routes(
                 field=f"{at}.policies[{position}].identity",
                 client_ip=client_ip,
             )
+            tier = limit.get("tier", route_tier)
             limits.append(
                 RouteLimit(
                     limit["policy"],
                     identity,
                     limit.get("cost", 1),
                     limit.get("on_missing_identity", route_missing),
+                    tier=(
+                        TierHeader(tier["header"], tier["allowed"], tier.get("default"))
+                        if tier is not None
+                        else None
+                    ),
+                    exempt_networks=limit.get("exempt_networks", route_exempt),
                 )
             )
         routes.append(Route(path, limits, method))

@@ -73,7 +73,8 @@ class Shortcut:
             if len(route.limits) == 1:
                 limit = route.limits[0]
                 source = limit.identity
-                if type(source) is ClientIP and source._trusts_nobody:
+                plain = limit.tier is None and not limit.exempt_networks
+                if type(source) is ClientIP and source._trusts_nobody and plain:
                     self._limits[id(route)] = (source, limit.policy, limit.cost)
         # A first route that takes every method and path decides every request, unmatched.
         first = routes.routes[0] if routes.routes else None

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 Headers = tuple[tuple[str, str], ...]
-Item = tuple[str, str, int]
-"""One ``check_many`` item: (identity, policy name, cost)."""
+Item = tuple[str, str, int] | tuple[str, str, int, str]
+"""One ``check_many`` item: (identity, policy name, cost), and the tier when the route
+picked one."""
 
 
 class SyncLimiter(Protocol):

@@ -49,7 +49,7 @@ _log = logging.getLogger("ratewall")
 #: The store timeout when none is given, in seconds: a limiter answers or fails fast.
 DEFAULT_TIMEOUT: Final = 0.05
 
-Item = tuple[str, str] | tuple[str, str, int]
+Item = tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .._fork import abandon, reset_in_child
 from ..core import Call, Reply, Request
@@ -19,7 +19,13 @@ from ._resp import Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
 
-__all__ = ["AsyncRedisStore"]
+__all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_IN_FLIGHT", "MAX_BATCH", "AsyncRedisStore"]
+
+#: Script calls one store keeps in flight at once, and the most calls one of them carries.
+DEFAULT_MAX_IN_FLIGHT: Final = 2
+DEFAULT_MAX_BATCH: Final = 512
+#: The largest ``max_batch`` (the argument layout of one script call holds this many).
+MAX_BATCH: Final = len(ALTERNATING)
 
 Entry = Call | Sequence[Request]  # a single call (arun_one), or the requests of one arun
 Waiter = asyncio.Future[Any]  # the reply of a single call, or the replies of an arun
@@ -51,8 +57,8 @@ class AsyncRedisStore:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] | None = None,
-        max_in_flight: int = 2,
-        max_batch: int = 512,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         if max_in_flight < 1 or not 1 <= max_batch <= len(ALTERNATING):
             raise ValueError(

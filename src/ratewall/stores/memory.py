@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryStore"]
 
-Item = tuple[str, str] | tuple[str, str, int]
+Item = tuple[str, str] | tuple[str, str, int] | tuple[str, str, int, str | None]
 # An entry: the algorithm's state and its expiry (µs), laid out as its table class likes,
 # with the expiry last.
 E = TypeVar("E", bound=Sequence[Any])
@@ -497,12 +497,19 @@ class MemoryStore:
             raise ValueError("check_many needs at least one (identity, policy) item")
         if len(items) == 1:
             item = items[0]
-            return [self.check(item[0], item[1], item[2] if len(item) > 2 else 1)]
+            tier = item[3] if len(item) > 3 else None
+            return [self.check(item[0], item[1], item[2] if len(item) > 2 else 1, tier)]
         members: list[tuple[_Table[Any], str, int]] = []
         for item in items:
             identity, policy = item[0], item[1]
             cost = item[2] if len(item) > 2 else 1
-            members.append((self._table(identity, policy, cost), identity, cost))
+            tier = item[3] if len(item) > 3 else None
+            variant = None
+            if tier is not None:
+                table = self._tables.get(policy)
+                if table is not None and type(identity) is str:
+                    variant = self._select(table, identity, tier)
+            members.append((self._table(identity, policy, cost, variant), identity, cost))
         if any(table.special or table.exit.shadow for table, _, _ in members):
             return self._check_split(members)
         return self._check_group(members)
