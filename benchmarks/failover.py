@@ -62,7 +62,10 @@ def main() -> int:
                     victim = c.primary_of(f"ratelimit:{{{tag}0}}:open")
                     alive = [n for n in c.nodes if n is not victim]
                     report = f.run(
-                        load, lambda v=victim: f.kill(v), lambda a=alive, c=c: c.healthy(a)
+                        load,
+                        lambda v=victim: f.kill(v),
+                        lambda a=alive, c=c: c.healthy(a),
+                        reader_url=c.url_via(alive[0]),
                     )
             for row in f.summary(f"{topology} ({binary.kind})", report):
                 print(row, flush=True)

@@ -214,7 +214,11 @@ class ClusterSet:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://{LOOPBACK}:{self.nodes[0].port}"
+        return self.url_via(self.nodes[0])
+
+    @staticmethod
+    def url_via(node: LocalServer) -> str:
+        return f"redis+cluster://{LOOPBACK}:{node.port}"
 
     def primary_of(self, key: str) -> LocalServer:
         with _client(self.nodes[0].port) as client:
@@ -425,10 +429,12 @@ def run(
     settle: float = 1.0,
     after: float = 2.0,
     bound: float = 60.0,
+    reader_url: str | None = None,
 ) -> Report:
     """Start the workers, kill the primary once all decide on the store and ``settle``
     seconds passed, wait (polling, at most ``bound`` s) until ``switched()``, keep the load
-    ``after`` seconds more, stop, and read what the store kept of each identity."""
+    ``after`` seconds more, stop, and read what the store kept of each identity (through
+    ``reader_url``, by default the load's: a cluster URL must not name the killed node)."""
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     ready = context.Semaphore(0)
@@ -465,7 +471,7 @@ def run(
     report = Report(killed_at, switched_after, records, limit=load.limit, workers=load.workers)
     report.timeout = load.timeout
     identities = {r[2] for r in records}
-    with AdminStore(load.url, timeout=2.0) as admin:
+    with AdminStore(reader_url or load.url, timeout=2.0) as admin:
         for m, mode in enumerate(MODES):
             for index in identities:
                 key = f"ratelimit:{{{load.tag}{index}}}:{mode}"
@@ -501,3 +507,35 @@ HEADER: Final = (
     "p99 / max ms (how many > 1.5 × timeout) | "
     "most over the limit per identity |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _node_id(port: int) -> str:
+    with _client(port) as client:
+        return _text(client.execute_command("CLUSTER", "MYID"))
+
+
+def migrate_slot(
+    cluster: ClusterSet, key: str, step: float = 0.2
+) -> tuple[LocalServer, LocalServer]:
+    """Move ``key``'s slot to another primary the way ``redis-cli --cluster reshard`` does
+    (IMPORTING, MIGRATING, MIGRATE of its keys, then SETSLOT NODE everywhere), pausing
+    ``step`` seconds between the steps so that the load meets each state (ASK included).
+    Returns (source, target)."""
+    source = cluster.primary_of(key)
+    with _client(source.port) as client:
+        slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+        primaries = {int(row[2][1]) for row in client.execute_command("CLUSTER", "SLOTS")}
+    target = next(n for n in cluster.nodes if n.port in primaries and n is not source)
+    source_id, target_id = _node_id(source.port), _node_id(target.port)
+    with _client(source.port) as src, _client(target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        time.sleep(step)  # pacing the migration under load, not waiting for an event
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+            for name in keys:
+                src.execute_command("MIGRATE", LOOPBACK, target.port, name, 0, 5000)
+                time.sleep(step)  # the load now meets ASK for the moved key
+        for node in cluster.nodes:
+            with contextlib.suppress(redis.RedisError), _client(node.port) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    return source, target

@@ -134,11 +134,39 @@ def test_cluster_down_is_answered_at_once(cluster: f.ClusterSet) -> None:
                 )
 
 
+def test_cluster_slot_migration_under_load(cluster: f.ClusterSet) -> None:
+    """One identity hammered by every worker while its slot moves to another primary
+    (MOVED and ASK on the way): every decision comes from the store, none fails, and the
+    store holds exactly what it admitted (nothing lost or counted twice in the move)."""
+    load = f.Load(
+        cluster.url, TIMEOUT, 100_000, WORKERS, 10_000.0, 0.005, f"m{uuid.uuid4().hex[:6]}_"
+    )
+    key = f"ratelimit:{{{load.tag}0}}:open"
+    moved: list[LocalServer] = []
+
+    def migrate() -> None:
+        moved.extend(f.migrate_slot(cluster, key))
+
+    report = f.run(load, migrate, lambda: cluster.primary_of(key) is moved[1], after=1.0)
+    for mode in f.MODES:
+        counts = report.counts(mode)
+        assert counts[f.STORE_ALLOWED] > 0, (mode, counts)
+        assert counts[f.STORE_ALLOWED] == sum(counts.values()), (mode, counts)
+        admitted = report.admitted(mode)[0]
+        assert report.stored[(f.MODES.index(mode), 0)] == admitted, (mode, admitted)
+        assert report.latencies(mode)[-1] <= TIMEOUT + SLACK
+
+
 def test_cluster_failover_under_load(cluster: f.ClusterSet) -> None:
     load = _load(cluster.url)
     victim = cluster.primary_of(f"ratelimit:{{{load.tag}0}}:open")
     alive = [node for node in cluster.nodes if node is not victim]
-    report = f.run(load, lambda: f.kill(victim), lambda: cluster.healthy(alive))
+    report = f.run(
+        load,
+        lambda: f.kill(victim),
+        lambda: cluster.healthy(alive),
+        reader_url=cluster.url_via(alive[0]),
+    )
     _assert_within_bounds(report)
 
 
