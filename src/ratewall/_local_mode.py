@@ -49,7 +49,7 @@ class LocalShares:
         self._lock = threading.Lock()
         # (policy name, the variant's Policy) -> its table; entries shared per policy name.
         self._tables: dict[tuple[str, Policy], _Table[Any]] = {}
-        self._entries: dict[str, dict[str, Any]] = {}
+        self._entries: dict[str, dict[str, Any]] = {}  # per policy name and algorithm
         reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -70,7 +70,9 @@ class LocalShares:
             table = table_for(
                 name, rule, LocalExit(name, rule.capacity, policy.shadow, self._observer)
             )
-            table.entries = self._entries.setdefault(name, {})
+            # Shared by the policy's variants; a reload that changes the algorithm starts
+            # afresh (one algorithm's entries are never read as another's).
+            table.entries = self._entries.setdefault(f"{name}\0{policy.algorithm}", {})
             self._tables[(name, policy)] = table
         return table
 

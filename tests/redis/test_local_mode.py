@@ -267,3 +267,19 @@ async def test_async_an_outage_enforces_the_share_and_the_store_takes_over(
         # The restarted server has no data; it never learns of the local admissions.
         assert back.source == "store"
         assert back.remaining == 5
+
+
+def test_a_reload_keeps_the_shares_and_a_new_algorithm_starts_afresh(
+    fresh_server: LocalServer,
+) -> None:
+    clock = FakeClock()
+    policy = Policy(3, WINDOW, failure_mode="local")
+    with _limiter(fresh_server.url, clock, policy) as limiter:
+        fresh_server.stop()
+        assert _admitted(limiter, "user_1", 2) == 2
+        limiter.reload({"api": {"limit": 3, "window": WINDOW, "failure_mode": "local"}})
+        assert _admitted(limiter, "user_1", 3) == 1  # the same share, carried over
+        limiter.reload(
+            {"api": {"limit": 3, "window": WINDOW, "algorithm": "gcra", "failure_mode": "local"}}
+        )
+        assert _admitted(limiter, "user_1", 5) == 3  # another algorithm's state: afresh
