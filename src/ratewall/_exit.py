@@ -18,7 +18,7 @@ from .decision import Decision, Source
 from .errors import StoreError
 from .observer import Observer
 
-__all__ = ["PolicyExit", "exit_for"]
+__all__ = ["LocalExit", "PolicyExit", "exit_for"]
 
 _MICROS: Final = 1_000_000
 _log = logging.getLogger("ratewall")
@@ -199,6 +199,59 @@ class _ObservedExit(PolicyExit):
         except Exception:  # noqa: BLE001 - an observer's bug must not change the answer
             self._failed()
         return PolicyExit.store_error(self, error)
+
+
+class LocalExit(PolicyExit):
+    """Makes the decisions of a policy's local share (``failure_mode="local"``) while the
+    store fails: the memory tables decide them through ``allowed`` and ``refused`` as they
+    do the memory store's, and they leave ``degraded``, with ``source == "local"`` and the
+    share as their ``limit``. An observer (metrics) sees each, as the other exits show it
+    theirs."""
+
+    __slots__ = ("_observer",)
+
+    def __init__(self, name: str, limit: int, shadow: bool, observer: Observer | None) -> None:
+        super().__init__(name, limit, shadow)
+        self._observer = observer
+
+    def allowed(self, remaining: int, reset_us: int, source: Source = "local") -> Decision:
+        decision = _decision(
+            True,
+            self.name,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            reset_us / _MICROS,
+            None,
+            True,
+            "local",
+        )
+        return self._shown(decision)
+
+    def refused(
+        self, remaining: int, reset_us: int, retry_us: int, source: Source = "local"
+    ) -> Decision:
+        shadowed = self.shadow
+        decision = _decision(
+            shadowed,
+            self.name,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            reset_us / _MICROS,
+            None if shadowed else retry_us / _MICROS,
+            True,
+            "local",
+            shadowed,
+        )
+        return self._shown(decision)
+
+    def _shown(self, decision: Decision) -> Decision:
+        observer = self._observer
+        if observer is not None:
+            try:
+                observer.on_decision(decision)
+            except Exception:  # noqa: BLE001 - an observer's bug must not change the answer
+                _log.exception("ratewall observer %r failed on a local decision", observer)
+        return decision
 
 
 def exit_for(name: str, limit: int, observer: Observer | None, shadow: bool = False) -> PolicyExit:

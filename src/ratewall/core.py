@@ -25,6 +25,7 @@ from typing import Final, NamedTuple, NoReturn
 from ._exit import PolicyExit, exit_for
 from ._fork import reset_in_child
 from ._leases import LeaseBook
+from ._local_mode import LocalShares
 from .algorithms import Rule, rule_for
 from .decision import Decision
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
@@ -102,7 +103,7 @@ def _compile(
         rule = rule_for(of)
         return _Compiled(
             name,
-            policy,
+            of,  # its own numbers, for the failure mode "local"; the rest is the policy's
             rule,
             rule.capacity,
             keys,
@@ -258,6 +259,8 @@ class Core:
         # On a Redis Cluster, one atomic call can only touch one hash slot.
         self._slot_of = slot_of
         self._observer = observer
+        # The failure mode "local": this process's shares, bounded like the deny cache.
+        self.local = LocalShares(local_cache_size or 10_000, local_clock, observer)
         reset_in_child(self)
 
     def reloaded(self, policies: Mapping[str, Policy]) -> Core:
@@ -273,6 +276,7 @@ class Core:
             observer=self._observer,
         )
         core._breaker = self._breaker
+        core.local = self.local  # the shares consumed in an outage outlive a reload
         return core
 
     def _after_fork_in_child(self) -> None:
@@ -383,7 +387,7 @@ class Core:
                     return _tuple_new(Plan, (compiled, call, decision, breaker.generation))
                 cache.forget(key)
         if breaker.failures and breaker.is_open(self._now()):
-            decision = self._failure_mode(compiled, _BREAKER_OPEN)
+            decision = self._failure_mode(compiled, _BREAKER_OPEN, call)
             return Plan(compiled, call, decision, breaker.generation)
         if leasing and self.leases.start(key, self._now()):
             call = call._replace(op=LEASE)
@@ -443,10 +447,7 @@ class Core:
             )
         if self._breaker.is_open(now):
             return PlanMany(
-                compiled,
-                calls,
-                [self._failure_mode(c, _BREAKER_OPEN) for c in compiled],
-                generation,
+                compiled, calls, self._failure_modes(compiled, calls, _BREAKER_OPEN), generation
             )
         return PlanMany(compiled, calls, None, generation, (calls,))
 
@@ -463,11 +464,13 @@ class Core:
         if not groups:
             return PlanMany(compiled, calls, [exempt[i] for i in range(len(calls))], generation)
         if self._breaker.is_open(self._now()):
-            decisions = [
-                exempt[i] if i in exempt else self._failure_mode(c, _BREAKER_OPEN)
-                for i, c in enumerate(compiled)
-            ]
-            return PlanMany(compiled, calls, decisions, generation)
+            asked = [i for i in range(len(calls)) if i not in exempt]
+            decided = self._failure_modes(
+                [compiled[i] for i in asked], [calls[i] for i in asked], _BREAKER_OPEN
+            )
+            decisions = dict(exempt)
+            decisions.update(zip(asked, decided, strict=True))
+            return PlanMany(compiled, calls, [decisions[i] for i in range(len(calls))], generation)
         requests = tuple(tuple(calls[i] for i in group) for group in groups)
         order = tuple(i for group in groups for i in group)
         return PlanMany(compiled, calls, None, generation, requests, order)
@@ -543,20 +546,62 @@ class Core:
         if plan.call.op == LEASE:
             self.leases.ended(plan.call.key)
         self._breaker.failed(self._now(), plan.generation, error)
-        return self._failure_mode(plan.compiled, error)
+        return self._failure_mode(plan.compiled, error, plan.call)
 
     def failure_many(self, plan: PlanMany, error: BaseException) -> list[Decision]:
         self._breaker.failed(self._now(), plan.generation, error)
         if not plan.order:
-            return [self._failure_mode(compiled, error) for compiled in plan.compiled]
-        asked = set(plan.order)
+            return self._failure_modes(plan.compiled, plan.calls, error)
+        asked = sorted(set(plan.order))
+        decided = dict(
+            zip(
+                asked,
+                self._failure_modes(
+                    [plan.compiled[i] for i in asked], [plan.calls[i] for i in asked], error
+                ),
+                strict=True,
+            )
+        )
         return [
-            self._failure_mode(compiled, error) if i in asked else compiled.exit.exempt()
+            decided[i] if i in decided else compiled.exit.exempt()
             for i, compiled in enumerate(plan.compiled)
         ]
 
-    def _failure_mode(self, compiled: _Compiled, error: BaseException) -> Decision:
+    def _failure_mode(self, compiled: _Compiled, error: BaseException, call: Call) -> Decision:
         mode = compiled.policy.failure_mode
         if mode == "raise":
             raise compiled.exit.store_error(error) from error
+        if mode == "local":
+            return self.local.decide(
+                compiled.name,
+                compiled.policy,
+                call.key,
+                PEEK if call.op == PEEK else CHECK,
+                call.cost,
+            )
         return compiled.exit.failed(mode == "open", self._breaker.cooldown / 1_000_000)
+
+    def _failure_modes(
+        self, compiled: Sequence[_Compiled], calls: Sequence[Call], error: BaseException
+    ) -> list[Decision]:
+        """The failure modes' answers to one request of several calls: the policies that
+        fail "local" decide their calls together, all or nothing, like the store would."""
+        local = [i for i, c in enumerate(compiled) if c.policy.failure_mode == "local"]
+        if not local:
+            return [
+                self._failure_mode(c, error, call) for c, call in zip(compiled, calls, strict=True)
+            ]
+        # The other policies first (a "raise" raises before anything is consumed locally).
+        others = {
+            i: self._failure_mode(c, error, calls[i])
+            for i, c in enumerate(compiled)
+            if i not in local
+        }
+        # A request another policy refuses consumes nothing here either.
+        op = CHECK if all(d.allowed for d in others.values()) else PEEK
+        shared = self.local.decide_many(
+            [(compiled[i].name, compiled[i].policy, calls[i].key, calls[i].cost) for i in local],
+            op,
+        )
+        others.update(zip(local, shared, strict=True))
+        return [others[i] for i in range(len(compiled))]

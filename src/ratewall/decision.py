@@ -9,9 +9,10 @@ __all__ = ["Decision", "Source"]
 
 #: Where an answer came from (:attr:`Decision.source`): the store (Redis/Valkey's script,
 #: or the memory store), this node's deny cache (a refusal the store already gave), units
-#: this node leased from the store earlier (``Policy.lease``), the policy's failure mode, or
-#: the policy's ``exempt`` list (always allowed, nothing stored).
-Source = Literal["store", "cache", "lease", "failure", "exempt"]
+#: this node leased from the store earlier (``Policy.lease``), the policy's failure mode, the
+#: policy's ``exempt`` list (always allowed, nothing stored), or this process's share of the
+#: limit while the store fails (``failure_mode="local"``).
+Source = Literal["store", "cache", "lease", "failure", "exempt", "local"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +24,8 @@ class Decision:
     ``retry_after`` is ``None`` when allowed, else the seconds until the same request (same
     cost) could pass if nobody else consumed anything meanwhile.
 
-    ``degraded`` is true when the store failed and the policy's ``failure_mode`` ("open" or
-    "closed") produced this answer instead of the store.
+    ``degraded`` is true when the store failed and the policy's ``failure_mode`` ("open",
+    "closed" or "local") produced this answer instead of the store.
 
     ``shadowed`` is true exactly when the request passed only because its policy is in
     shadow mode (``Policy(shadow=True)``): the policy would have refused it, and counted it
@@ -32,8 +33,10 @@ class Decision:
 
     ``source`` says where the answer came from: ``"store"``, ``"cache"`` (this node already
     knew the store refuses), ``"lease"`` (units this node leased earlier), ``"failure"``
-    (the failure mode) or ``"exempt"`` (an exempt identity). It describes the path, not the
-    answer, so it takes no part in comparisons: the same decision reached two ways is equal.
+    (the failure mode "open" or "closed"), ``"local"`` (this process's share of the limit,
+    failure mode "local"; ``limit`` is then the share) or ``"exempt"`` (an exempt
+    identity). It describes the path, not the answer, so it takes no part in comparisons:
+    the same decision reached two ways is equal.
     """
 
     allowed: bool

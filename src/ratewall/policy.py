@@ -12,10 +12,18 @@ from typing import Any, Final, Literal, get_args
 from ._suggest import did_you_mean
 from .errors import ConfigError
 
-__all__ = ["ALGORITHMS", "FAILURE_MODES", "Algorithm", "FailureMode", "Policy", "parse_duration"]
+__all__ = [
+    "ALGORITHMS",
+    "FAILURE_MODES",
+    "Algorithm",
+    "FailureMode",
+    "Policy",
+    "local_share",
+    "parse_duration",
+]
 
 Algorithm = Literal["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
-FailureMode = Literal["raise", "open", "closed"]
+FailureMode = Literal["raise", "open", "closed", "local"]
 ALGORITHMS: Final[tuple[str, ...]] = get_args(Algorithm)
 FAILURE_MODES: Final[tuple[str, ...]] = get_args(FailureMode)
 
@@ -91,8 +99,17 @@ class Policy:
     ``algorithm`` is one of :data:`ALGORITHMS`. ``burst`` is the bucket capacity of
     ``token_bucket`` and ``gcra`` (default: ``limit``); the other algorithms reject it.
     ``failure_mode`` says what a decision does when the store fails: ``"raise"`` raises
-    :class:`~ratewall.StoreError`, ``"open"`` allows, ``"closed"`` refuses. Both of the latter
-    mark the decision ``degraded``.
+    :class:`~ratewall.StoreError`, ``"open"`` allows, ``"closed"`` refuses, and ``"local"``
+    enforces this process's share of the limit in memory: ``ceil(limit / local_nodes)`` (and
+    of ``burst``) per window, with the policy's algorithm, counted per identity in a table
+    that outlives one failed call and is dropped only as its entries expire (at most
+    ``local_cache_size`` identities per policy; beyond, the oldest entry is forgotten).
+    Set ``local_nodes`` (default 1) to the number of limiter processes that share the
+    policy (every worker of every machine): with N processes, **an outage admits at most
+    ``N × ceil(limit / local_nodes)`` units per window**, plus what the store had admitted
+    in the window the outage began (the store does not learn of local admissions when it
+    returns). The three modes other than ``"raise"`` mark the decision ``degraded``; a
+    ``"local"`` one also has ``source == "local"``.
 
     ``lease`` (off by default) trades exactness for throughput on very hot keys: a node takes
     up to ``lease`` units from the store in one call and spends them locally, without a round
@@ -124,6 +141,7 @@ class Policy:
     exempt: frozenset[str] | Any = field(default=frozenset(), hash=False)
     overrides: Mapping[str, Policy] | Any = field(default_factory=dict, hash=False)
     tiers: Mapping[str, Policy] | Any = field(default_factory=dict, hash=False)
+    local_nodes: int = 1  # validated: a positive int (see failure_mode "local")
     # Derived once, used on every decision.
     window_us: int = field(init=False, repr=False, compare=False)
     capacity: int = field(init=False, repr=False, compare=False)
@@ -170,6 +188,7 @@ class Policy:
                     source=source,
                     field=at("lease"),
                 )
+        _positive_int(self.local_nodes, source=source, field=at("local_nodes"))
         window_us = round(window * 1_000_000)
         if self.algorithm == "sliding_window" and 4 * limit * (window_us // 1000) >= _EXACT:
             raise ConfigError(
@@ -221,7 +240,7 @@ class Policy:
         for name in _FIELDS:
             value = changes.get(name, getattr(self, name)) if name in _VARIANT_FIELDS else None
             object.__setattr__(variant, name, value)
-        for name in ("algorithm", "failure_mode", "lease", "shadow"):
+        for name in ("algorithm", "failure_mode", "lease", "shadow", "local_nodes"):
             object.__setattr__(variant, name, getattr(self, name))
         object.__setattr__(variant, "exempt", frozenset())
         object.__setattr__(variant, "overrides", {})
@@ -253,6 +272,7 @@ class Policy:
             "algorithm": "fixed_window",
             "failure_mode": "raise",
             "shadow": False,
+            "local_nodes": 1,
             "exempt": frozenset(),
             "overrides": {},
             "tiers": {},
@@ -269,6 +289,8 @@ class Policy:
             text += f", burst {self.burst}"
         if self.failure_mode != "raise":
             text += f", fails {self.failure_mode}"
+            if self.failure_mode == "local" and self.local_nodes > 1:
+                text += f" (1/{self.local_nodes} per process)"
         if self.lease is not None:
             text += f", leases of {self.lease}"
         if self.shadow:
@@ -293,6 +315,7 @@ _FIELDS: Final = (
     "exempt",
     "overrides",
     "tiers",
+    "local_nodes",
 )
 _VARIANT_FIELDS: Final = ("limit", "window", "burst")
 
@@ -332,6 +355,27 @@ def _variants(policy: Policy, value: object, source: str, field: str) -> Mapping
             )
         variants[name] = policy._variant(changes, source, f"{field}.{name}")
     return MappingProxyType(variants)
+
+
+def local_share(policy: Policy) -> Policy:
+    """The policy one process enforces on its own while the store fails and the policy's
+    failure mode is ``"local"``: its limit (and burst) divided by ``local_nodes``, rounded
+    up, so that a share is never zero; the window and algorithm are the policy's."""
+    nodes = policy.local_nodes
+    if nodes == 1:
+        return policy
+    share = object.__new__(Policy)
+    for name in _FIELDS:
+        object.__setattr__(share, name, getattr(policy, name))
+    object.__setattr__(share, "limit", -(-policy.limit // nodes))
+    if policy.burst is not None:
+        object.__setattr__(share, "burst", -(-policy.burst // nodes))
+    object.__setattr__(share, "lease", None)
+    object.__setattr__(share, "exempt", frozenset())
+    object.__setattr__(share, "overrides", {})
+    object.__setattr__(share, "tiers", {})
+    share._validate(_SOURCE, "")
+    return share
 
 
 def bucket_ratio(limit: int, window_us: int) -> tuple[int, int]:

@@ -145,3 +145,31 @@ def test_wsgi_with_a_dead_store(fresh_server: LocalServer) -> None:
         )
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1
+
+
+async def test_a_dead_store_with_failure_mode_local(fresh_server: LocalServer) -> None:
+    """Each process enforces its share: within it 200, beyond it 429 (the client is over its
+    share; not 503), and every answer says it was not the store's (RateLimit-Degraded)."""
+    policies = {
+        "login": Policy(6, 60, failure_mode="local", local_nodes=2),
+        "login_ip": Policy(100, 60, failure_mode="local"),
+    }
+    async with AsyncRateLimiter(
+        policies, store=fresh_server.url, clock=FakeClock(), timeout=TIMEOUT
+    ) as limiter:
+        calls = Calls()
+        app = RateLimitMiddleware(asgi_app(calls), limiter, ROUTES)
+        async with client(app) as http:
+            fresh_server.stop()
+            responses = [
+                await http.post("/login", headers={"X-User-ID": "user_123"}) for _ in range(5)
+            ]
+    assert [response.status_code for response in responses] == [200, 200, 200, 429, 429]
+    assert calls.count == 3
+    for response in responses:
+        assert '"login"' in response.headers["ratelimit-degraded"]
+        assert "ratelimit" not in response.headers  # no store numbers to show
+    refused = responses[-1]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["type"].endswith("#quota-exceeded")
+    assert refused.json()["violated-policies"] == ["login"]

@@ -63,6 +63,8 @@ def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, st
         (_decision(True, source="exempt", remaining=10), "exempt"),
         (_decision(True, source="failure", remaining=10), "failed_open"),
         (_decision(False, source="failure", remaining=0), "failed_closed"),
+        (_decision(True, source="local", remaining=3), "failed_open"),
+        (_decision(False, source="local", remaining=0), "failed_closed"),
     ],
 )
 def test_each_decision_counts_under_exactly_one_outcome(decision: Decision, outcome: str) -> None:

@@ -41,7 +41,7 @@ Settings:
     such as ``"50ms"``. Default 50 ms.
 ``failure_mode``
     What policies without their own ``failure_mode`` do when the store fails: ``raise``
-    (default), ``open`` or ``closed``.
+    (default), ``open``, ``closed`` or ``local``.
 ``shadow``
     ``true`` puts every policy without its own ``shadow`` in shadow mode: decided and
     counted, never refused (see :class:`~ratewall.Policy`).
@@ -61,8 +61,9 @@ Settings:
     policies; see :func:`ratewall.service.descriptors.parse_domains`.
 
 A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``algorithm``,
-``burst``, ``failure_mode``, ``lease``, ``shadow``, ``exempt`` (a list of identities),
-``overrides`` (identities to ``{limit, window, burst}``) and ``tiers`` (names to the same).
+``burst``, ``failure_mode``, ``lease``, ``local_nodes``, ``shadow``, ``exempt`` (a list of
+identities), ``overrides`` (identities to ``{limit, window, burst}``) and ``tiers`` (names to
+the same).
 
 Every error is a :class:`~ratewall.ConfigError` naming the file, the dotted path of the field
 (``policies.login.limit``, in both forms) and what to do about it. A file is checked whole:

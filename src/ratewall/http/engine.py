@@ -341,7 +341,9 @@ class HttpEngine:
                 return Pass(tuple(self.response_headers(check, decisions)))
             except Exception as error:  # noqa: BLE001 - the response goes out without them
                 return self.internal_error("headers", error, NO_HEADERS)
-        if any(not decision.degraded for decision in refused):
+        # A refusal of the store, or of this process's share while the store fails (the
+        # client is over that share: a 429, not a 503), else only failure modes refused.
+        if any(not decision.degraded or decision.source == "local" for decision in refused):
             return self._contained(
                 lambda: self.too_many_requests(check, decisions),
                 "too_many_requests",
@@ -449,7 +451,9 @@ class HttpEngine:
         """429 with ``Retry-After``, the RateLimit fields and a ``quota-exceeded`` problem."""
         refused = [decision for decision in decisions if not decision.allowed]
         wait = retry_after(refused)
-        names = list(dict.fromkeys(d.policy for d in refused if not d.degraded))
+        names = list(
+            dict.fromkeys(d.policy for d in refused if not d.degraded or d.source == "local")
+        )
         body = problem_body(
             status=429,
             title="Too Many Requests",
@@ -462,6 +466,9 @@ class HttpEngine:
             ("Retry-After", str(wait)),
             *self.response_headers(check, decisions),
         ]
+        degraded = [d.policy for d in decisions if d.degraded]
+        if degraded:
+            headers.append(degraded_header(degraded))
         return Respond(429, tuple(headers), body)
 
     def unavailable(self, policies: Sequence[str], wait: int) -> Respond:

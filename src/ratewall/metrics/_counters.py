@@ -287,13 +287,13 @@ class Metrics:
             source = decision.source
             if source == "exempt":
                 next(counters.exempt)
-            elif source == "failure":
+            elif source in {"failure", "local"}:  # answered without the store
                 next(counters.failed_open)
             else:
                 next(counters.allowed)
                 if decision.remaining <= decision.limit * self.near_limit:
                     next(counters.near_limit)
-        elif decision.source == "failure":
+        elif decision.source in {"failure", "local"}:
             next(counters.failed_closed)
         else:
             next(counters.limited)

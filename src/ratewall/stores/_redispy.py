@@ -8,14 +8,17 @@ backoff; a limiter must answer or fail fast and let the policy's failure mode de
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.backoff import NoBackoff
+from redis.connection import Connection, DefaultParser
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from .._urls import StoreURL, parse_url
 
 __all__ = [
+    "ClusterUnavailableError",
     "_client_options",
     "_sentinel_master",
     "_sentinel_parts",
@@ -40,6 +43,29 @@ def parse_store_url(url: str) -> tuple[str, str]:
     if parsed.kind == "cluster":
         return "cluster", ("rediss" if parsed.tls else "redis") + "://" + rest
     return parsed.kind, url
+
+
+class ClusterUnavailableError(ResponseError):
+    """A cluster node answered ``CLUSTERDOWN`` or ``TRYAGAIN`` (a failover or a slot
+    migration under way). redis-py's cluster client sleeps 0.25 s (0.05 s) and retries
+    inside the call on these, past any timeout; read as this error instead, they fail the
+    call at once, and the policy's failure mode answers."""
+
+
+class _FailFastParser(DefaultParser):  # type: ignore[misc,valid-type]  # hiredis or RESP2
+    EXCEPTION_CLASSES: ClassVar[dict[str, Any]] = {
+        **DefaultParser.EXCEPTION_CLASSES,
+        "CLUSTERDOWN": ClusterUnavailableError,
+        "TRYAGAIN": ClusterUnavailableError,
+    }
+
+
+class _FailFastConnection(Connection):
+    """A cluster node's connection whose replies are read by :class:`_FailFastParser`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["parser_class"] = _FailFastParser
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
 
 
 def _client_options(timeout: float, parsed: StoreURL | None = None) -> dict[str, Any]:
@@ -118,7 +144,13 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
         options.update(host=parsed.host, port=parsed.port)
         options.update(username=parsed.username, password=parsed.password)
         if parsed.tls is not None:
-            options["ssl"] = True
+            options["ssl"] = True  # redis-py then picks its own TLS connection class
+        elif not asynchronous:
+            # Given as a URL, the node clients get their pools from these options,
+            # connection class included (redis-py's from_url path).
+            options["connection_class"] = _FailFastConnection
+            host = options.pop("host")
+            options["url"] = f"redis://{f'[{host}]' if ':' in host else host}:{options.pop('port')}"
         if asynchronous:
             from redis.asyncio.cluster import RedisCluster as AsyncCluster
 

@@ -19,6 +19,7 @@ limiter must answer or fail fast and let the policy's failure mode decide).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,11 +61,32 @@ class RedisStore:
             self._pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
             self._close = self._pool.close
         else:
-            client = self._client = make_client(url, timeout)
-            self._script = client.register_script(SCRIPT)
-            self._close = lambda: close_client(client)
+            self._url = url
+            self._timeout = timeout
+            self._lock = threading.Lock()
+            self._close = self._close_client
             if kind == "cluster":
+                # A cluster client asks the nodes for the slot map when built: built on
+                # first use, so that a limiter constructs while the cluster is down and
+                # its calls answer per the failure mode until it is back.
                 self.slot_of = key_slot
+            else:
+                self._connect()
+
+    def _connect(self) -> Any:
+        """The redis-py client, built (and its script registered) on first use."""
+        with self._lock:
+            if self._client is None:
+                client = make_client(self._url, self._timeout)
+                self._script = client.register_script(SCRIPT)
+                self._client = client
+            return self._client
+
+    def _close_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            close_client(client)
 
     def run(self, requests: Sequence[Request]) -> list[list[Reply]]:
         """Decide each request (all or nothing) in order, in one atomic script call (one
@@ -82,6 +104,8 @@ class RedisStore:
         if self._pool is not None:
             argc, body = self._arguments.pack(*flatten(requests))
             return regroup(requests, self._pool.run_script(argc, body))
+        if self._client is None:
+            self._connect()
         keys, args = self._arguments.build(requests)
         return regroup(requests, self._script(keys=keys, args=args))
 
@@ -109,7 +133,7 @@ class RedisStore:
         if self._pool is not None:
             self._pool.command("PING")
         else:
-            self._client.ping()
+            self._connect().ping()
         seconds: float = time.perf_counter() - started
         return seconds
 
