@@ -38,7 +38,8 @@ from .tiers import TierHeader, TierSource
 from .wsgi import WSGIRateLimitMiddleware
 
 HttpLimiter: Final = HttpEngine
-"""The engine's former name: README.md still calls it ``ratewall.http.HttpLimiter``."""
+"""The engine's former name (earlier READMEs called it ``ratewall.http.HttpLimiter``), kept
+so that code written against them still imports; new code says :class:`HttpEngine`."""
 
 __all__ = [
     "APIKey",
