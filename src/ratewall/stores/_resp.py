@@ -428,12 +428,13 @@ class ConnectionPool:
         for connection in idle:
             connection.disown()
 
-    def run_script(self, argc: int, body: bytes) -> Any:
-        """Run the script on ``body`` (see :class:`Script`) and return its reply, within one
-        deadline (the store timeout) for every step: connecting, the script's recovery, the
-        fresh try on a dead pooled connection."""
+    def run_script(self, argc: int, body: bytes, script: Script | None = None) -> Any:
+        """Run the script (the pool's, or ``script``) on ``body`` (see :class:`Script`) and
+        return its reply, within one deadline (the store timeout) for every step:
+        connecting, the script's recovery, the fresh try on a dead pooled connection."""
         deadline = time.monotonic() + self.endpoint.timeout
-        script = self.script
+        if script is None:
+            script = self.script
         step = script.first_step()
         packed = script.command(step, argc, body)
         try:
@@ -534,6 +535,7 @@ class ScriptCall:
         "_finished",
         "_loop",
         "_retried",
+        "_script",
         "_step",
         "_timer",
         "_was_used",
@@ -546,6 +548,7 @@ class ScriptCall:
         argc: int,
         body: bytes,
         done: ScriptDone,
+        script: Script | None = None,
     ) -> None:
         self._connection = connection
         self._loop = loop
@@ -553,7 +556,8 @@ class ScriptCall:
         self._body = body
         self._done = done
         self._finished = False
-        self._step = connection.script.first_step()
+        self._script = connection.script if script is None else script
+        self._step = self._script.first_step()
         self._retried = False
         self._was_used = False
         self._timer: asyncio.TimerHandle | None = None
@@ -575,7 +579,7 @@ class ScriptCall:
     def _send(self) -> None:
         connection = self._connection
         self._was_used = connection.used
-        connection.send(connection.script.command(self._step, self._argc, self._body), self)
+        connection.send(self._script.command(self._step, self._argc, self._body), self)
 
     def connected(self, error: BaseException | None) -> None:
         """Called by the connection once a connection attempt made for this call ends."""
@@ -596,13 +600,13 @@ class ScriptCall:
     def set_result(self, reply: Any) -> None:
         connection = self._connection
         if isinstance(reply, ReplyError) or self._step == LOAD:
-            step = connection.script.next_step(self._step, reply)
+            step = self._script.next_step(self._step, reply)
             if step is not None:
                 # Not loaded on this server (a flush, a restart, a failover), or no functions
                 # here: the next step on the same connection, under the same deadline.
                 self._step = step
                 if connection.ready:
-                    connection.send(connection.script.command(step, self._argc, self._body), self)
+                    connection.send(self._script.command(step, self._argc, self._body), self)
                     return
                 reply = StoreConnectionError("the connection to the store is closed")
             if isinstance(reply, BaseException):
@@ -711,11 +715,17 @@ class AsyncConnection:
         cast("asyncio.Transport", self._transport).write(packed)
 
     def run_script(
-        self, argc: int, body: bytes, done: ScriptDone, deadline: float | None = None
+        self,
+        argc: int,
+        body: bytes,
+        done: ScriptDone,
+        deadline: float | None = None,
+        script: Script | None = None,
     ) -> None:
-        """Run the script on ``body`` (see :meth:`Script.evalsha`); ``done`` gets the outcome
-        by ``deadline`` (see :meth:`ScriptCall.start`). Call from the connection's loop."""
-        ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start(deadline)
+        """Run the script (the connection's, or ``script``) on ``body`` (see
+        :class:`Script`); ``done`` gets the outcome by ``deadline`` (see
+        :meth:`ScriptCall.start`). Call from the connection's loop."""
+        ScriptCall(self, asyncio.get_running_loop(), argc, body, done, script).start(deadline)
 
     def when_connected(self, call: ScriptCall | _Connected) -> None:
         """Connect (one attempt shared by every call that needs it), then tell ``call``."""

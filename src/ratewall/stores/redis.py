@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..core import Call, Reply, Request
+from ..core import Call, Reply, Request, SlotCall
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
-from ._lua import SCRIPT
+from ._lua import SCRIPT, SLOT_SCRIPT
 from ._redispy import close_client, make_client, parse_store_url
 from ._resp import ConnectionPool, Endpoint, Script
 from ._slots import key_slot, per_slot
@@ -55,12 +55,15 @@ class RedisStore:
         self._client: Any = None
         self._observer: Observer | None = None
         self.slot_of: Callable[[str], int] | None = None
+        self._slot_script: Any = None
         if kind == "redis":
             self._pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
+            self._slot_script = Script(SLOT_SCRIPT)
             self._close = self._pool.close
         else:
             client = self._client = make_client(url, timeout)
             self._script = client.register_script(SCRIPT)
+            self._slot_script = client.register_script(SLOT_SCRIPT)
             self._close = lambda: close_client(client)
             if kind == "cluster":
                 self.slot_of = key_slot
@@ -95,6 +98,20 @@ class RedisStore:
             reply: Reply = self._pool.run_script(argc, body)[0]
             return reply
         return self._run_slots(((call,),))[0][0]
+
+    def run_slot(self, call: SlotCall) -> Reply:
+        """The reply of ``lua/concurrency.lua`` to one slot operation."""
+        if self._observer is not None:
+            return timed(self._observer, 1, self._run_slot, call)
+        return self._run_slot(call)
+
+    def _run_slot(self, call: SlotCall) -> Reply:
+        if self._pool is not None:
+            argc, body = self._arguments.pack_slot(call)
+            reply: Reply = self._pool.run_script(argc, body, self._slot_script)
+            return reply
+        result: Reply = self._slot_script(keys=[call.key], args=self._arguments.slot_args(call))
+        return result
 
     def ping(self) -> float:
         """The round trip of a ``PING`` in seconds, within the store timeout; raises the
