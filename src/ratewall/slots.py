@@ -7,7 +7,7 @@ slot when its lease expires, and a live holder keeps its slot by renewing it in 
 background, every third of the lease:
 
 * sync (:class:`Slot`): one daemon thread per limiter renews every slot the limiter's
-  callers hold, and exists only while some slot is held;
+  callers hold, and exits a few seconds after none is held;
 * asyncio (:class:`AsyncSlot`): one task per held slot.
 
 A renewal that finds the lease gone (it expired: the process stalled longer than the lease,
@@ -45,6 +45,10 @@ _log = logging.getLogger("ratewall")
 #: Renewals per lease: a holder renews after a third of its lease, so two renewals in a row
 #: can fail (a store hiccup, a stalled process) before the slot is lost.
 RENEWALS_PER_LEASE: Final = 3
+
+
+#: How long the renewal thread waits for a new slot once none is held, before it exits.
+_IDLE_SECONDS: Final = 5.0
 
 
 def new_token() -> str:
@@ -228,13 +232,14 @@ class AsyncSlot(_Holder):
 
 class SlotKeeper:
     """A sync limiter's slot operations and its renewal thread (one for every slot its
-    callers hold; it exits when none is held)."""
+    callers hold; it exits a few seconds after the last one is released)."""
 
     def __init__(self, run: Callable[[SlotCall], Reply]) -> None:
         self.run = run
         self._condition = threading.Condition()
         self._due: dict[Slot, float] = {}
         self._thread: threading.Thread | None = None
+        self._wake_at = 0.0  # when the thread means to wake next (monotonic seconds)
         reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -245,13 +250,18 @@ class SlotKeeper:
 
     def renew_in_background(self, slot: Slot) -> None:
         with self._condition:
-            self._due[slot] = time.monotonic() + _interval(slot._call)
+            due = self._due[slot] = time.monotonic() + _interval(slot._call)
             if self._thread is None:
+                self._wake_at = due
                 self._thread = threading.Thread(
                     target=self._renew_loop, name="ratewall-slot-renewal", daemon=True
                 )
                 self._thread.start()
-            self._condition.notify()
+            elif due < self._wake_at:
+                # Only a slot due before the thread means to wake is worth waking it for
+                # (a thread switch per acquisition would double a slot's cost).
+                self._wake_at = due
+                self._condition.notify()
 
     def stop_renewing(self, slot: Slot) -> None:
         with self._condition:
@@ -268,12 +278,18 @@ class SlotKeeper:
             with condition:
                 while True:
                     if not self._due:
-                        self._thread = None
-                        return
+                        # Linger a while: callers that take slot after slot would otherwise
+                        # start a thread for each one.
+                        self._wake_at = time.monotonic() + _IDLE_SECONDS
+                        condition.wait(_IDLE_SECONDS)
+                        if not self._due:
+                            self._thread = None
+                            return
                     now = time.monotonic()
                     first = min(self._due.values())
                     if first <= now:
                         break
+                    self._wake_at = first
                     condition.wait(first - now)
                 ready = [slot for slot, due in self._due.items() if due <= now]
                 for slot in ready:
