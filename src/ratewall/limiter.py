@@ -462,10 +462,10 @@ class RateLimiter(_Limiter):
             plan = self._core.plan_slot(identity, policy, SLOT_ACQUIRE, new_token(), 1, tier)
             decision, granted = self._run_slot_decision(plan)
             if decision.allowed:
-                return Slot(self._keeper, plan.call, decision, granted)
+                return Slot(self._keeper, plan.call, decision, granted, self._now_us)
             wait = slot_wait(decision.retry_after, attempt, self._seconds_left(deadline))
             if wait is None:
-                return Slot(self._keeper, plan.call, decision, False)
+                return Slot(self._keeper, plan.call, decision, False, self._now_us)
             attempt += 1
             sleep(wait)
 
@@ -726,10 +726,10 @@ class AsyncRateLimiter(_Limiter):
             plan = self._core.plan_slot(identity, policy, SLOT_ACQUIRE, new_token(), 1, tier)
             decision, granted = await self._run_slot_decision(plan)
             if decision.allowed:
-                return AsyncSlot(self._arun_slot, plan.call, decision, granted)
+                return AsyncSlot(self._arun_slot, plan.call, decision, granted, self._now_us)
             wait = slot_wait(decision.retry_after, attempt, self._seconds_left(deadline))
             if wait is None:
-                return AsyncSlot(self._arun_slot, plan.call, decision, False)
+                return AsyncSlot(self._arun_slot, plan.call, decision, False, self._now_us)
             attempt += 1
             await sleep(wait)
 

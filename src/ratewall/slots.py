@@ -72,15 +72,19 @@ def _interval(call: SlotCall) -> float:
 class _Holder:
     """What both kinds of slot share: the decision, the call that names the slot, state."""
 
-    __slots__ = ("_call", "_held", "_pid", "decision")
+    __slots__ = ("_call", "_clock", "_held", "_pid", "_renewed_at", "decision")
 
-    def __init__(self, call: SlotCall, decision: Decision, held: bool) -> None:
+    def __init__(
+        self, call: SlotCall, decision: Decision, held: bool, clock: Callable[[], int]
+    ) -> None:
         #: The answer to the acquisition: a :class:`~ratewall.Decision` like any other
         #: (``remaining`` = free slots after it, ``retry_after`` = see the README).
         self.decision = decision
         self._call = call
         self._held = held
         self._pid = os.getpid()
+        self._clock = clock  # the limiter's, in µs
+        self._renewed_at = clock()  # the lease's start, as far as this process knows
 
     @property
     def allowed(self) -> bool:
@@ -96,10 +100,22 @@ class _Holder:
 
     def _renewed(self, reply: Reply) -> bool:
         if reply[0] == 1:
+            self._renewed_at = self._clock()
             return True
         if self._held:
             self._held = False
             _lost(self._call, "its lease expired before it was renewed")
+        return False
+
+    def _renewal_failed(self, error: Exception) -> bool:
+        """A renewal the store did not answer: try again next time, unless the lease has
+        run out meanwhile (then the slot is lost, and renewing stops)."""
+        if self._clock() - self._renewed_at < self._call.rule.window:
+            _log.warning("ratewall: renewing a slot of %s failed: %r", self._call.key, error)
+            return True
+        if self._held:
+            self._held = False
+            _lost(self._call, f"the store did not answer renewals for a whole lease: {error!r}")
         return False
 
     def __repr__(self) -> str:
@@ -113,8 +129,15 @@ class Slot(_Holder):
 
     __slots__ = ("_keeper",)
 
-    def __init__(self, keeper: SlotKeeper, call: SlotCall, decision: Decision, held: bool) -> None:
-        super().__init__(call, decision, held)
+    def __init__(
+        self,
+        keeper: SlotKeeper,
+        call: SlotCall,
+        decision: Decision,
+        held: bool,
+        clock: Callable[[], int],
+    ) -> None:
+        super().__init__(call, decision, held, clock)
         self._keeper = keeper
         if self._held:
             keeper.renew_in_background(self)
@@ -122,14 +145,14 @@ class Slot(_Holder):
     def renew(self) -> bool:
         """Extend the lease now (the background renewal does it on its own); whether the
         slot is still held. A store failure leaves the slot as it was (True) for the next
-        renewal to try again."""
+        renewal to try again, until a whole lease has passed without a renewal: then the
+        slot counts as lost."""
         if not self.held:
             return False
         try:
             reply = self._keeper.run(self._call._replace(op=SLOT_RENEW))
         except Exception as error:  # noqa: BLE001 - the next renewal tries again
-            _log.warning("ratewall: renewing a slot of %s failed: %r", self._call.key, error)
-            return True
+            return self._renewal_failed(error)
         return self._renewed(reply)
 
     def release(self) -> None:
@@ -174,8 +197,9 @@ class AsyncSlot(_Holder):
         call: SlotCall,
         decision: Decision,
         held: bool,
+        clock: Callable[[], int],
     ) -> None:
-        super().__init__(call, decision, held)
+        super().__init__(call, decision, held, clock)
         self._run = run
         self._renewal: asyncio.Task[None] | None = None
         if self._held:
@@ -195,8 +219,7 @@ class AsyncSlot(_Holder):
         try:
             reply = await self._run(self._call._replace(op=SLOT_RENEW))
         except Exception as error:  # noqa: BLE001 - the next renewal tries again
-            _log.warning("ratewall: renewing a slot of %s failed: %r", self._call.key, error)
-            return True
+            return self._renewal_failed(error)
         return self._renewed(reply)
 
     async def release(self) -> None:

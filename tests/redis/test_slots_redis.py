@@ -25,6 +25,7 @@ from ratewall.core import SlotCall
 from ratewall.stores import MemoryStore
 from ratewall.stores.batching import AsyncRedisStore
 from ratewall.stores.redis import RedisStore
+from ratewall.testing import FailingStore, FakeClock
 
 START_US = 1_700_000_000_000_000
 KEYS = ("ratelimit:{a}:p", "ratelimit:{b}:p")
@@ -201,3 +202,23 @@ def test_the_async_store_serves_slots_through_its_own_connection(redis_url: str)
             await store.aclose()
 
     assert asyncio.run(run()) == [1, 1, 0]  # a holder re-acquiring keeps its one slot
+
+
+def test_renewals_the_store_does_not_answer_give_up_after_a_lease(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    store = FailingStore(redis_url, failing=None, timeout=2.0)
+    policies = {"exports": Policy(1, 60, algorithm="concurrency")}
+    with RateLimiter(policies, store, clock=clock) as limiter:
+        slot = limiter.acquire_slot("c", "exports")
+        with store.failures("refuse"):
+            clock.advance(59)
+            assert slot.renew()  # within the lease (this process's clock): try again later
+            assert "renewing a slot" in caplog.text
+            clock.advance(1)
+            assert not slot.renew()  # a whole lease without an answer: lost, renewals stop
+        assert slot.held is False
+        assert "did not answer renewals for a whole lease" in caplog.text
+        slot.release()
+        store.close()
