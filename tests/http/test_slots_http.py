@@ -201,3 +201,14 @@ def test_a_limiter_that_cannot_hold_slots_is_refused_at_startup() -> None:
             RateLimiter(POLICIES),
             [Route("/x", [RouteLimit("exports", Header("X-User-ID"), cost=2)])],
         )
+
+
+def test_the_framework_integrations_refuse_concurrency_routes_at_startup() -> None:
+    from ratewall.http import HttpEngine
+    from ratewall.integrations._shared import AsyncEngineDriver, EngineDriver
+
+    engine = HttpEngine(ROUTES, POLICIES)
+    with pytest.raises(ConfigError, match="framework integrations do not hold slots"):
+        EngineDriver(engine, RateLimiter(POLICIES))
+    with pytest.raises(ConfigError, match="framework integrations do not hold slots"):
+        AsyncEngineDriver(engine, AsyncRateLimiter(POLICIES))
