@@ -29,6 +29,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final
@@ -72,7 +73,7 @@ def _interval(call: SlotCall) -> float:
 class _Holder:
     """What both kinds of slot share: the decision, the call that names the slot, state."""
 
-    __slots__ = ("_call", "_clock", "_held", "_pid", "_renewed_at", "decision")
+    __slots__ = ("__weakref__", "_call", "_clock", "_held", "_pid", "_renewed_at", "decision")
 
     def __init__(
         self, call: SlotCall, decision: Decision, held: bool, clock: Callable[[], int]
@@ -203,14 +204,9 @@ class AsyncSlot(_Holder):
         self._run = run
         self._renewal: asyncio.Task[None] | None = None
         if self._held:
-            self._renewal = asyncio.get_running_loop().create_task(self._keep())
-
-    async def _keep(self) -> None:
-        interval = _interval(self._call)
-        while self.held:
-            await asyncio.sleep(interval)
-            if not await self.renew():
-                return
+            self._renewal = asyncio.get_running_loop().create_task(
+                _keep_renewing(weakref.ref(self), _interval(call))
+            )
 
     async def renew(self) -> bool:
         """As :meth:`Slot.renew`."""
@@ -253,6 +249,17 @@ class AsyncSlot(_Holder):
         await self.release()
 
 
+async def _keep_renewing(ref: weakref.ref[AsyncSlot], interval: float) -> None:
+    """An async slot's renewals. The task holds the slot weakly: a slot its holder dropped
+    without releasing stops being renewed, and its lease frees it."""
+    while True:
+        await asyncio.sleep(interval)
+        slot = ref()
+        if slot is None or not slot.held or not await slot.renew():
+            return
+        del slot
+
+
 class SlotKeeper:
     """A sync limiter's slot operations and its renewal thread (one for every slot its
     callers hold; it exits a few seconds after the last one is released)."""
@@ -260,7 +267,9 @@ class SlotKeeper:
     def __init__(self, run: Callable[[SlotCall], Reply]) -> None:
         self.run = run
         self._condition = threading.Condition()
-        self._due: dict[Slot, float] = {}
+        # Slots held weakly: one its holder dropped without releasing stops being renewed,
+        # and its lease frees it (a forgotten slot must not be held for ever).
+        self._due: weakref.WeakKeyDictionary[Slot, float] = weakref.WeakKeyDictionary()
         self._thread: threading.Thread | None = None
         self._wake_at = 0.0  # when the thread means to wake next (monotonic seconds)
         reset_in_child(self)
@@ -268,7 +277,7 @@ class SlotKeeper:
     def _after_fork_in_child(self) -> None:
         # The parent's slots are the parent's: the child neither renews nor releases them.
         self._condition = threading.Condition()
-        self._due = {}
+        self._due = weakref.WeakKeyDictionary()
         self._thread = None
 
     def renew_in_background(self, slot: Slot) -> None:
@@ -317,7 +326,11 @@ class SlotKeeper:
                 ready = [slot for slot, due in self._due.items() if due <= now]
                 for slot in ready:
                     self._due[slot] = now + _interval(slot._call)
-            for slot in ready:
-                with contextlib.suppress(Exception):  # renew() logs its own failures
-                    if not slot.renew():
-                        self.stop_renewing(slot)
+            self._renew(ready)
+            del ready, slot  # no strong reference while waiting (see _due)
+
+    def _renew(self, ready: list[Slot]) -> None:
+        for slot in ready:
+            with contextlib.suppress(Exception):  # renew() logs its own failures
+                if not slot.renew():
+                    self.stop_renewing(slot)

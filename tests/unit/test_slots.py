@@ -7,6 +7,7 @@ script) is in tests/redis/test_slots_redis.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -319,3 +320,29 @@ async def test_a_cancelled_waiter_consumes_nothing() -> None:
         clock.advance(10)
         # A fresh window, untouched: as for an identity never seen.
         assert await limiter.peek("w", "api") == await limiter.peek("never-seen", "api")
+
+
+def test_a_slot_dropped_without_release_stops_being_renewed() -> None:
+    """A forgotten slot must not be held for ever: its renewals stop when its holder drops
+    it, and its lease frees it."""
+    clock = FakeClock()
+    limiter = _limiter(clock)
+    slot = limiter.acquire_slot("c", "exports")
+    assert limiter._keeper.held() == 1
+    del slot
+    gc.collect()
+    assert limiter._keeper.held() == 0
+    clock.advance(LEASE)
+    assert limiter.peek("c", "exports", 2).allowed
+
+
+async def test_an_async_slot_dropped_without_release_stops_its_renewal_task() -> None:
+    # A 30 ms lease: the task looks at its slot every 10 ms (real time; bounded below).
+    policies = {"exports": Policy(1, 0.03, algorithm="concurrency")}
+    async with AsyncRateLimiter(policies, clock=FakeClock()) as limiter:
+        slot = await limiter.acquire_slot("c", "exports")
+        task = slot._renewal
+        assert task is not None
+        del slot
+        gc.collect()
+        await asyncio.wait_for(task, timeout=5)
