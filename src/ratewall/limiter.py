@@ -188,7 +188,7 @@ class _Limiter:
         """The object that runs slot operations (the memory store, or the store's
         ``run_slot``/``arun_slot``); a clear TypeError for a store without them."""
         store = self._local if self._local is not None else self._store
-        if not hasattr(store, name) and not hasattr(store, "run_slot"):
+        if not hasattr(store, name):
             raise TypeError(
                 f"the store {type(store).__name__} does not support concurrency policies "
                 f"(it has no {name}); use the memory store or RedisStore/AsyncRedisStore"
@@ -442,8 +442,9 @@ class RateLimiter(_Limiter):
         """The decision of an acquire or peek, and whether the store granted it."""
         if plan.decision is not None:
             return plan.decision, False
+        store = self._slot_store("run_slot")  # outside the try: a wrong store is no outage
         try:
-            reply = self._run_slot(plan.call)
+            reply = store.run_slot(plan.call)
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.slot_failure(plan, error), False
         return self._core.decide_slot(plan, reply), reply[0] == 1
@@ -684,6 +685,7 @@ class AsyncRateLimiter(_Limiter):
         else: a slot granted meanwhile is released at once."""
         if plan.decision is not None:
             return plan.decision, False
+        self._slot_store("run_slot" if self._local is not None else "arun_slot")
         asked = asyncio.ensure_future(self._arun_slot(plan.call))
         try:
             reply = await asyncio.shield(asked)

@@ -346,3 +346,27 @@ async def test_an_async_slot_dropped_without_release_stops_its_renewal_task() ->
         del slot
         gc.collect()
         await asyncio.wait_for(task, timeout=5)
+
+
+def test_a_store_without_slot_operations_is_a_clear_type_error() -> None:
+    class OldStore:
+        slot_of = None
+
+        def run_one(self, call: object) -> object:
+            raise NotImplementedError
+
+        def run(self, requests: object) -> object:
+            raise NotImplementedError
+
+        def ping(self) -> float:
+            return 0.0
+
+        def observe(self, observer: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    limiter = RateLimiter(POLICIES, OldStore())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="does not support concurrency policies"):
+        limiter.acquire_slot("c", "exports")
