@@ -10,18 +10,23 @@ True
 from __future__ import annotations
 
 from .decision import Decision
-from .errors import ConfigError, RatewallError, StoreError
+from .errors import ConfigError, RateLimitExceeded, RatewallError, StoreError
 from .limiter import AsyncRateLimiter, RateLimiter
-from .policy import ALGORITHMS, Policy
+from .policy import ALGORITHMS, CONCURRENCY, Policy
+from .slots import AsyncSlot, Slot
 
 __all__ = [
     "ALGORITHMS",
+    "CONCURRENCY",
     "AsyncRateLimiter",
+    "AsyncSlot",
     "ConfigError",
     "Decision",
     "Policy",
+    "RateLimitExceeded",
     "RateLimiter",
     "RatewallError",
+    "Slot",
     "StoreError",
 ]
 

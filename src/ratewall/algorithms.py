@@ -26,12 +26,27 @@ with ``level == capacity*interval - (tat - now)*rate``. Their decisions are iden
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from .policy import Policy, bucket_ratio
 
-__all__ = ["ALGORITHM_CODES", "FUNCTIONS", "Outcome", "Rule", "lease", "rule_for"]
+__all__ = [
+    "ALGORITHM_CODES",
+    "CONCURRENCY_CODE",
+    "FUNCTIONS",
+    "SLOT_ACQUIRE",
+    "SLOT_PEEK",
+    "SLOT_RELEASE",
+    "SLOT_RENEW",
+    "SLOT_RESET",
+    "Outcome",
+    "Rule",
+    "SlotOutcome",
+    "lease",
+    "rule_for",
+    "slots",
+]
 
 State = Sequence[int]
 
@@ -247,7 +262,14 @@ ALGORITHM_CODES: tuple[str, ...] = (
 FUNCTIONS: tuple[Algorithm, ...] = (fixed_window, sliding_window, sliding_log, token_bucket, gcra)
 
 
+#: The rule code of ``algorithm: "concurrency"``: not one of the decision script's algorithms
+#: (slots have a script of their own, ``lua/concurrency.lua``).
+CONCURRENCY_CODE = len(ALGORITHM_CODES)
+
+
 def rule_for(policy: Policy) -> Rule:
+    if policy.algorithm == "concurrency":
+        return Rule(CONCURRENCY_CODE, policy.limit, policy.window_us, policy.limit, 1, 1, 0)
     rate, interval = bucket_ratio(policy.limit, policy.window_us)
     return Rule(
         ALGORITHM_CODES.index(policy.algorithm),
@@ -258,3 +280,64 @@ def rule_for(policy: Policy) -> Rule:
         interval,
         policy.lease or 0,
     )
+
+
+# -- concurrency slots ------------------------------------------------------------------------
+#
+# A concurrency policy's state is its holders: each a token (a random string the holder
+# made) and the time its lease expires (µs). A holder whose expiry is at or before ``now`` is
+# gone, exactly as if it had released. ``lua/concurrency.lua`` is this function's twin on a
+# sorted set (member = token, score = expiry).
+
+SLOT_ACQUIRE, SLOT_RENEW, SLOT_RELEASE, SLOT_PEEK, SLOT_RESET = range(5)
+
+
+class SlotOutcome(NamedTuple):
+    allowed: bool  # acquired, renewed, released (the token was held), or a peek that fits
+    free: int  # slots free after the operation (>= 0)
+    reset: int  # µs until every current lease has expired (0 when none is held)
+    retry: int  # refused acquire or peek: µs until enough leases expire; else -1 (renew: 0)
+    holders: dict[str, int] | None  # the holders to keep (expired ones pruned); None: unchanged
+
+
+def slots(
+    holders: Mapping[str, int], op: int, token: str, now: int, cost: int, rule: Rule
+) -> SlotOutcome:
+    """One slot operation over ``holders`` (token -> lease expiry, µs) at ``now``.
+
+    ``SLOT_ACQUIRE`` takes a slot for ``token`` if fewer than ``limit`` are held (a token
+    already holding one just renews it); ``SLOT_RENEW`` extends a held lease by ``window``
+    from now, and fails for a token whose lease expired or was never granted: an expired
+    holder is never brought back, since its slot may be someone else's by now;
+    ``SLOT_RELEASE`` gives a slot back (idempotent: releasing twice, or after expiry, does
+    nothing); ``SLOT_PEEK`` asks whether ``cost`` slots are free, changing nothing.
+    """
+    live = {t: e for t, e in holders.items() if e > now}
+    limit = rule.limit
+    expiry = now + rule.window
+    retry = -1
+    if op == SLOT_PEEK:
+        count = len(live)
+        allowed = count + cost <= limit
+        if not allowed:
+            retry = sorted(live.values())[count + cost - limit - 1] - now
+        return SlotOutcome(allowed, max(0, limit - count), _last(live, now), retry, None)
+    if op == SLOT_ACQUIRE:
+        allowed = token in live or len(live) + 1 <= limit
+        if allowed:
+            live[token] = expiry
+        else:
+            retry = min(live.values()) - now
+    elif op == SLOT_RENEW:
+        allowed = token in live
+        if allowed:
+            live[token] = expiry
+        else:
+            retry = 0
+    else:  # SLOT_RELEASE
+        allowed = live.pop(token, None) is not None
+    return SlotOutcome(allowed, max(0, limit - len(live)), _last(live, now), retry, live)
+
+
+def _last(holders: Mapping[str, int], now: int) -> int:
+    return max(holders.values()) - now if holders else 0

@@ -26,7 +26,16 @@ from ._exit import PolicyExit, exit_for
 from ._fork import reset_in_child
 from ._leases import LeaseBook
 from ._local_mode import LocalShares
-from .algorithms import Rule, rule_for
+from .algorithms import (
+    CONCURRENCY_CODE,
+    SLOT_ACQUIRE,
+    SLOT_PEEK,
+    SLOT_RELEASE,
+    SLOT_RENEW,
+    SLOT_RESET,
+    Rule,
+    rule_for,
+)
 from .decision import Decision
 from .keys import DEFAULT_PREFIX, KeyBuilder, validate_name
 from .local_cache import DenyCache
@@ -46,6 +55,8 @@ __all__ = [
     "PlanMany",
     "Reply",
     "Request",
+    "SlotCall",
+    "SlotPlan",
 ]
 
 _log = logging.getLogger("ratewall")
@@ -77,6 +88,22 @@ class Call(NamedTuple):
 Request = Sequence[Call]
 
 
+class SlotCall(NamedTuple):
+    """One operation on a concurrency policy's key (``lua/concurrency.lua``): ``op`` one of
+    ``algorithms.SLOT_*``, ``token`` the holder's, ``cost`` the slots a peek asks for."""
+
+    key: str
+    op: int
+    token: str
+    cost: int
+    rule: Rule
+
+
+#: The slot operations that make a decision (renewals and releases make none).
+_SLOT_DECISIONS: Final = (SLOT_ACQUIRE, SLOT_PEEK)
+_SLOT_OPS: Final = (SLOT_ACQUIRE, SLOT_RENEW, SLOT_RELEASE, SLOT_PEEK, SLOT_RESET)
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     name: str
@@ -105,7 +132,7 @@ def _compile(
             name,
             of,  # its own numbers, for the failure mode "local"; the rest is the policy's
             rule,
-            rule.capacity,
+            _checkable(rule),
             keys,
             exit_for(name, rule.capacity, observer, of.shadow),
         )
@@ -115,7 +142,7 @@ def _compile(
         name,
         policy,
         rule,
-        rule.capacity,
+        _checkable(rule),
         keys,
         exit_for(name, rule.capacity, observer, policy.shadow),
         bool(policy.exempt or policy.overrides or policy.tiers),
@@ -123,6 +150,13 @@ def _compile(
         {identity: variant(p) for identity, p in policy.overrides.items()},
         {tier: variant(p) for tier, p in policy.tiers.items()},
     )
+
+
+def _checkable(rule: Rule) -> int:
+    """The largest cost ``check`` accepts: none for a concurrency policy, so that the hot
+    path's cost test sends every check of one to :meth:`Core.reject` (and its clear error),
+    at no cost to the other policies."""
+    return 0 if rule.algorithm == CONCURRENCY_CODE else rule.capacity
 
 
 # Call(...) and Plan(...) go through a Python-level __new__; the hot path builds them with
@@ -135,6 +169,13 @@ class Plan(NamedTuple):
     call: Call
     decision: Decision | None  # set when the core could answer without the store
     generation: int  # the breaker's when planned (see _Breaker)
+
+
+class SlotPlan(NamedTuple):
+    compiled: _Compiled
+    call: SlotCall
+    decision: Decision | None  # set when the core could answer without the store
+    generation: int
 
 
 class PlanMany(NamedTuple):
@@ -248,6 +289,10 @@ class Core:
         self.policies: Mapping[str, Policy] = {n: c.policy for n, c in compiled.items()}
         self.rules: Mapping[str, Rule] = {n: c.rule for n, c in compiled.items()}
         self.exits: Mapping[str, PolicyExit] = {n: c.exit for n, c in compiled.items()}
+        #: The concurrency policies' names (their state is slots, not a rate).
+        self.slot_policies: frozenset[str] = frozenset(
+            n for n, c in compiled.items() if c.rule.algorithm == CONCURRENCY_CODE
+        )
         #: Each policy compiled for deciding (its rule, exit, overrides and tiers).
         self.compiled: Mapping[str, _Compiled] = compiled
         self._compiled = compiled
@@ -316,6 +361,13 @@ class Core:
         if compiled is None:
             known = ", ".join(sorted(self._compiled))
             raise KeyError(f"unknown policy {policy!r}; this limiter knows: {known}")
+        if compiled.rule.algorithm == CONCURRENCY_CODE:
+            raise ValueError(
+                f"policy {policy!r} is a concurrency policy: its limit is slots held at once, "
+                f"and a check could never give its slot back. Hold one with "
+                f"`with limiter.slot(identity, {policy!r}) as decision:` (or acquire_slot(), "
+                f"and release() when done); peek() and reset() work as for any policy"
+            )
         if type(identity) is not str:
             raise TypeError(f"identity must be a str, got {type(identity).__name__}")
         compiled = self.select(compiled, identity, tier)
@@ -475,6 +527,67 @@ class Core:
         order = tuple(i for group in groups for i in group)
         return PlanMany(compiled, calls, None, generation, requests, order)
 
+    # -- concurrency slots ----------------------------------------------------------------
+
+    def plan_slot(
+        self,
+        identity: str,
+        policy: str,
+        op: int,
+        token: str = "",
+        cost: int = 1,
+        tier: str | None = None,
+    ) -> SlotPlan:
+        """One slot operation (``algorithms.SLOT_*``) on a concurrency policy. An acquire or
+        peek may be answered here: an exempt identity (allowed, nothing stored), or the
+        failure mode while the circuit breaker is open."""
+        compiled = self._compiled.get(policy)
+        if compiled is None:
+            self.reject(identity, policy, cost)
+        if compiled.rule.algorithm != CONCURRENCY_CODE:
+            raise ValueError(
+                f"policy {policy!r} is a rate policy ({compiled.policy.algorithm}); slots need "
+                f"a policy with algorithm 'concurrency'. Use check() or acquire() for it"
+            )
+        if type(identity) is not str:
+            raise TypeError(f"identity must be a str, got {type(identity).__name__}")
+        if op not in _SLOT_OPS:
+            raise ValueError(f"unknown slot operation {op!r}")
+        exempt = identity in compiled.exempt
+        if compiled.special or tier is not None:
+            compiled = self.select(compiled, identity, tier)
+        if type(cost) is not int or not 0 < cost <= compiled.rule.limit:
+            raise ValueError(
+                f"cost must be an integer from 1 to {compiled.rule.limit} (the slots of policy "
+                f"{policy!r}), got {cost!r}"
+            )
+        key = compiled.keys.get(identity)
+        if key is None:
+            key = self._keys.key(identity, policy)
+        call = SlotCall(key, op, token, cost, compiled.rule)
+        generation = self._breaker.generation
+        decision: Decision | None = None
+        if op in _SLOT_DECISIONS:
+            if exempt:
+                decision = compiled.exit.exempt()
+            elif self._breaker.failures and self._breaker.is_open(self._now()):
+                decision = self._failure_mode(compiled, _BREAKER_OPEN)
+        return SlotPlan(compiled, call, decision, generation)
+
+    def decide_slot(self, plan: SlotPlan, reply: Reply) -> Decision:
+        """The decision of an acquire or peek from its reply (see ``lua/concurrency.lua``)."""
+        if self._breaker.failures:
+            self._breaker.succeeded()
+        exit = plan.compiled.exit
+        if reply[0] == 1:
+            return exit.allowed(reply[1], reply[2])
+        return exit.refused(reply[1], reply[2], reply[3])
+
+    def slot_failure(self, plan: SlotPlan, error: BaseException) -> Decision:
+        """The store failed on an acquire or peek: as :meth:`failure`."""
+        self._breaker.failed(self._now(), plan.generation, error)
+        return self._failure_mode(plan.compiled, error)
+
     # -- deciding -------------------------------------------------------------------------
 
     def decide(self, plan: Plan, reply: Reply) -> Decision:
@@ -567,11 +680,15 @@ class Core:
             for i, compiled in enumerate(plan.compiled)
         ]
 
-    def _failure_mode(self, compiled: _Compiled, error: BaseException, call: Call) -> Decision:
+    def _failure_mode(
+        self, compiled: _Compiled, error: BaseException, call: Call | None = None
+    ) -> Decision:
+        """The policy's failure mode's answer to ``call`` (``None`` for a slot operation: a
+        concurrency policy cannot fail "local", see :class:`~ratewall.Policy`)."""
         mode = compiled.policy.failure_mode
         if mode == "raise":
             raise compiled.exit.store_error(error) from error
-        if mode == "local":
+        if mode == "local" and call is not None:
             return self.local.decide(
                 compiled.name,
                 compiled.policy,

@@ -6,7 +6,12 @@ admit raises :class:`ValueError`. Everything else a user should catch is defined
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "RatewallError", "StoreError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .decision import Decision
+
+__all__ = ["ConfigError", "RateLimitExceeded", "RatewallError", "StoreError"]
 
 
 class RatewallError(Exception):
@@ -38,3 +43,17 @@ class StoreError(RatewallError):
     Raised only for policies whose ``failure_mode`` is ``"raise"``; the original exception is
     chained as ``__cause__``.
     """
+
+
+class RateLimitExceeded(RatewallError):  # noqa: N818 - the name users know from other limiters
+    """A call decorated with ``limiter.limited(...)`` was refused (after waiting, if it was
+    told to wait); the function was not called. ``decision`` is the refusing
+    :class:`~ratewall.Decision` (its ``retry_after`` says when to try again)."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        wait = decision.retry_after
+        super().__init__(
+            f"rate limit of policy {decision.policy!r} exceeded"
+            + (f"; retry in {wait:.3f}s" if wait is not None else "")
+        )

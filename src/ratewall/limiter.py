@@ -5,14 +5,28 @@ where observers attach."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Self, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeGuard, TypeVar
 
 from ._clock import Clock, micros_from
 from ._urls import redacted
+from ._waiting import check_timeout, rate_wait, slot_wait
+from .algorithms import SLOT_ACQUIRE, SLOT_PEEK, SLOT_RELEASE, SLOT_RESET
 from .core import (
     CHECK,
     DEFAULT_BREAKER_COOLDOWN,
@@ -21,13 +35,17 @@ from .core import (
     RESET,
     Core,
     Plan,
+    Reply,
+    SlotCall,
+    SlotPlan,
 )
 from .decision import Decision
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, RateLimitExceeded, StoreError
 from .keys import DEFAULT_PREFIX
 from .metrics import Metrics, observer_for
 from .observer import Observer
 from .policy import Policy
+from .slots import AsyncSlot, Slot, SlotKeeper, new_token
 from .stores.base import DEFAULT_TIMEOUT, AsyncStore, LocalStore, Store
 from .stores.batching import AsyncRedisStore
 from .stores.memory import MemoryStore
@@ -39,6 +57,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRateLimiter", "RateLimiter"]
 
 _log = logging.getLogger("ratewall")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Identity = str | Callable[..., str]
 
 
 #: The kind of store a facade executes calls on: Store for RateLimiter, AsyncStore for
@@ -69,6 +91,7 @@ class _Limiter(Generic[_StoreT]):
         metrics: str | None = None,
         breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
         breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
             raise ValueError(f"timeout must be seconds in (0, 3600], got {timeout!r}")
@@ -79,6 +102,10 @@ class _Limiter(Generic[_StoreT]):
                 f"breaker_cooldown must be seconds in (0, 3600], got {breaker_cooldown!r}"
             )
         local_now = micros_from(clock)
+        # Waiting mode's time: the limiter's clock, and its sleep (injectable together, so
+        # that tests wait on a FakeClock: ``sleep=clock.sleep``, or ``clock.asleep``).
+        self._now_us = local_now
+        self._sleep: Any = sleep
         # metrics="prometheus"/"otel": the process's shared counters hear every event too.
         observer, self.metrics = observer_for(metrics, observer)
         if isinstance(store, str):
@@ -210,6 +237,36 @@ class _Limiter(Generic[_StoreT]):
     def policies(self) -> Mapping[str, Policy]:
         return self._core.policies
 
+    def _seconds_left(self, deadline: int | None) -> float | None:
+        return None if deadline is None else (deadline - self._now_us()) / 1_000_000
+
+    def _deadline(self, timeout: object) -> int | None:
+        seconds = check_timeout(timeout)
+        return None if seconds is None else self._now_us() + round(seconds * 1_000_000)
+
+    def _slot_store(self, name: str) -> Any:
+        """The object that runs slot operations (the memory store, or the store's
+        ``run_slot``/``arun_slot``); a clear TypeError for a store without them."""
+        store = self._local if self._local is not None else self._store
+        if not hasattr(store, name):
+            raise TypeError(
+                f"the store {type(store).__name__} does not support concurrency policies "
+                f"(it has no {name}); use the memory store or RedisStore/AsyncRedisStore"
+            )
+        return store
+
+    def _limited_check(self, policy: str, identity: Identity, function: Callable[..., Any]) -> None:
+        """Raise the errors a ``limited`` decorator deserves at decoration time."""
+        if policy not in self._core.policies:
+            self._core.reject("", policy, 1)
+        if not isinstance(identity, str) and not callable(identity):
+            raise TypeError(
+                "identity must be a str or a callable taking the decorated function's "
+                f"arguments and returning one, got {type(identity).__name__}"
+            )
+        if not callable(function):
+            raise TypeError(f"limited() decorates a function, got {type(function).__name__}")
+
     def _reload(self, source: str | os.PathLike[str] | Mapping[str, object]) -> None:
         """Swap in the policies of ``source`` (a config file's path, or a mapping in config
         form): decisions already under way finish under the old ones, the next use the new.
@@ -273,8 +330,57 @@ def _unreachable(limiter: _Limiter[Store] | _Limiter[AsyncStore], error: Excepti
     )
 
 
-def _reset_failed(plan: Plan, error: Exception) -> StoreError:
+def _reset_failed(plan: Plan | SlotPlan, error: Exception) -> StoreError:
     return StoreError(f"reset of {plan.call.key!r} failed: {type(error).__name__}: {error}")
+
+
+def _identity_of(identity: Identity, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return identity if isinstance(identity, str) else identity(*args, **kwargs)
+
+
+_SLOT_DOC = """Hold one slot of concurrency policy ``policy`` for ``identity`` inside the block::
+
+            with limiter.slot("customer_42", "exports") as decision:
+                if decision.allowed:
+                    ...  # at most `limit` of these run at once for customer_42, everywhere
+
+        ``decision`` is a :class:`Decision`: the slot is held inside the block only when
+        ``decision.allowed``; a refusal raises nothing. The slot is released when the block
+        ends (by an exception too), and renewed in the background while it lasts.
+        ``timeout`` (seconds) waits that long at most for a slot to free (polling: slots
+        free when holders release); 0, the default, asks once. ``tier`` as for ``check``.
+        For code that cannot use a block: :meth:`acquire_slot`."""
+
+_ACQUIRE_SLOT_DOC = """Take a slot as :meth:`slot` does, and return it held (when
+        ``slot.allowed``) until ``slot.release()``, which is idempotent and never raises; the
+        slot renews itself in the background meanwhile. The returned slot is also a context
+        manager that releases on exit."""
+
+_ACQUIRE_DOC = """Wait until ``cost`` units of rate policy ``policy`` are consumed for
+        ``identity``, and return the allowed :class:`Decision`; or return the refusing one
+        as soon as waiting longer would pass ``timeout`` seconds (``None``: no limit; 0:
+        ask once). Never sleeps past the timeout.
+
+        A refused waiter sleeps for the decision's ``retry_after`` plus a small random
+        jitter (at most 10% of it, and 50 ms), then asks again. Waiters are not served in
+        arrival order: see the README's "Waiting mode". A failing store answers per the
+        policy's failure mode (``"closed"`` refusals are waited out like any other)."""
+
+_LIMITED_DOC = """A decorator that limits every call of the function it decorates::
+
+            @limiter.limited("partner_api", identity="all-workers", wait=30)
+            def call_partner(...): ...
+
+            @limiter.limited("exports", identity=lambda customer, **_: customer)
+            def export(customer, ...): ...
+
+        ``identity`` is a str, or a callable given the call's arguments that returns one.
+        A rate policy consumes ``cost`` units per call, waiting up to ``wait`` seconds for
+        them (:meth:`acquire`; 0, the default, asks once); a concurrency policy holds one
+        slot for the duration of the call (waiting as :meth:`slot`). When the call is
+        refused, the function is not called and :class:`~ratewall.RateLimitExceeded` is
+        raised, carrying the decision. A :class:`RateLimiter` decorates plain functions, an
+        :class:`AsyncRateLimiter` coroutine functions."""
 
 
 class RateLimiter(_Limiter[Store]):
@@ -318,16 +424,30 @@ class RateLimiter(_Limiter[Store]):
     def peek(
         self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
     ) -> Decision:
-        """The decision :meth:`check` would give now, consuming nothing."""
+        """The decision :meth:`check` would give now, consuming nothing (for a concurrency
+        policy: whether ``cost`` slots are free now)."""
+        if policy in self._core.slot_policies:
+            return self._run_slot_decision(
+                self._core.plan_slot(identity, policy, SLOT_PEEK, "", cost, tier)
+            )[0]
         if self._local is not None:
             return self._local.peek(identity, policy, cost, tier)
         return self._decide(self._core.plan(identity, policy, PEEK, cost, tier))
 
     def reset(self, identity: str, policy: str) -> None:
         """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
+        For a concurrency policy: every slot of ``identity`` is free again (holders lose
+        theirs: their next renewal fails).
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
+        if policy in self._core.slot_policies:
+            slot_plan = self._core.plan_slot(identity, policy, SLOT_RESET)
+            try:
+                self._slot_store("run_slot").run_slot(slot_plan.call)
+            except Exception as error:
+                raise _reset_failed(slot_plan, error) from error
+            return
         if self._local is not None:
             self._local.reset(identity, policy)
             return
@@ -361,6 +481,118 @@ class RateLimiter(_Limiter[Store]):
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)
+
+    # -- concurrency slots and waiting ----------------------------------------------------
+
+    def _run_slot(self, call: SlotCall) -> Reply:
+        reply: Reply = self._slot_store("run_slot").run_slot(call)
+        return reply
+
+    def _run_slot_decision(self, plan: SlotPlan) -> tuple[Decision, bool]:
+        """The decision of an acquire or peek, and whether the store granted it."""
+        if plan.decision is not None:
+            return plan.decision, False
+        store = self._slot_store("run_slot")  # outside the try: a wrong store is no outage
+        try:
+            reply = store.run_slot(plan.call)
+        except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
+            return self._core.slot_failure(plan, error), False
+        return self._core.decide_slot(plan, reply), reply[0] == 1
+
+    @functools.cached_property
+    def _keeper(self) -> SlotKeeper:
+        return SlotKeeper(self._run_slot)
+
+    def acquire_slot(
+        self, identity: str, policy: str, *, tier: str | None = None, timeout: float = 0.0
+    ) -> Slot:
+        deadline = self._deadline(timeout)
+        sleep = self._sleep or time.sleep
+        attempt = 0
+        while True:
+            plan = self._core.plan_slot(identity, policy, SLOT_ACQUIRE, new_token(), 1, tier)
+            decision, granted = self._run_slot_decision(plan)
+            if decision.allowed:
+                return Slot(self._keeper, plan.call, decision, granted, self._now_us)
+            wait = slot_wait(decision.retry_after, attempt, self._seconds_left(deadline))
+            if wait is None:
+                return Slot(self._keeper, plan.call, decision, False, self._now_us)
+            attempt += 1
+            sleep(wait)
+
+    acquire_slot.__doc__ = _ACQUIRE_SLOT_DOC
+
+    @contextlib.contextmanager
+    def slot(
+        self, identity: str, policy: str, *, tier: str | None = None, timeout: float = 0.0
+    ) -> Iterator[Decision]:
+        held = self.acquire_slot(identity, policy, tier=tier, timeout=timeout)
+        try:
+            yield held.decision
+        finally:
+            held.release()
+
+    slot.__doc__ = _SLOT_DOC
+
+    def acquire(
+        self,
+        identity: str,
+        policy: str,
+        cost: int = 1,
+        *,
+        timeout: float | None = None,
+        tier: str | None = None,
+    ) -> Decision:
+        deadline = self._deadline(timeout)
+        sleep = self._sleep or time.sleep
+        while True:
+            decision = self.check(identity, policy, cost, tier=tier)
+            if decision.allowed:
+                return decision
+            wait = rate_wait(decision.retry_after, self._seconds_left(deadline))
+            if wait is None:
+                return decision
+            sleep(wait)
+
+    acquire.__doc__ = _ACQUIRE_DOC
+
+    def limited(
+        self,
+        policy: str,
+        *,
+        identity: Identity,
+        cost: int = 1,
+        wait: float = 0.0,
+        tier: str | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        check_timeout(wait)
+
+        def decorate(function: Callable[P, R]) -> Callable[P, R]:
+            self._limited_check(policy, identity, function)
+            if inspect.iscoroutinefunction(function):
+                raise TypeError(
+                    f"{function.__qualname__} is a coroutine function: decorate it with an "
+                    "AsyncRateLimiter's limited()"
+                )
+
+            @functools.wraps(function)
+            def limited_call(*args: P.args, **kwargs: P.kwargs) -> R:
+                who = _identity_of(identity, args, kwargs)
+                if policy in self._core.slot_policies:
+                    with self.slot(who, policy, tier=tier, timeout=wait) as decision:
+                        if not decision.allowed:
+                            raise RateLimitExceeded(decision)
+                        return function(*args, **kwargs)
+                decision = self.acquire(who, policy, cost, timeout=wait, tier=tier)
+                if not decision.allowed:
+                    raise RateLimitExceeded(decision)
+                return function(*args, **kwargs)
+
+            return limited_call
+
+        return decorate
+
+    limited.__doc__ = _LIMITED_DOC
 
     def close(self) -> None:
         """Release the store's connections. The limiter must not be used afterwards."""
@@ -449,16 +681,29 @@ class AsyncRateLimiter(_Limiter[AsyncStore]):
     async def peek(
         self, identity: str, policy: str, cost: int = 1, *, tier: str | None = None
     ) -> Decision:
-        """The decision :meth:`check` would give now, consuming nothing."""
+        """The decision :meth:`check` would give now, consuming nothing (for a concurrency
+        policy: whether ``cost`` slots are free now)."""
+        if policy in self._core.slot_policies:
+            plan = self._core.plan_slot(identity, policy, SLOT_PEEK, "", cost, tier)
+            return (await self._run_slot_decision(plan))[0]
         if self._local is not None:
             return self._local.peek(identity, policy, cost, tier)
         return await self._decide(self._core.plan(identity, policy, PEEK, cost, tier))
 
     async def reset(self, identity: str, policy: str) -> None:
         """Forget ``identity``'s state for ``policy`` (everywhere, and in this node's cache).
+        For a concurrency policy: every slot of ``identity`` is free again (holders lose
+        theirs: their next renewal fails).
 
         Raises :class:`StoreError` if the store fails, whatever the failure mode.
         """
+        if policy in self._core.slot_policies:
+            slot_plan = self._core.plan_slot(identity, policy, SLOT_RESET)
+            try:
+                await self._arun_slot(slot_plan.call)
+            except Exception as error:
+                raise _reset_failed(slot_plan, error) from error
+            return
         if self._local is not None:
             self._local.reset(identity, policy)
             return
@@ -492,6 +737,152 @@ class AsyncRateLimiter(_Limiter[AsyncStore]):
         except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
             return self._core.failure(plan, error)
         return self._core.decide(plan, reply)
+
+    # -- concurrency slots and waiting ----------------------------------------------------
+
+    async def _arun_slot(self, call: SlotCall) -> Reply:
+        if self._local is not None:
+            return self._slot_store("run_slot").run_slot(call)  # type: ignore[no-any-return]
+        reply: Reply = await self._slot_store("arun_slot").arun_slot(call)
+        return reply
+
+    async def _run_slot_decision(self, plan: SlotPlan) -> tuple[Decision, bool]:
+        """The decision of an acquire or peek, and whether the store granted it. A caller
+        cancelled while the store decides an acquire gets nothing, and neither does anyone
+        else: a slot granted meanwhile is released at once."""
+        if plan.decision is not None:
+            return plan.decision, False
+        self._slot_store("run_slot" if self._local is not None else "arun_slot")
+        asked = asyncio.ensure_future(self._arun_slot(plan.call))
+        try:
+            reply = await asyncio.shield(asked)
+        except asyncio.CancelledError:
+            if plan.call.op == SLOT_ACQUIRE:
+                asked.add_done_callback(functools.partial(self._give_back, plan.call))
+            raise
+        except Exception as error:  # noqa: BLE001 - the policy's failure mode handles any failure
+            return self._core.slot_failure(plan, error), False
+        return self._core.decide_slot(plan, reply), reply[0] == 1
+
+    def _give_back(self, call: SlotCall, asked: asyncio.Future[Reply]) -> None:
+        """Release a slot granted to a caller that was cancelled meanwhile."""
+        if asked.cancelled() or asked.exception() is not None or asked.result()[0] != 1:
+            return
+        task = asyncio.ensure_future(self._arun_slot(call._replace(op=SLOT_RELEASE)))
+        self._giving_back.add(task)
+        task.add_done_callback(self._gave_back)
+
+    def _gave_back(self, task: asyncio.Future[Reply]) -> None:
+        self._giving_back.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning(
+                "ratewall: releasing the slot of a cancelled acquisition failed (%r); it frees "
+                "itself when its lease expires",
+                task.exception(),
+            )
+
+    @functools.cached_property
+    def _giving_back(self) -> set[asyncio.Future[Reply]]:
+        return set()
+
+    async def acquire_slot(
+        self, identity: str, policy: str, *, tier: str | None = None, timeout: float = 0.0
+    ) -> AsyncSlot:
+        deadline = self._deadline(timeout)
+        sleep = self._sleep or asyncio.sleep
+        attempt = 0
+        while True:
+            plan = self._core.plan_slot(identity, policy, SLOT_ACQUIRE, new_token(), 1, tier)
+            decision, granted = await self._run_slot_decision(plan)
+            if decision.allowed:
+                return AsyncSlot(self._arun_slot, plan.call, decision, granted, self._now_us)
+            wait = slot_wait(decision.retry_after, attempt, self._seconds_left(deadline))
+            if wait is None:
+                return AsyncSlot(self._arun_slot, plan.call, decision, False, self._now_us)
+            attempt += 1
+            await sleep(wait)
+
+    acquire_slot.__doc__ = _ACQUIRE_SLOT_DOC
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, identity: str, policy: str, *, tier: str | None = None, timeout: float = 0.0
+    ) -> AsyncIterator[Decision]:
+        held = await self.acquire_slot(identity, policy, tier=tier, timeout=timeout)
+        try:
+            yield held.decision
+        finally:
+            await held.release()
+
+    slot.__doc__ = _SLOT_DOC.replace("with limiter", "async with limiter")
+
+    async def acquire(
+        self,
+        identity: str,
+        policy: str,
+        cost: int = 1,
+        *,
+        timeout: float | None = None,
+        tier: str | None = None,
+    ) -> Decision:
+        deadline = self._deadline(timeout)
+        sleep = self._sleep or asyncio.sleep
+        while True:
+            decision = await self.check(identity, policy, cost, tier=tier)
+            if decision.allowed:
+                return decision
+            wait = rate_wait(decision.retry_after, self._seconds_left(deadline))
+            if wait is None:
+                return decision
+            await sleep(wait)  # cancelled here: nothing was consumed
+
+    acquire.__doc__ = (
+        _ACQUIRE_DOC
+        + """
+
+        Cancelling a waiter consumes nothing: it is either sleeping (nothing taken) or
+        inside one store round trip, as any cancelled ``check`` would be."""
+    )
+
+    def limited(
+        self,
+        policy: str,
+        *,
+        identity: Identity,
+        cost: int = 1,
+        wait: float = 0.0,
+        tier: str | None = None,
+    ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        check_timeout(wait)
+
+        def decorate(
+            function: Callable[P, Coroutine[Any, Any, R]],
+        ) -> Callable[P, Coroutine[Any, Any, R]]:
+            self._limited_check(policy, identity, function)
+            if not inspect.iscoroutinefunction(function):
+                raise TypeError(
+                    f"{getattr(function, '__qualname__', function)!r} is not a coroutine "
+                    "function: decorate it with a RateLimiter's limited()"
+                )
+
+            @functools.wraps(function)
+            async def limited_call(*args: P.args, **kwargs: P.kwargs) -> R:
+                who = _identity_of(identity, args, kwargs)
+                if policy in self._core.slot_policies:
+                    async with self.slot(who, policy, tier=tier, timeout=wait) as decision:
+                        if not decision.allowed:
+                            raise RateLimitExceeded(decision)
+                        return await function(*args, **kwargs)
+                decision = await self.acquire(who, policy, cost, timeout=wait, tier=tier)
+                if not decision.allowed:
+                    raise RateLimitExceeded(decision)
+                return await function(*args, **kwargs)
+
+            return limited_call
+
+        return decorate
+
+    limited.__doc__ = _LIMITED_DOC
 
     async def aclose(self) -> None:
         """Release the store's connections. The limiter must not be used afterwards."""

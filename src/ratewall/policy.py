@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ALGORITHMS",
+    "CONCURRENCY",
     "FAILURE_MODES",
     "Algorithm",
     "FailureMode",
@@ -22,9 +23,15 @@ __all__ = [
     "parse_duration",
 ]
 
-Algorithm = Literal["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
+RateAlgorithm = Literal["fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"]
+Algorithm = RateAlgorithm | Literal["concurrency"]
 FailureMode = Literal["raise", "open", "closed", "local"]
-ALGORITHMS: Final[tuple[str, ...]] = get_args(Algorithm)
+#: The rate algorithms: those :meth:`~ratewall.RateLimiter.check` decides.
+ALGORITHMS: Final[tuple[str, ...]] = get_args(RateAlgorithm)
+#: The one algorithm that is not a rate: at most ``limit`` slots held at once, each a lease
+#: of ``window`` seconds (see :meth:`~ratewall.RateLimiter.slot`).
+CONCURRENCY: Final = "concurrency"
+_KNOWN_ALGORITHMS: Final = (*ALGORITHMS, CONCURRENCY)
 FAILURE_MODES: Final[tuple[str, ...]] = get_args(FailureMode)
 
 # Every algorithm's arithmetic runs on integers both in Python and in Redis' Lua, whose numbers
@@ -96,7 +103,9 @@ def _positive_int(value: object, *, source: str, field: str) -> int:
 class Policy:
     """``limit`` units per ``window`` (seconds, or a duration string such as ``"1m"``).
 
-    ``algorithm`` is one of :data:`ALGORITHMS`. ``burst`` is the bucket capacity of
+    ``algorithm`` is one of :data:`ALGORITHMS`, or :data:`CONCURRENCY` (``"concurrency"``):
+    at most ``limit`` slots held at once per identity, ``window`` being each slot's lease
+    (see :meth:`~ratewall.RateLimiter.slot`). ``burst`` is the bucket capacity of
     ``token_bucket`` and ``gcra`` (default: ``limit``); the other algorithms reject it.
     ``failure_mode`` says what a decision does when the store fails: ``"raise"`` raises
     :class:`~ratewall.StoreError`, ``"open"`` allows, ``"closed"`` refuses, and ``"local"``
@@ -133,7 +142,7 @@ class Policy:
 
     limit: int
     window: float | str  # normalised to float seconds on construction
-    algorithm: Algorithm | str = "fixed_window"  # validated: one of ALGORITHMS
+    algorithm: Algorithm | str = "fixed_window"  # validated: ALGORITHMS or CONCURRENCY
     burst: int | None = None
     failure_mode: FailureMode | str = "raise"  # validated: one of FAILURE_MODES
     lease: int | None = None
@@ -155,9 +164,10 @@ class Policy:
 
         limit = _positive_int(self.limit, source=source, field=at("limit"))
         window = parse_duration(self.window, source=source, field=at("window"))
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in _KNOWN_ALGORITHMS:
             raise ConfigError(
-                f"unknown algorithm {self.algorithm!r}; expected one of {', '.join(ALGORITHMS)}",
+                f"unknown algorithm {self.algorithm!r}; expected one of "
+                f"{', '.join(_KNOWN_ALGORITHMS)}",
                 source=source,
                 field=at("algorithm"),
             )
@@ -179,6 +189,21 @@ class Policy:
             if self.burst is None
             else _positive_int(self.burst, source=source, field=at("burst"))
         )
+        if self.failure_mode == "local" and self.algorithm == CONCURRENCY:
+            raise ConfigError(
+                "failure_mode 'local' (a share of the rate in each process) applies to rate "
+                "algorithms; give this concurrency policy its own failure_mode: raise, open or "
+                "closed",
+                source=source,
+                field=at("failure_mode"),
+            )
+        if self.lease is not None and self.algorithm == CONCURRENCY:
+            raise ConfigError(
+                "lease (units taken ahead for local spending) applies to rate algorithms; a "
+                "concurrency policy's window is already the lease each slot holder gets",
+                source=source,
+                field=at("lease"),
+            )
         if self.lease is not None:
             lease = _positive_int(self.lease, source=source, field=at("lease"))
             if lease > capacity:
@@ -284,7 +309,11 @@ class Policy:
 
     def describe(self) -> str:
         """A one-line human summary, e.g. ``5 per 1m (fixed_window)``."""
-        text = f"{self.limit} per {format_duration(self.window_us / 1_000_000)} ({self.algorithm}"
+        window = format_duration(self.window_us / 1_000_000)
+        if self.algorithm == CONCURRENCY:
+            text = f"{self.limit} at once, leases of {window} ({self.algorithm}"
+        else:
+            text = f"{self.limit} per {window} ({self.algorithm}"
         if self.burst is not None:
             text += f", burst {self.burst}"
         if self.failure_mode != "raise":

@@ -31,7 +31,7 @@ from .stores.batching import AsyncRedisStore
 from .stores.redis import RedisStore
 
 if TYPE_CHECKING:
-    from .core import Call, Reply, Request
+    from .core import Call, Reply, Request, SlotCall
     from .observer import Observer
 
 __all__ = ["DecisionCapture", "FailingStore", "FakeClock", "memory_limiter"]
@@ -59,6 +59,18 @@ class FakeClock:
     def set(self, now: float) -> None:
         with self._lock:
             self._now = now
+
+    def sleep(self, seconds: float) -> None:
+        """Advance by ``seconds`` at once: pass ``sleep=clock.sleep`` to a
+        :class:`~ratewall.RateLimiter` so that its waiting (``acquire``, slots with a
+        timeout) takes no real time."""
+        self.advance(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """The same for an :class:`~ratewall.AsyncRateLimiter` (``sleep=clock.asleep``). It
+        still yields to the event loop once, as a real sleep would."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
 
 def memory_limiter(
@@ -180,6 +192,12 @@ class FailingStore:
         self.calls += 1
         return self._synchronous().run(requests)
 
+    def run_slot(self, call: SlotCall) -> Reply:
+        if self.failing is not None:
+            raise self._failed()
+        self.calls += 1
+        return self._synchronous().run_slot(call)  # type: ignore[attr-defined, no-any-return]
+
     def ping(self) -> float:
         if self.failing is not None:
             raise self._failed()
@@ -222,6 +240,13 @@ class FailingStore:
             raise await self._afailed()
         self.calls += 1
         return await self._asynchronous().arun(requests)
+
+    async def arun_slot(self, call: SlotCall) -> Reply:
+        if self.failing is not None:
+            raise await self._afailed()
+        self.calls += 1
+        store = self._asynchronous()
+        return await store.arun_slot(call)  # type: ignore[attr-defined, no-any-return]
 
     async def aping(self) -> float:
         if self.failing is not None:

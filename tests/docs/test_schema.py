@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from ratewall import ALGORITHMS, ConfigError, Policy, core, keys, metrics, policy
+from ratewall import ALGORITHMS, CONCURRENCY, ConfigError, Policy, core, keys, metrics, policy
 from ratewall import config as loader
 from ratewall.config import _http, _store, load_config, parse_config
 from ratewall.policy import FAILURE_MODES, parse_duration
@@ -163,7 +163,7 @@ def test_the_policy_fields_are_the_policys() -> None:
 
 
 def test_the_algorithms_and_failure_modes_are_the_codes() -> None:
-    assert tuple(defs()["algorithm"]["enum"]) == ALGORITHMS
+    assert tuple(defs()["algorithm"]["enum"]) == (*ALGORITHMS, CONCURRENCY)
     assert tuple(defs()["failureMode"]["enum"]) == FAILURE_MODES
     assert [value for value in defs()["longForm"]["properties"]["metrics"]["enum"] if value] == [
         *metrics.BACKENDS

@@ -29,7 +29,7 @@ from ..config import Config
 from ..decision import Decision
 from ..limiter import AsyncRateLimiter
 from .client_ip import ClientIP
-from .middleware import Middleware, warn_if_store_unreachable
+from .middleware import Middleware, needs_slots, warn_if_store_unreachable
 from .request import HttpRequest
 from .routes import Route, RouteTable
 from .shortcut import (
@@ -40,7 +40,7 @@ from .shortcut import (
     shortcut_for,
     shortcut_item,
 )
-from .steps import AskLimiter, AsyncLimiter, Pass, Respond
+from .steps import AskLimiter, AsyncLimiter, Pass, Respond, tier_of
 from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 __all__ = ["ASGIApp", "RateLimitMiddleware"]
@@ -91,7 +91,9 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
         # an engine giving the default verdicts.
         self._shortcut: Shortcut | None = None
         self._check_now: Callable[[str, str, int], Decision] | None = None
-        if checks_singly(limiter):
+        if self.engine.slot_policies:
+            needs_slots(limiter, self.engine)
+        elif checks_singly(limiter):
             self._shortcut = shortcut_for(self.engine)
             if self._shortcut is not None:
                 self._check_now = memory_store_check(limiter)
@@ -123,7 +125,7 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
         ``await middleware.limiter.aclose()``."""
         return AsyncRateLimiter.from_config(config, store, clock=clock)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: PLR0915 - one coroutine per request, on purpose (see below)
         if scope.get("type") != "http":
             await self._not_http(scope, receive, send)
             return
@@ -162,6 +164,9 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             step = engine.internal_error("request", error)
         verdict: object = step
+        if isinstance(step, AskLimiter) and engine.slot_policies and engine.holds_slots(step):
+            await self._call_holding_slots(scope, receive, send, step)
+            return
         if isinstance(step, AskLimiter):
             if answer is None:
                 limiter = self.limiter
@@ -186,6 +191,79 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, self._adding(send, extra))
+
+    async def _call_holding_slots(
+        self, scope: Scope, receive: Receive, send: Send, step: AskLimiter
+    ) -> None:
+        """A request whose route names concurrency policies: its slots are held from before
+        the application is called until the response's last body message is sent, the
+        application returns (a client that disconnected included) or raises."""
+        engine = self.engine
+        held: list[Any] = []
+        answer: list[Decision] | Exception
+        try:
+            answer = await self._decide_with_slots(step, held)
+        except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            answer = error
+
+        async def release() -> None:
+            while held:
+                await held.pop().release()
+
+        verdict: object = engine.settle(step, answer)
+        if not isinstance(verdict, (Pass, Respond)):
+            verdict = engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
+        if isinstance(verdict, Respond):
+            await release()
+            await self._respond(send, verdict)
+            return
+        extra = verdict.encoded
+        if extra is None and verdict.headers:
+            extra = self._encoded(verdict)
+        forward = self._adding(send, extra) if extra else send
+
+        async def send_then_release(message: Message) -> None:
+            await forward(message)
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                await release()
+
+        try:
+            await self.app(scope, receive, send_then_release)
+        finally:
+            await release()
+
+    async def _decide_with_slots(self, step: AskLimiter, held: list[Any]) -> list[Decision]:
+        """Every item's decision: the slots first (adding those held to ``held``), then
+        the rate policies in one ``check_many``, only if every slot was granted; a refusal
+        anywhere releases the slots, and the items not asked are peeked (nothing consumed)."""
+        limiter: Any = self.limiter
+        slots = self.engine.slot_policies
+        items = step.items
+        decisions: list[Decision | None] = [None] * len(items)
+        refused = False
+        for index, item in enumerate(items):
+            if item[1] in slots:
+                slot = await limiter.acquire_slot(item[0], item[1], tier=tier_of(item))
+                if slot.held:
+                    held.append(slot)
+                decisions[index] = slot.decision
+                if not slot.decision.allowed:
+                    refused = True
+                    break
+        rate = [index for index, item in enumerate(items) if item[1] not in slots]
+        if not refused and rate:
+            checked = await limiter.check_many([items[index] for index in rate])
+            for index, decision in zip(rate, checked, strict=True):
+                decisions[index] = decision
+            refused = not all(decision.allowed for decision in checked)
+        if refused:
+            while held:
+                await held.pop().release()
+            for index, decision in enumerate(decisions):
+                if decision is None:
+                    item = items[index]
+                    decisions[index] = await limiter.peek(*item[:3], tier=tier_of(item))
+        return [decision for decision in decisions if decision is not None]
 
     def _encoded(self, verdict: Pass) -> list[tuple[bytes, bytes]] | None:
         """``verdict``'s headers encoded; ``None`` (logged) if they cannot be sent."""

@@ -50,7 +50,7 @@ from typing import Final
 from ..config import IPNetwork
 from ..decision import Decision
 from ..errors import ConfigError, StoreError
-from ..policy import Policy
+from ..policy import CONCURRENCY, Policy
 from .client_ip import ClientIP
 from .headers import (
     QUOTA_EXCEEDED,
@@ -142,6 +142,11 @@ class HttpEngine:
         self.headers_on_allowed = headers_on_allowed
         self.client_ip = client_ip if client_ip is not None else ClientIP()
         self.log = log if log is not None else LogThrottle()
+        #: The concurrency policies: a request holds one slot of each its route names for as
+        #: long as the application takes to respond (see :meth:`holds_slots`).
+        self.slot_policies: frozenset[str] = frozenset(
+            name for name, policy in self.policies.items() if policy.algorithm == CONCURRENCY
+        )
         # What response_headers() gives for allowed requests is then known: finish() builds
         # it, and its encoded form, directly.
         self._default_headers = type(self).response_headers is HttpEngine.response_headers
@@ -160,6 +165,13 @@ class HttpEngine:
                         f"{limit.policy!r}; the limiter knows: {known}",
                         source="<routes>",
                         field=f"{at}.policy",
+                    )
+                if policy.algorithm == CONCURRENCY and limit.cost != 1:
+                    raise ConfigError(
+                        f"policy {limit.policy!r} is a concurrency policy: a request holds "
+                        f"one slot of it, so its cost must be 1, not {limit.cost}",
+                        source="<routes>",
+                        field=f"{at}.cost",
                     )
                 if limit.cost > policy.capacity:
                     raise ConfigError(
@@ -272,6 +284,14 @@ class HttpEngine:
         if type(tier) is not str or policy is None or tier not in policy.tiers:
             return None  # a value the policy has no tier for: its own limits
         return tier
+
+    def holds_slots(self, check: AskLimiter) -> bool:
+        """Whether ``check`` names a concurrency policy: the adapter then acquires its slots
+        (before the rate policies are checked, so that a refusal consumes nothing),
+        holds them until the response ends, and hands :meth:`settle` every decision in
+        the order of ``check.items`` as usual."""
+        slots = self.slot_policies
+        return bool(slots) and any(item[1] in slots for item in check.items)
 
     def finish(self, check: AskLimiter, decisions: Sequence[Decision]) -> Verdict:
         """The verdict on the limiter's ``decisions`` for ``check`` (one per item)."""
@@ -429,16 +449,19 @@ class HttpEngine:
         that would have allowed it report their quota before the request."""
         refused = False
         degraded = False
+        slots = self.slot_policies
         for decision in decisions:
             refused = refused or not decision.allowed
-            degraded = degraded or decision.degraded
+            degraded = degraded or decision.degraded or decision.policy in slots
         if not refused and not degraded and len(decisions) == len(check.items):
             # The usual case: every decision is shown as it is.
             return rate_limit_headers(decisions, self.policies, legacy=self.legacy_headers)
         shown: list[Decision] = []
         for decision, item in zip(decisions, check.items, strict=True):
             cost = item[2]
-            if decision.degraded:
+            if decision.degraded or decision.policy in slots:
+                # A concurrency policy has no window to state a quota over: the RateLimit
+                # fields leave it out (its 429 still has Retry-After and the problem body).
                 continue
             if refused and decision.allowed:
                 unconsumed = min(decision.limit, decision.remaining + cost)
@@ -558,6 +581,8 @@ class HttpEngine:
         """The Pass of allowed ``decisions`` with the default RateLimit fields, built with
         their wire encoding at once (the adapters then send ``encoded`` as it is); ``None``
         if they cannot be built, for the general path to build and report."""
+        if self.slot_policies:
+            decisions = [d for d in decisions if d.policy not in self.slot_policies]
         try:
             headers, encoded = rate_limit_fields(decisions, self.policies)
         except Exception:  # noqa: BLE001 - see above

@@ -9,12 +9,18 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from ..config import Config, load_config
+from ..errors import ConfigError
 from .client_ip import ClientIP, client_ip_from_config
 from .engine import HttpEngine
 from .routes import Route, RouteTable, routes_from_config
 from .steps import AsyncLimiter, SyncLimiter
 
-__all__ = ["Middleware", "warn_if_store_unreachable", "warn_if_store_unreachable_now"]
+__all__ = [
+    "Middleware",
+    "needs_slots",
+    "warn_if_store_unreachable",
+    "warn_if_store_unreachable_now",
+]
 
 _log = logging.getLogger("ratewall")
 
@@ -124,3 +130,16 @@ def warn_if_store_unreachable_now(limiter: Any) -> None:
         ping()
     except Exception as error:  # noqa: BLE001 - a warning, never a failed startup
         _unreachable(limiter, error)
+
+
+def needs_slots(limiter: object, engine: HttpEngine) -> None:
+    """Routes name concurrency policies: the limiter must hold slots (a ratewall limiter's
+    ``acquire_slot``), or the middleware could never enforce them."""
+    if not callable(getattr(limiter, "acquire_slot", None)):
+        names = ", ".join(sorted(engine.slot_policies))
+        raise ConfigError(
+            f"policies {names} are concurrency policies, and {type(limiter).__name__} cannot "
+            "hold slots (it has no acquire_slot); use a ratewall RateLimiter/AsyncRateLimiter",
+            source="<routes>",
+            field="limiter",
+        )

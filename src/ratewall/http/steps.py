@@ -32,12 +32,18 @@ __all__ = [
     "Verdict",
     "ask_limiter",
     "encoded_pass",
+    "tier_of",
 ]
 
 Headers = tuple[tuple[str, str], ...]
 Item = tuple[str, str, int] | tuple[str, str, int, str]
 """One ``check_many`` item: (identity, policy name, cost), and the tier when the route
 picked one."""
+
+
+def tier_of(item: Item) -> str | None:
+    """The tier a route picked for ``item`` (its fourth element), else ``None``."""
+    return item[3] if len(item) > 3 else None
 
 
 class SyncLimiter(Protocol):

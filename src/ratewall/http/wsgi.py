@@ -17,15 +17,15 @@ path below the application's mount point (``SCRIPT_NAME``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..decision import Decision
 from ..limiter import RateLimiter
-from .middleware import Middleware, warn_if_store_unreachable_now
+from .middleware import Middleware, needs_slots, warn_if_store_unreachable_now
 from .request import HttpRequest
-from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict
+from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict, tier_of
 from .wire import NO_HEADERS, PLAIN_REFUSAL, encode_headers, fallback_response
 
 if TYPE_CHECKING:
@@ -52,14 +52,32 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
         return RateLimiter.from_config(config, store, clock=clock)
 
     def _check_store_at_startup(self) -> None:
+        if self.engine.slot_policies:
+            needs_slots(self.limiter, self.engine)
         warn_if_store_unreachable_now(self.limiter)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        verdict: object = self._verdict(environ)
+        held: list[Any] = []
+        verdict: object = self._verdict(environ, held)
         if not isinstance(verdict, Pass | Respond):
             verdict = self.engine.internal_error("outcome", TypeError(f"got {verdict!r:.100}"))
         if isinstance(verdict, Respond):
+            _release(held)
             return self._respond(start_response, verdict)
+        if held:
+            # Concurrency slots: held until the server closes the response's iterable
+            # (PEP 3333: after the last chunk, or when the client went away), or the
+            # application raises.
+            try:
+                return _Releasing(self._call_app(environ, start_response, verdict), held)
+            except BaseException:
+                _release(held)
+                raise
+        return self._call_app(environ, start_response, verdict)
+
+    def _call_app(
+        self, environ: WSGIEnvironment, start_response: StartResponse, verdict: Pass
+    ) -> Iterable[bytes]:
         extra: list[tuple[str, str]] = []
         if verdict.headers:
             try:
@@ -83,7 +101,7 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
 
         return self.app(environ, start_with_headers)
 
-    def _verdict(self, environ: WSGIEnvironment) -> Verdict:
+    def _verdict(self, environ: WSGIEnvironment, held: list[Any]) -> Verdict:
         engine = self.engine
         try:
             step = engine.start(HttpRequest.from_wsgi_environ(environ))
@@ -93,10 +111,45 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
             return step
         answer: Sequence[Decision] | Exception
         try:
-            answer = self.limiter.check_many(step.items)
+            if engine.slot_policies and engine.holds_slots(step):
+                answer = self._decide_with_slots(step, held)
+            else:
+                answer = self.limiter.check_many(step.items)
         except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+            _release(held)
             answer = error
         return engine.settle(step, answer)
+
+    def _decide_with_slots(self, step: AskLimiter, held: list[Any]) -> list[Decision]:
+        """As the ASGI middleware's: slots first, then the rate policies only if every slot
+        was granted; a refusal releases the slots and peeks the items not asked."""
+        limiter: Any = self.limiter
+        slots = self.engine.slot_policies
+        items = step.items
+        decisions: list[Decision | None] = [None] * len(items)
+        refused = False
+        for index, item in enumerate(items):
+            if item[1] in slots:
+                slot = limiter.acquire_slot(item[0], item[1], tier=tier_of(item))
+                if slot.held:
+                    held.append(slot)
+                decisions[index] = slot.decision
+                if not slot.decision.allowed:
+                    refused = True
+                    break
+        rate = [index for index, item in enumerate(items) if item[1] not in slots]
+        if not refused and rate:
+            checked = limiter.check_many([items[index] for index in rate])
+            for index, decision in zip(rate, checked, strict=True):
+                decisions[index] = decision
+            refused = not all(decision.allowed for decision in checked)
+        if refused:
+            _release(held)
+            for index, decision in enumerate(decisions):
+                if decision is None:
+                    item = items[index]
+                    decisions[index] = limiter.peek(*item[:3], tier=tier_of(item))
+        return [decision for decision in decisions if decision is not None]
 
     def _respond(self, start_response: StartResponse, verdict: Respond) -> Iterable[bytes]:
         try:
@@ -106,3 +159,28 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
             verdict = fallback_response(verdict)
         start_response(f"{verdict.status} {verdict.reason}", list(verdict.headers))
         return [verdict.body]
+
+
+def _release(held: list[Any]) -> None:
+    while held:
+        held.pop().release()
+
+
+class _Releasing:
+    """The application's response iterable, releasing the request's slots when the server
+    closes it (after closing the application's own iterable)."""
+
+    def __init__(self, iterable: Iterable[bytes], held: list[Any]) -> None:
+        self._iterable = iterable
+        self._held = held
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _release(self._held)

@@ -203,6 +203,21 @@ def _start(engine: HttpEngine, build_request: Callable[[], HttpRequest]) -> Step
         return engine.internal_error("request", error)
 
 
+def refuse_slots(engine: HttpEngine) -> None:
+    """The framework integrations do not hold concurrency slots (yet): a route or view
+    naming a concurrency policy is a ConfigError at startup, never a limit silently off."""
+    for route in engine.routes.routes:
+        for limit in route.limits:
+            if limit.policy in engine.slot_policies:
+                raise ConfigError(
+                    f"policy {limit.policy!r} is a concurrency policy, and the framework "
+                    "integrations do not hold slots; put these requests under ratewall's "
+                    "ASGI or WSGI middleware (ratewall.http), or use limiter.slot() in the view",
+                    source=f"route {route.method} {route.path}",
+                    field="policy",
+                )
+
+
 class EngineDriver:
     """Runs ``engine`` for a synchronous limiter (a :class:`~ratewall.RateLimiter`)."""
 
@@ -212,6 +227,7 @@ class EngineDriver:
         given: object = limiter  # the types say it cannot be; callers without mypy may try
         if isinstance(given, AsyncRateLimiter):
             raise TypeError("this integration is synchronous: give it a RateLimiter")
+        refuse_slots(engine)
         self.engine = engine
         self.limiter = limiter
 
@@ -237,6 +253,7 @@ class AsyncEngineDriver:
         given: object = limiter  # the types say it cannot be; callers without mypy may try
         if isinstance(given, RateLimiter):
             raise TypeError("this integration runs on asyncio: give it an AsyncRateLimiter")
+        refuse_slots(engine)
         self.engine = engine
         self.limiter = limiter
 

@@ -75,6 +75,7 @@ class ScriptCall:
         "_finished",
         "_loop",
         "_retried",
+        "_script",
         "_step",
         "_timer",
         "_was_used",
@@ -87,6 +88,7 @@ class ScriptCall:
         argc: int,
         body: bytes,
         done: ScriptDone,
+        script: Script | None = None,
     ) -> None:
         self._connection = connection
         self._loop = loop
@@ -94,7 +96,8 @@ class ScriptCall:
         self._body = body
         self._done = done
         self._finished = False
-        self._step = connection.script.first_step()
+        self._script = connection.script if script is None else script
+        self._step = self._script.first_step()
         self._retried = False
         self._was_used = False
         self._timer: asyncio.TimerHandle | None = None
@@ -116,7 +119,7 @@ class ScriptCall:
     def _send(self) -> None:
         connection = self._connection
         self._was_used = connection.used
-        connection.send(connection.script.command(self._step, self._argc, self._body), self)
+        connection.send(self._script.command(self._step, self._argc, self._body), self)
 
     def connected(self, error: BaseException | None) -> None:
         """Called by the connection once a connection attempt made for this call ends."""
@@ -137,13 +140,13 @@ class ScriptCall:
     def set_result(self, reply: Any) -> None:
         connection = self._connection
         if isinstance(reply, ReplyError) or self._step == LOAD:
-            step = connection.script.next_step(self._step, reply)
+            step = self._script.next_step(self._step, reply)
             if step is not None:
                 # Not loaded on this server (a flush, a restart, a failover), or no functions
                 # here: the next step on the same connection, under the same deadline.
                 self._step = step
                 if connection.ready:
-                    connection.send(connection.script.command(step, self._argc, self._body), self)
+                    connection.send(self._script.command(step, self._argc, self._body), self)
                     return
                 reply = StoreConnectionError("the connection to the store is closed")
             if isinstance(reply, BaseException):
@@ -252,11 +255,17 @@ class AsyncConnection:
         cast("asyncio.Transport", self._transport).write(packed)
 
     def run_script(
-        self, argc: int, body: bytes, done: ScriptDone, deadline: float | None = None
+        self,
+        argc: int,
+        body: bytes,
+        done: ScriptDone,
+        deadline: float | None = None,
+        script: Script | None = None,
     ) -> None:
-        """Run the script on ``body`` (see :meth:`Script.evalsha`); ``done`` gets the outcome
-        by ``deadline`` (see :meth:`ScriptCall.start`). Call from the connection's loop."""
-        ScriptCall(self, asyncio.get_running_loop(), argc, body, done).start(deadline)
+        """Run the script (the connection's, or ``script``) on ``body`` (see
+        :class:`Script`); ``done`` gets the outcome by ``deadline`` (see
+        :meth:`ScriptCall.start`). Call from the connection's loop."""
+        ScriptCall(self, asyncio.get_running_loop(), argc, body, done, script).start(deadline)
 
     def when_connected(self, call: ScriptCall | _Connected) -> None:
         """Connect (one attempt shared by every call that needs it), then tell ``call``."""

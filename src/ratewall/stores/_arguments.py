@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ..algorithms import Rule
-from ..core import Call, Reply, Request
+from ..core import Call, Reply, Request, SlotCall
 from ._resp import bulk
 
 __all__ = ["ALTERNATING", "Arguments", "flatten", "regroup"]
@@ -105,6 +105,17 @@ class Arguments:
         if encoded is None:
             encoded = self._rules[rule] = bulk(_rule_text(rule))
         return encoded
+
+    def slot_args(self, call: SlotCall) -> list[int | str]:
+        """ARGV of ``lua/concurrency.lua`` for ``call`` (its one key is ``call.key``)."""
+        rule = call.rule
+        now: int | str = self._clock() if self._clock is not None else ""
+        return [call.op, call.token, rule.limit, rule.window, call.cost, now]
+
+    def pack_slot(self, call: SlotCall) -> tuple[int, bytes]:
+        """``(argc, body)`` of ``lua/concurrency.lua`` for ``call``, as :meth:`pack`."""
+        args = self.slot_args(call)
+        return 2 + len(args), _ONE + bulk(call.key) + b"".join(map(bulk, args))
 
     def build(self, requests: Sequence[Request]) -> tuple[list[str], list[int | str]]:
         """KEYS and ARGV as lists, for redis-py's ``Script`` (Cluster and Sentinel)."""

@@ -210,12 +210,13 @@ class ConnectionPool:
         for connection in idle:
             connection.disown()
 
-    def run_script(self, argc: int, body: bytes) -> Any:
-        """Run the script on ``body`` (see :class:`Script`) and return its reply, within one
-        deadline (the store timeout) for every step: connecting, the script's recovery, the
-        fresh try on a dead pooled connection."""
+    def run_script(self, argc: int, body: bytes, script: Script | None = None) -> Any:
+        """Run the script (the pool's, or ``script``) on ``body`` (see :class:`Script`) and
+        return its reply, within one deadline (the store timeout) for every step:
+        connecting, the script's recovery, the fresh try on a dead pooled connection."""
         deadline = time.monotonic() + self.endpoint.timeout
-        script = self.script
+        if script is None:
+            script = self.script
         step = script.first_step()
         packed = script.command(step, argc, body)
         try:

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, cast
 
 from .._fork import abandon, reset_in_child
-from ..core import Call, Reply, Request
+from ..core import Call, Reply, Request, SlotCall
 from ..observer import Observer
 from ._aconnection import AsyncConnection
 from ._arguments import ALTERNATING, Arguments, flatten, regroup
-from ._lua import SCRIPT
+from ._lua import SCRIPT, SLOT_SCRIPT
 from ._redispy import aclose_client, make_client, parse_store_url
 from ._resp import Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
@@ -76,10 +76,12 @@ class AsyncRedisStore:
         self._ready = asyncio.Lock()
         self._timeout = timeout
         self._client: Any = None
+        self._slot_script: Any = None
         if kind == "redis":
             self._connection = AsyncConnection(
                 Endpoint.from_url(normalised, timeout), Script(SCRIPT)
             )
+            self._slot_script = Script(SLOT_SCRIPT)
             self._aclose = self._connection.aclose
         else:
             if kind == "cluster":
@@ -111,6 +113,7 @@ class AsyncRedisStore:
         client = make_client(self.url, self._timeout, asynchronous=True)
         script = client.register_script(SCRIPT)
         self._execute = lambda keys, args: script(keys=keys, args=args)
+        self._slot_script = client.register_script(SLOT_SCRIPT)
         self._aclose = lambda: aclose_client(client)
         self._client = client
         if self.slot_of is not None:
@@ -373,6 +376,46 @@ class AsyncRedisStore:
     async def _send_one_slot(self, requests: Sequence[Request]) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
         return regroup(requests, await self._execute(keys, args))
+
+    async def arun_slot(self, call: SlotCall) -> Reply:
+        """The reply of ``lua/concurrency.lua`` to one slot operation (not batched: slots
+        are held for a while, their operations are few)."""
+        observer = self._observer
+        started = time.perf_counter()
+        try:
+            reply = await self._run_slot(call)
+        except BaseException as error:
+            if observer is not None:
+                report_store_call(observer, time.perf_counter() - started, 1, error)
+            raise
+        if observer is not None:
+            report_store_call(observer, time.perf_counter() - started, 1, None)
+        return reply
+
+    async def _run_slot(self, call: SlotCall) -> Reply:
+        if self._closed:
+            raise _closed_error()
+        connection = self._connection
+        if connection is None:
+            async with asyncio.timeout(self._timeout):
+                result: Reply = await self._slot_script(
+                    keys=[call.key], args=self._arguments.slot_args(call)
+                )
+            return result
+        future: Waiter = asyncio.get_running_loop().create_future()
+
+        def done(reply: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
+
+        argc, body = self._arguments.pack_slot(call)
+        connection.run_script(argc, body, done, None, self._slot_script)
+        reply: Reply = await future
+        return reply
 
     async def aping(self) -> float:
         """The round trip of a ``PING`` in seconds, within the store timeout; raises the

@@ -23,8 +23,17 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from .._clock import monotonic_micros
 from .._exit import PolicyExit
 from .._fork import reset_in_child
-from ..algorithms import ALGORITHM_CODES, FUNCTIONS, Outcome, Rule, _sliding_retry
-from ..core import CHECK, PEEK
+from ..algorithms import (
+    ALGORITHM_CODES,
+    CONCURRENCY_CODE,
+    FUNCTIONS,
+    SLOT_RESET,
+    Outcome,
+    Rule,
+    _sliding_retry,
+    slots,
+)
+from ..core import CHECK, PEEK, Reply, SlotCall
 from ..decision import Decision
 from ._memory_log import SlidingLog
 
@@ -386,6 +395,10 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._tables: dict[str, _Table[Any]] = {}
         self._reject: Callable[..., NoReturn] = _unattached
+        # Concurrency policies' holders, by key (the Redis store's key, so the two agree
+        # on what is one identity's state): token -> lease expiry (µs).
+        self._slots: dict[str, dict[str, int]] = {}
+        self._slots_sweep_at = _SWEEP_AT
         reset_in_child(self)
 
     def _after_fork_in_child(self) -> None:
@@ -394,6 +407,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         for table in self._tables.values():
             table.entries.clear()
+        self._slots.clear()
 
     def attach(self, core: Core) -> None:
         """Make one table per policy of ``core`` (and one per override and tier, sharing
@@ -403,6 +417,8 @@ class MemoryStore:
         old = self._tables
         tables: dict[str, _Table[Any]] = {}
         for name, compiled in core.compiled.items():
+            if compiled.rule.algorithm == CONCURRENCY_CODE:
+                continue  # slots: see run_slot (a check of one meets the core's error)
             table = table_for(name, compiled.rule, compiled.exit)
             previous = old.get(name)
             if previous is not None and previous.rule.algorithm == compiled.rule.algorithm:
@@ -558,10 +574,37 @@ class MemoryStore:
             member[0].decision(outcome) for member, outcome in zip(members, outcomes, strict=True)
         ]
 
+    def run_slot(self, call: SlotCall) -> Reply:
+        """One slot operation, as ``lua/concurrency.lua`` does it on Redis (the same pure
+        function, :func:`ratewall.algorithms.slots`), answered with the same reply."""
+        with self._lock:
+            now = self._clock()
+            table = self._slots
+            if call.op == SLOT_RESET:
+                table.pop(call.key, None)
+                return [1, 0, 0, -1, now]
+            outcome = slots(table.get(call.key, {}), call.op, call.token, now, call.cost, call.rule)
+            if outcome.holders is not None:
+                if outcome.holders:
+                    if call.key not in table and len(table) >= self._slots_sweep_at:
+                        self._sweep_slots(now)
+                    table[call.key] = outcome.holders
+                else:
+                    table.pop(call.key, None)
+            return [int(outcome.allowed), outcome.free, outcome.reset, outcome.retry, now]
+
+    def _sweep_slots(self, now: int) -> None:
+        """Drop keys whose every lease has expired (their holders died without releasing)."""
+        table = self._slots
+        for key in [k for k, holders in table.items() if max(holders.values()) <= now]:
+            del table[key]
+        self._slots_sweep_at = max(_SWEEP_AT, 2 * len(table))
+
     def close(self) -> None:
         with self._lock:
             for table in self._tables.values():
                 table.entries.clear()
+            self._slots.clear()
 
     async def aclose(self) -> None:
         self.close()

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..core import Call, Reply, Request
+from ..core import Call, Reply, Request, SlotCall
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
 from ._connection import ConnectionPool
-from ._lua import SCRIPT
+from ._lua import SCRIPT, SLOT_SCRIPT
 from ._redispy import close_client, make_client, parse_store_url
 from ._resp import Endpoint, Script
 from ._slots import key_slot, per_slot
@@ -57,8 +57,10 @@ class RedisStore:
         self._client: Any = None
         self._observer: Observer | None = None
         self.slot_of: Callable[[str], int] | None = None
+        self._slot_script: Any = None
         if kind == "redis":
             self._pool = ConnectionPool(Endpoint.from_url(normalised, timeout), Script(SCRIPT))
+            self._slot_script = Script(SLOT_SCRIPT)
             self._close = self._pool.close
         else:
             self._url = url
@@ -79,6 +81,7 @@ class RedisStore:
             if self._client is None:
                 client = make_client(self._url, self._timeout)
                 self._script = client.register_script(SCRIPT)
+                self._slot_script = client.register_script(SLOT_SCRIPT)
                 self._client = client
             return self._client
 
@@ -125,6 +128,22 @@ class RedisStore:
             reply: Reply = self._pool.run_script(argc, body)[0]
             return reply
         return self._run_slots(((call,),))[0][0]
+
+    def run_slot(self, call: SlotCall) -> Reply:
+        """The reply of ``lua/concurrency.lua`` to one slot operation."""
+        if self._observer is not None:
+            return timed(self._observer, 1, self._run_slot, call)
+        return self._run_slot(call)
+
+    def _run_slot(self, call: SlotCall) -> Reply:
+        if self._pool is not None:
+            argc, body = self._arguments.pack_slot(call)
+            reply: Reply = self._pool.run_script(argc, body, self._slot_script)
+            return reply
+        if self._client is None:
+            self._connect()
+        result: Reply = self._slot_script(keys=[call.key], args=self._arguments.slot_args(call))
+        return result
 
     def ping(self) -> float:
         """The round trip of a ``PING`` in seconds, within the store timeout; raises the
