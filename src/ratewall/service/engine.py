@@ -187,7 +187,9 @@ class Engine:
             _check_group(limiter, [(a.identity, a.policy, a.cost) for a in asks])
             for limiter, asks in groups.items()
         ]
-        answers = await asyncio.gather(*jobs)
+        # One job (the usual request: one descriptor) is awaited as it is: gather would wrap
+        # it in a task of its own, which costs more than the rest of the decision here.
+        answers = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
         results: list[tuple[_Ask, Decision]] = []
         for ask, answer in zip([*peeks, *shadows], answers, strict=False):
             if isinstance(answer, Decision):

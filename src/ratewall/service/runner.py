@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -53,6 +53,11 @@ ENV_ADMIN_TOKEN: Final = "RATEWALL_ADMIN_TOKEN"  # noqa: S105 - a variable name,
 _EXIT_OK: Final = 0
 _EXIT_CANNOT_START: Final = 1
 _RESTART_DELAY: Final = 1.0
+#: How long a store call waits for others to share its round trip when RPCs arrive one per
+#: loop turn under load (see :class:`~ratewall.stores.batching.AsyncRedisStore`).
+DEFAULT_BATCH_WINDOW: Final = 0.001
+#: The event loops ``ServiceOptions.loop`` (``--loop``) accepts.
+LOOPS: Final = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,8 @@ class ServiceOptions:
     envoy_failure_mode: str = "raise"
     response_headers: bool = True
     drain_seconds: float = 10.0
+    loop: str = "auto"
+    batch_window: float = DEFAULT_BATCH_WINDOW
 
 
 def parse_address(text: str, *, what: str) -> tuple[str, int]:
@@ -115,6 +122,15 @@ def _load(options: ServiceOptions) -> _Loaded:
             f"unknown failure mode {options.envoy_failure_mode!r}; "
             f"expected one of {', '.join(FAILURE_MODES)}",
             source="--envoy-failure-mode",
+        )
+    if options.loop not in LOOPS:
+        raise ConfigError(
+            f"unknown event loop {options.loop!r}; expected one of {', '.join(LOOPS)}",
+            source="--loop",
+        )
+    if not 0.0 <= options.batch_window <= 1.0:
+        raise ConfigError(
+            f"must be 0 to 1 seconds, got {options.batch_window!r}", source="--batch-window"
         )
     config = load_config(options.config) if options.config is not None else None
     tables = [config.domains] if config is not None and config.domains is not None else []
@@ -174,7 +190,9 @@ async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | No
     if parse_store_url(loaded.store)[0] != "memory":
         # One store object (one connection pool, one batch scheduler) for every limiter of
         # this worker: the rules' and each descriptor limit override's, across reloads.
-        shared = store = AsyncRedisStore(loaded.store, timeout=timeout)
+        shared = store = AsyncRedisStore(
+            loaded.store, timeout=timeout, batch_window=options.batch_window
+        )
 
     def make_limiter(policies: Mapping[str, Policy]) -> AsyncRateLimiter:
         return AsyncRateLimiter(policies, store, timeout=timeout)
@@ -334,7 +352,7 @@ def serve(options: ServiceOptions) -> int:
         )
         workers = 1
     if workers <= 1:
-        return asyncio.run(run_worker(options))
+        return _run(run_worker(options), options.loop)
     grpc_host, grpc_port = parse_address(options.grpc, what="--grpc")
     http_host, http_port = parse_address(options.http, what="--http")
     # Port 0 means one port the system picks, shared by every worker: pick it here.
@@ -345,6 +363,29 @@ def serve(options: ServiceOptions) -> int:
     return _supervise(options, workers)
 
 
+def _run(main: Coroutine[Any, Any, int], loop: str) -> int:
+    """Run ``main`` on the event loop ``loop`` names: ``uvloop``, ``asyncio``, or ``auto``
+    (uvloop when it is installed: it cuts grpc.aio's and the store's per-call loop work)."""
+    factory = _loop_factory(loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigError(
+                "--loop uvloop needs the uvloop package: pip install uvloop"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
@@ -353,7 +394,7 @@ def _free_port(host: str) -> int:
 
 
 def _worker_main(options: ServiceOptions) -> None:
-    sys.exit(asyncio.run(run_worker(options)))
+    sys.exit(_run(run_worker(options), options.loop))
 
 
 def _supervise(options: ServiceOptions, count: int) -> int:
