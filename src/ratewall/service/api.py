@@ -7,7 +7,8 @@
                     answered 200 (OK) or 429 (OVER_LIMIT)
 ``GET /healthz``    200 while the process runs
 ``GET /readyz``     200 when the store answers, else 503
-``GET /metrics``    Prometheus text, once :mod:`ratewall.metrics` provides it; 501 until then
+``GET /metrics``    Prometheus text: ratewall's metrics and the per-rule stats (501 without
+                    prometheus-client)
 
 A request the service cannot decide gets 400 with an RFC 9457 ``application/problem+json``
 body naming the field (``invalid-params``) and consumes nothing.
@@ -212,7 +213,9 @@ class ServiceApp:
         text = self._metrics() if self._metrics is not None else None
         if text is None:
             raise _ProblemError(
-                501, "Not Implemented", "metrics are not available in this version of ratewall"
+                501,
+                "Not Implemented",
+                "metrics need prometheus-client: pip install 'ratewall[prometheus]'",
             )
         return 200, b"text/plain; version=0.0.4; charset=utf-8", text, ()
 
