@@ -5,8 +5,14 @@
 Every phase is bounded in time (``--seconds``) and count (``--max-calls``); every server it
 starts binds 127.0.0.1 and is stopped.
 
-    python benchmarks/service.py --concurrency 64 --seconds 5 [--workers 2]
-        [--store redis://127.0.0.1:6379/0] [--go-binary PATH | --no-go]
+    python benchmarks/service.py --concurrency 64 --seconds 5 --rounds 3 [--workers 2]
+        [--store redis://127.0.0.1:6379/0] [--go-binary PATH | --no-go] [--serve-arg=ARG]
+
+Both services run side by side on the same store and are measured in alternating phases
+(ratewall, Go, ratewall, Go, ...), each with the same load generator and descriptors; the
+summary gives the medians and their ratios, and the CPU each service (and the Redis it
+started) spent per decision, read from /proc: on a shared machine the ratio of medians and
+the CPU per decision move less than raw decisions/s.
 
 Without ``--store`` it starts a Redis/Valkey server of its own. The load generator is one
 Python process (asyncio, grpc.aio / httpx); on a small machine it competes with the servers
@@ -162,67 +168,42 @@ def go_binary(args: argparse.Namespace) -> tuple[str | None, str]:
     return str(built), "go install github.com/envoyproxy/ratelimit/src/service_cmd@latest"
 
 
-async def main_async(args: argparse.Namespace, store: str, workdir: Path) -> list[str]:
-    rows: list[str] = []
-    n, seconds, cap = args.concurrency, args.seconds, args.max_calls
-
-    def row(name: str, result: dict[str, float]) -> None:
-        line = (
-            f"| {name} | {result['decisions_per_s']:,.0f} | {result['p50_ms']:.2f} | "
-            f"{result['p99_ms']:.2f} | {result['calls']:,.0f} | {result['refused']:.0f} |"
-        )
-        rows.append(line)
-        print(line, flush=True)
-
-    limiter = AsyncRateLimiter({"bench": Policy(LIMIT, 3600)}, store, timeout=2)
-
-    async def in_process(key: str) -> bool:
-        return (await limiter.check(key, "bench")).allowed
-
-    row("in-process AsyncRateLimiter", await run_load(in_process, n, seconds, cap))
-    await limiter.aclose()
-
-    config = workdir / "ratewall.yaml"
-    config.write_text(RATEWALL_CONFIG)
-    grpc_port, http_port = free_port(), free_port()
-    service = subprocess.Popen(
-        [sys.executable, "-m", "ratewall", "serve", "--config", str(config), "--store", store,
-         "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}",
-         "--workers", str(args.workers), "--no-response-headers"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children that still run (Linux /proc), else 0."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
     try:
-        wait_port(grpc_port)
-        wait_port(http_port)
-        channel, call = grpc_caller(f"127.0.0.1:{grpc_port}")
-        row(
-            f"ratewall serve, gRPC ({args.workers} worker(s))",
-            await run_load(call, n, seconds, cap),
-        )
-        await channel.close()
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{http_port}",
-            limits=httpx.Limits(max_connections=n),
-            timeout=10,
-        ) as http:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for one in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
-            async def by_http(key: str) -> bool:
-                body = {"checks": [{"policy": "bench", "identity": key}]}
-                answer = await http.post("/v1/check", json=body)
-                return bool(answer.json()["decisions"][0]["allowed"])
 
-            row(
-                f"ratewall serve, HTTP ({args.workers} worker(s))",
-                await run_load(by_http, n, seconds, cap),
-            )
-    finally:
-        stop(service)
+async def measured(
+    call: Callable[[str], Awaitable[bool]], args: argparse.Namespace, pids: dict[str, int]
+) -> dict[str, float]:
+    """One load phase, plus the CPU each process in ``pids`` spent per decision in it."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = await run_load(call, args.concurrency, args.seconds, args.max_calls)
+    for name, pid in pids.items():
+        spent = cpu_seconds(pid) - before[name]
+        result[f"{name}_us"] = spent / max(result["calls"], 1) * 1e6
+    return result
 
-    binary, how = go_binary(args)
-    if binary is None:
-        rows.append(f"| envoyproxy/ratelimit | {how} | | | | |")
-        print(rows[-1], flush=True)
-        return rows
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def start_go(binary: str, store: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     runtime = workdir / "runtime" / "ratelimit" / "config"
     runtime.mkdir(parents=True)
     (runtime / "bench.yaml").write_text(ENVOY_CONFIG)
@@ -245,14 +226,120 @@ async def main_async(args: argparse.Namespace, store: str, workdir: Path) -> lis
         "DEBUG_PORT": str(go_debug),
     }
     go = subprocess.Popen([binary], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    wait_port(go_grpc)
+    return go, go_grpc
+
+
+async def main_async(
+    args: argparse.Namespace, store: str, workdir: Path, redis_pid: int | None
+) -> list[str]:
+    rows: list[str] = []
+    n = args.concurrency
+    extra = {"redis": redis_pid} if redis_pid is not None else {}
+
+    def row(name: str, result: dict[str, float]) -> None:
+        server = result.get("server_us")
+        redis_us = result.get("redis_us")
+        line = (
+            f"| {name} | {result['decisions_per_s']:,.0f} | {result['p50_ms']:.2f} | "
+            f"{result['p99_ms']:.2f} | {'' if server is None else f'{server:,.0f}'} | "
+            f"{'' if redis_us is None else f'{redis_us:,.0f}'} | {result['calls']:,.0f} | "
+            f"{result['refused']:.0f} |"
+        )
+        rows.append(line)
+        print(line, flush=True)
+
+    limiter = AsyncRateLimiter({"bench": Policy(LIMIT, 3600)}, store, timeout=2)
+
+    async def in_process(key: str) -> bool:
+        return (await limiter.check(key, "bench")).allowed
+
+    row(
+        "in-process AsyncRateLimiter (server column: this process)",
+        await measured(in_process, args, {"server": os.getpid(), **extra}),
+    )
+    await limiter.aclose()
+
+    config = workdir / "ratewall.yaml"
+    config.write_text(RATEWALL_CONFIG)
+    grpc_port, http_port = free_port(), free_port()
+    service = subprocess.Popen(
+        [sys.executable, "-m", "ratewall", "serve", "--config", str(config), "--store", store,
+         "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}",
+         "--workers", str(args.workers), "--no-response-headers", *args.serve_arg],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    go: subprocess.Popen[bytes] | None = None
+    binary, how = go_binary(args)
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
     try:
-        wait_port(go_grpc)
-        channel, call = grpc_caller(f"127.0.0.1:{go_grpc}")
-        row("envoyproxy/ratelimit (Go), gRPC", await run_load(call, n, seconds, cap))
-        await channel.close()
+        wait_port(grpc_port)
+        wait_port(http_port)
+        if binary is not None:
+            go, go_grpc = start_go(binary, store, workdir)
+        label = f"ratewall serve, gRPC ({args.workers} worker(s))"
+        # Paired phases, alternating (ratewall, Go, ratewall, Go, ...), each on a fresh
+        # channel: the machine's drift hits both sides of a pair alike.
+        for round_number in range(1, args.rounds + 1):
+            channel, call = grpc_caller(f"127.0.0.1:{grpc_port}")
+            result = await measured(call, args, {"server": service.pid, **extra})
+            await channel.close()
+            ours.append(result)
+            row(f"{label}, round {round_number}", result)
+            if go is not None:
+                channel, call = grpc_caller(f"127.0.0.1:{go_grpc}")
+                result = await measured(call, args, {"server": go.pid, **extra})
+                await channel.close()
+                theirs.append(result)
+                row(f"envoyproxy/ratelimit (Go), gRPC, round {round_number}", result)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            limits=httpx.Limits(max_connections=n),
+            timeout=10,
+        ) as http:
+
+            async def by_http(key: str) -> bool:
+                body = {"checks": [{"policy": "bench", "identity": key}]}
+                answer = await http.post("/v1/check", json=body)
+                return bool(answer.json()["decisions"][0]["allowed"])
+
+            row(
+                f"ratewall serve, HTTP ({args.workers} worker(s))",
+                await measured(by_http, args, {"server": service.pid, **extra}),
+            )
     finally:
-        stop(go)
-    return rows
+        stop(service)
+        if go is not None:
+            stop(go)
+
+    summary = ["", "Medians of the paired gRPC rounds:", ""]
+    summary.append("| row | decisions/s | p50 ms | p99 ms | server CPU µs/dec |")
+    summary.append("|---|---|---|---|---|")
+    for name, results in ((label, ours), ("envoyproxy/ratelimit (Go), gRPC", theirs)):
+        if results:
+            summary.append(
+                f"| {name} | {median([r['decisions_per_s'] for r in results]):,.0f} | "
+                f"{median([r['p50_ms'] for r in results]):.2f} | "
+                f"{median([r['p99_ms'] for r in results]):.2f} | "
+                f"{median([r['server_us'] for r in results]):,.0f} |"
+            )
+    if binary is None:
+        summary.append(f"| envoyproxy/ratelimit | {how} | | | |")
+    elif ours and theirs:
+        throughput = median([r["decisions_per_s"] for r in ours]) / median(
+            [r["decisions_per_s"] for r in theirs]
+        )
+        p99 = median([r["p99_ms"] for r in ours]) / median([r["p99_ms"] for r in theirs])
+        cpu = median([r["server_us"] for r in ours]) / median([r["server_us"] for r in theirs])
+        summary.append("")
+        summary.append(
+            f"ratewall ÷ Go, ratio of medians: decisions/s {throughput:.2f}×, "
+            f"p99 {p99:.2f}×, server CPU per decision {cpu:.2f}× (Go: {how})"
+        )
+    for line in summary:
+        print(line, flush=True)
+    return rows + summary
 
 
 def main() -> int:
@@ -264,6 +351,13 @@ def main() -> int:
     parser.add_argument("--store", default=None)
     parser.add_argument("--go-binary", default=None)
     parser.add_argument("--no-go", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="paired gRPC rounds (default 3)")
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an extra argument for ratewall serve (repeatable), e.g. --serve-arg=--loop=asyncio",
+    )
     args = parser.parse_args()
     server: LocalServer | None = None
     store = args.store
@@ -277,12 +371,14 @@ def main() -> int:
     print(
         f"{args.concurrency} concurrent callers, 100 keys, {args.seconds:g} s per row, "
         f"store {store}, {os.cpu_count()} cores shared by the load generator and the servers\n"
-        "| row | decisions/s | p50 ms | p99 ms | calls | refused |\n|---|---|---|---|---|---|",
+        "| row | decisions/s | p50 ms | p99 ms | server CPU µs/dec | Redis CPU µs/dec | calls "
+        "| refused |\n|---|---|---|---|---|---|---|---|",
         flush=True,
     )
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            asyncio.run(main_async(args, store, Path(workdir)))
+            redis_pid = server.pid if server is not None else None
+            asyncio.run(main_async(args, store, Path(workdir), redis_pid))
     finally:
         if server is not None:
             server.stop()

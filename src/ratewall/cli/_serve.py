@@ -87,7 +87,8 @@ def register(commands: Any) -> None:
         type=_milliseconds,
         default=None,
         help="under load, how long a store call waits for other calls to share its round "
-        "trip, in milliseconds (0 to 1000; default 1; 0 sends each call at once)",
+        "trip, in milliseconds (0 to 1000; default 0: each call leaves at once unless two "
+        "are in flight)",
     )
     serve.set_defaults(handler=_serve)
 
