@@ -15,14 +15,15 @@ started) spent per decision, read from /proc: on a shared machine the ratio of m
 the CPU per decision move less than raw decisions/s.
 
 Without ``--store`` it starts a Redis/Valkey server of its own. The load generator is one
-Python process (asyncio, grpc.aio / httpx); on a small machine it competes with the servers
-for the same cores, which the report states.
+Python process (asyncio: grpc.aio, and a minimal HTTP/1.1 client); on a small machine it
+competes with the servers for the same cores, which the report states.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -35,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
-import httpx
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
@@ -45,6 +45,9 @@ from ratewall.embedded import LocalServer, find_server
 KEYS = [f"key{i}" for i in range(100)]
 LIMIT = 1_000_000_000  # per hour: nothing is refused
 OK = rls_pb2.RateLimitResponse.Code.Value("OK")
+PEER = "envoyproxy/ratelimit (Go)"
+# The same request as the gRPC rows', in proto3 JSON (both services' POST /json).
+RLS_JSON = '{"domain": "bench", "descriptors": [{"entries": [{"key": "key", "value": "KEY"}]}]}'
 
 RATEWALL_CONFIG = f"""
 policies:
@@ -135,6 +138,47 @@ def grpc_caller(target: str) -> tuple[grpc.aio.Channel, Callable[[str], Awaitabl
     return channel, call
 
 
+async def http_pool(
+    port: int, size: int, path: str
+) -> tuple[Callable[[bytes], Awaitable[bytes]], Callable[[], Awaitable[None]]]:
+    """POST to ``path`` over ``size`` kept-alive HTTP/1.1 connections: a minimal client on
+    asyncio streams (httpx's pool costs the load generator more than the server costs)."""
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    writers = []
+    for _ in range(size):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        idle.put_nowait((reader, writer))
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        "content-length: {}\r\n\r\n"
+    )
+
+    async def post(body: bytes) -> bytes:
+        reader, writer = await idle.get()
+        try:
+            writer.write(head.format(len(body)).encode() + body)
+            headers = await reader.readuntil(b"\r\n\r\n")
+            status = int(headers.split(b" ", 2)[1])
+            length = 0
+            for line in headers.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await reader.readexactly(length)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {answer[:200]!r}")
+            return answer
+        finally:
+            idle.put_nowait((reader, writer))
+
+    async def close() -> None:
+        for writer in writers:
+            writer.close()
+
+    return post, close
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     try:
@@ -203,7 +247,7 @@ def median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def start_go(binary: str, store: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_go(binary: str, store: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     runtime = workdir / "runtime" / "ratelimit" / "config"
     runtime.mkdir(parents=True)
     (runtime / "bench.yaml").write_text(ENVOY_CONFIG)
@@ -227,7 +271,7 @@ def start_go(binary: str, store: str, workdir: Path) -> tuple[subprocess.Popen[b
     }
     go = subprocess.Popen([binary], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     wait_port(go_grpc)
-    return go, go_grpc
+    return go, go_grpc, go_http
 
 
 async def main_async(
@@ -271,72 +315,101 @@ async def main_async(
     )  # fmt: skip
     go: subprocess.Popen[bytes] | None = None
     binary, how = go_binary(args)
-    ours: list[dict[str, float]] = []
-    theirs: list[dict[str, float]] = []
+    results: dict[str, list[dict[str, float]]] = {}
+    pools: list[Callable[[], Awaitable[None]]] = []
+
+    def grpc_phase(port: int) -> Callable[[], Awaitable[dict[str, float]]]:
+        async def phase() -> dict[str, float]:
+            # A fresh channel per phase: one HTTP/2 connection, as Envoy opens per worker.
+            channel, call = grpc_caller(f"127.0.0.1:{port}")
+            try:
+                return await measured(call, args, {"server": pid_of[port], **extra})
+            finally:
+                await channel.close()
+
+        return phase
+
+    async def json_phase(port: int) -> Callable[[], Awaitable[dict[str, float]]]:
+        post, close = await http_pool(port, n, "/json")
+        pools.append(close)
+
+        async def by_json(key: str) -> bool:
+            body = RLS_JSON.replace("KEY", key).encode()
+            return bool(json.loads(await post(body))["overallCode"] == "OK")
+
+        async def phase() -> dict[str, float]:
+            return await measured(by_json, args, {"server": pid_of[port], **extra})
+
+        return phase
+
+    pid_of: dict[int, int] = {}
     try:
         wait_port(grpc_port)
         wait_port(http_port)
+        pid_of[grpc_port] = pid_of[http_port] = service.pid
+        ours = f"ratewall serve ({args.workers} worker(s))"
+        phases = [(f"{ours}, gRPC", grpc_phase(grpc_port))]
         if binary is not None:
-            go, go_grpc = start_go(binary, store, workdir)
-        label = f"ratewall serve, gRPC ({args.workers} worker(s))"
-        # Paired phases, alternating (ratewall, Go, ratewall, Go, ...), each on a fresh
-        # channel: the machine's drift hits both sides of a pair alike.
+            go, go_grpc, go_http = start_go(binary, store, workdir)
+            pid_of[go_grpc] = pid_of[go_http] = go.pid
+            phases.append((f"{PEER}, gRPC", grpc_phase(go_grpc)))
+        phases.append((f"{ours}, HTTP POST /json", await json_phase(http_port)))
+        if go is not None:
+            wait_port(go_http)
+            phases.append((f"{PEER}, HTTP POST /json", await json_phase(go_http)))
+        # Paired phases, alternating (ratewall, Go, ratewall, Go, ...): the machine's drift
+        # hits both sides of a pair alike.
         for round_number in range(1, args.rounds + 1):
-            channel, call = grpc_caller(f"127.0.0.1:{grpc_port}")
-            result = await measured(call, args, {"server": service.pid, **extra})
-            await channel.close()
-            ours.append(result)
-            row(f"{label}, round {round_number}", result)
-            if go is not None:
-                channel, call = grpc_caller(f"127.0.0.1:{go_grpc}")
-                result = await measured(call, args, {"server": go.pid, **extra})
-                await channel.close()
-                theirs.append(result)
-                row(f"envoyproxy/ratelimit (Go), gRPC, round {round_number}", result)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{http_port}",
-            limits=httpx.Limits(max_connections=n),
-            timeout=10,
-        ) as http:
+            for name, phase in phases:
+                result = await phase()
+                results.setdefault(name, []).append(result)
+                row(f"{name}, round {round_number}", result)
+        check, close_check = await http_pool(http_port, n, "/v1/check")
+        pools.append(close_check)
 
-            async def by_http(key: str) -> bool:
-                body = {"checks": [{"policy": "bench", "identity": key}]}
-                answer = await http.post("/v1/check", json=body)
-                return bool(answer.json()["decisions"][0]["allowed"])
+        async def by_check(key: str) -> bool:
+            body = json.dumps({"checks": [{"policy": "bench", "identity": key}]})
+            return bool(json.loads(await check(body.encode()))["decisions"][0]["allowed"])
 
-            row(
-                f"ratewall serve, HTTP ({args.workers} worker(s))",
-                await measured(by_http, args, {"server": service.pid, **extra}),
-            )
+        row(
+            f"{ours}, HTTP POST /v1/check",
+            await measured(by_check, args, {"server": service.pid, **extra}),
+        )
     finally:
+        for close in pools:
+            await close()
         stop(service)
         if go is not None:
             stop(go)
 
-    summary = ["", "Medians of the paired gRPC rounds:", ""]
+    summary = ["", f"Medians of {args.rounds} paired rounds:", ""]
     summary.append("| row | decisions/s | p50 ms | p99 ms | server CPU µs/dec |")
     summary.append("|---|---|---|---|---|")
-    for name, results in ((label, ours), ("envoyproxy/ratelimit (Go), gRPC", theirs)):
-        if results:
-            summary.append(
-                f"| {name} | {median([r['decisions_per_s'] for r in results]):,.0f} | "
-                f"{median([r['p50_ms'] for r in results]):.2f} | "
-                f"{median([r['p99_ms'] for r in results]):.2f} | "
-                f"{median([r['server_us'] for r in results]):,.0f} |"
-            )
-    if binary is None:
-        summary.append(f"| envoyproxy/ratelimit | {how} | | | |")
-    elif ours and theirs:
-        throughput = median([r["decisions_per_s"] for r in ours]) / median(
-            [r["decisions_per_s"] for r in theirs]
-        )
-        p99 = median([r["p99_ms"] for r in ours]) / median([r["p99_ms"] for r in theirs])
-        cpu = median([r["server_us"] for r in ours]) / median([r["server_us"] for r in theirs])
-        summary.append("")
+    for name, measured_rows in results.items():
         summary.append(
-            f"ratewall ÷ Go, ratio of medians: decisions/s {throughput:.2f}×, "
-            f"p99 {p99:.2f}×, server CPU per decision {cpu:.2f}× (Go: {how})"
+            f"| {name} | {median([r['decisions_per_s'] for r in measured_rows]):,.0f} | "
+            f"{median([r['p50_ms'] for r in measured_rows]):.2f} | "
+            f"{median([r['p99_ms'] for r in measured_rows]):.2f} | "
+            f"{median([r['server_us'] for r in measured_rows]):,.0f} |"
         )
+    if binary is None:
+        summary.append(f"| {PEER} | {how} | | | |")
+    else:
+        summary.append("")
+        for protocol in ("gRPC", "HTTP POST /json"):
+            mine, peer = results[f"{ours}, {protocol}"], results[f"{PEER}, {protocol}"]
+
+            def ratio(
+                field: str, mine: list[dict[str, float]] = mine, peer: list[dict[str, float]] = peer
+            ) -> float:
+                return median([r[field] for r in mine]) / median([r[field] for r in peer])
+
+            summary.append(
+                f"ratewall ÷ Go, {protocol}, ratio of medians: decisions/s "
+                f"{ratio('decisions_per_s'):.2f}×, p99 {ratio('p99_ms'):.2f}×, server CPU per "
+                f"decision {ratio('server_us'):.2f}×"
+            )
+        summary.append(f"(Go: {how})")
     for line in summary:
         print(line, flush=True)
     return rows + summary
