@@ -329,16 +329,20 @@ async def main_async(
 
         return phase
 
-    async def json_phase(port: int) -> Callable[[], Awaitable[dict[str, float]]]:
-        post, close = await http_pool(port, n, "/json")
-        pools.append(close)
-
-        async def by_json(key: str) -> bool:
-            body = RLS_JSON.replace("KEY", key).encode()
-            return bool(json.loads(await post(body))["overallCode"] == "OK")
-
+    def json_phase(port: int) -> Callable[[], Awaitable[dict[str, float]]]:
         async def phase() -> dict[str, float]:
-            return await measured(by_json, args, {"server": pid_of[port], **extra})
+            # Fresh connections per phase: servers close kept-alive connections left idle
+            # (uvicorn after 5 s) while the other phases run.
+            post, close = await http_pool(port, n, "/json")
+
+            async def by_json(key: str) -> bool:
+                body = RLS_JSON.replace("KEY", key).encode()
+                return bool(json.loads(await post(body))["overallCode"] == "OK")
+
+            try:
+                return await measured(by_json, args, {"server": pid_of[port], **extra})
+            finally:
+                await close()
 
         return phase
 
@@ -353,10 +357,10 @@ async def main_async(
             go, go_grpc, go_http = start_go(binary, store, workdir)
             pid_of[go_grpc] = pid_of[go_http] = go.pid
             phases.append((f"{PEER}, gRPC", grpc_phase(go_grpc)))
-        phases.append((f"{ours}, HTTP POST /json", await json_phase(http_port)))
+        phases.append((f"{ours}, HTTP POST /json", json_phase(http_port)))
         if go is not None:
             wait_port(go_http)
-            phases.append((f"{PEER}, HTTP POST /json", await json_phase(go_http)))
+            phases.append((f"{PEER}, HTTP POST /json", json_phase(go_http)))
         # Paired phases, alternating (ratewall, Go, ratewall, Go, ...): the machine's drift
         # hits both sides of a pair alike.
         for round_number in range(1, args.rounds + 1):
