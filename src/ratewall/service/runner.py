@@ -162,7 +162,7 @@ def _load(options: ServiceOptions) -> _Loaded:
     return _Loaded(config, table, policies, store)
 
 
-def metrics_backend(config: Config | None) -> str | None:
+def _metrics_backend(config: Config | None) -> str | None:
     """What the service's limiters count into: the config's ``metrics`` setting, else
     ``prometheus`` when prometheus-client is installed (``GET /metrics`` serves it)."""
     if config is not None and config.metrics is not None:
@@ -202,7 +202,7 @@ def load_rules(options: ServiceOptions, store: Any) -> Rules:
         key_prefix=config.key_prefix if config is not None else "ratelimit",
         local_cache_size=config.local_cache_size if config is not None else 10_000,
         timeout=config.timeout if config is not None else 0.05,
-        metrics=metrics_backend(config),
+        metrics=_metrics_backend(config),
     )
     source = ", ".join([*([options.config] if options.config else []), *options.envoy_config])
     return Rules(limiter, loaded.table, limiter.policies, source)
@@ -213,7 +213,7 @@ def load_rules(options: ServiceOptions, store: Any) -> Rules:
 
 def _engine(options: ServiceOptions, loaded: _Loaded, store: Any, timeout: float) -> Engine:
     """The worker's engine on ``store``, counting into the metrics ``/metrics`` serves."""
-    backend = metrics_backend(loaded.config)
+    backend = _metrics_backend(loaded.config)
 
     def make_limiter(policies: Mapping[str, Policy]) -> AsyncRateLimiter:
         return AsyncRateLimiter(policies, store, timeout=timeout, metrics=backend)
