@@ -180,11 +180,11 @@ class ServiceApp:
         from google.protobuf import json_format
         from google.protobuf.message import DecodeError
 
+        from ._json import parse_request, response_json
         from .rls import BadRequestError, decide
 
-        request = rls_pb2.RateLimitRequest()
         try:
-            json_format.Parse(body.decode("utf-8", "replace") or "{}", request)
+            request = parse_request(body.decode("utf-8", "replace") or "{}")
         except (json_format.ParseError, DecodeError, RecursionError) as error:
             raise _bad(f"not a RateLimitRequest in proto3 JSON: {error}") from None
         try:
@@ -193,7 +193,7 @@ class ServiceApp:
             raise _bad(str(error)) from None
         except StoreError as error:
             raise _ProblemError(503, "Service Unavailable", f"the store failed: {error}") from None
-        payload = json_format.MessageToJson(response, indent=None).encode()
+        payload = response_json(response)
         over = response.overall_code == rls_pb2.RateLimitResponse.Code.Value("OVER_LIMIT")
         return (429 if over else 200), _JSON, payload, ()
 
