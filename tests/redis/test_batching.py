@@ -14,6 +14,8 @@ import redis
 
 from ratewall import AsyncRateLimiter, Decision, Policy, StoreError
 from ratewall.embedded import LocalServer
+from ratewall.observer import BaseObserver
+from ratewall.stores.batching import AsyncRedisStore
 from ratewall.testing import FakeClock
 
 from ._stats import script_calls
@@ -217,3 +219,80 @@ async def test_a_caller_queued_behind_a_stalled_call_waits_one_timeout_not_two(
         finally:
             fresh_server.resume()
     assert max(elapsed) < bound, [round(e, 3) for e in elapsed]
+
+
+class _BatchSizes(BaseObserver):
+    """Records how many calls each script call carried, in the order the replies came."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
+        self.sizes.append(calls)
+
+
+async def _one_per_loop_turn(limiter: AsyncRateLimiter, identities: list[str]) -> list[Decision]:
+    """Start one check per event-loop turn, as grpc.aio hands a server one RPC per turn."""
+    tasks = []
+    for identity in identities:
+        tasks.append(asyncio.ensure_future(limiter.check(identity, "p")))
+        await asyncio.sleep(0)  # one loop turn, no time
+    return list(await asyncio.gather(*tasks))
+
+
+@pytest.mark.parametrize("window", [0.0, 0.5])
+async def test_a_batch_window_gathers_calls_that_arrive_one_per_loop_turn(
+    fresh_server: LocalServer, window: float
+) -> None:
+    """With the server frozen so the first call stays in flight, 19 calls arrive one loop
+    turn apart. Without a window the second leaves at the end of its own turn (two script
+    calls in flight, one call each); with one, it waits for the calls behind it and they
+    share the script calls: 1, then 10 and 9. Counts stay exact either way."""
+    store = AsyncRedisStore(fresh_server.url, timeout=TIMEOUT, batch_window=window)
+    sizes = _BatchSizes()
+    async with AsyncRateLimiter({"p": Policy(1000, DAY)}, store, timeout=TIMEOUT) as limiter:
+        await limiter.peek("warm-up", "p")
+        store.observe(sizes)
+        first = asyncio.ensure_future(limiter.check("user_0", "p"))
+        await asyncio.sleep(0)
+        fresh_server.pause()
+        try:
+            pending = asyncio.ensure_future(
+                _one_per_loop_turn(limiter, [f"user_{n % 4}" for n in range(1, 20)])
+            )
+            for _ in range(40):  # let every call queue (or leave), in loop turns only
+                await asyncio.sleep(0)
+        finally:
+            fresh_server.resume()
+        decisions = [await first, *await pending]
+        await store.aclose()
+    if window:
+        assert sizes.sizes == [1, 10, 9]
+    else:
+        assert sizes.sizes[:2] == [1, 1]
+    assert all(d.allowed for d in decisions)
+    # Four identities, five calls each: each saw 999 down to 995, once each.
+    assert sorted(d.remaining for d in decisions) == sorted(list(range(995, 1000)) * 4)
+
+
+async def test_a_batch_window_never_delays_a_caller_alone(redis_url: str) -> None:
+    """A caller that waits for each reply before its next call finds nothing in flight: its
+    calls leave at once, never held for the (here 1 s) window."""
+    store = AsyncRedisStore(redis_url, timeout=TIMEOUT, batch_window=1.0)
+    sizes = _BatchSizes()
+    async with AsyncRateLimiter({"p": Policy(1000, DAY)}, store, timeout=TIMEOUT) as limiter:
+        await limiter.peek("warm-up", "p")
+        store.observe(sizes)
+        started = time.perf_counter()
+        for expected in range(999, 994, -1):
+            assert (await limiter.check("user_1", "p")).remaining == expected
+        elapsed = time.perf_counter() - started
+        await store.aclose()
+    assert sizes.sizes == [1] * 5
+    assert elapsed < 0.9, elapsed  # five round trips, not five windows
+
+
+def test_a_batch_window_out_of_range_is_refused() -> None:
+    for window in (-0.001, 1.5):
+        with pytest.raises(ValueError, match="batch_window must be 0 to 1 seconds"):
+            AsyncRedisStore("redis://127.0.0.1:1/0", batch_window=window)

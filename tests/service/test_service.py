@@ -162,7 +162,9 @@ def test_health_readiness_metrics_and_unknown_paths(service: Service) -> None:
     ready = httpx.get(service.http + "/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert httpx.get(service.http + "/metrics").status_code == 501
+    metrics = httpx.get(service.http + "/metrics")
+    assert metrics.status_code == 200
+    assert "ratewall_decisions_total" in metrics.text
     assert httpx.get(service.http + "/nope").status_code == 404
     assert httpx.get(service.http + "/v1/check").status_code == 405
 

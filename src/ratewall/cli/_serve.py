@@ -74,6 +74,22 @@ def register(commands: Any) -> None:
         action="store_true",
         help="do not send RateLimit/RateLimit-Policy/Retry-After headers for Envoy to add",
     )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the event loop: uvloop (faster; pip install uvloop), asyncio, or auto (uvloop "
+        "when installed; default %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-window",
+        metavar="MS",
+        type=_milliseconds,
+        default=None,
+        help="under load, how long a store call waits for other calls to share its round "
+        "trip, in milliseconds (0 to 1000; default 0: each call leaves at once unless two "
+        "are in flight)",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -104,8 +120,20 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=token,
         envoy_failure_mode=args.envoy_failure_mode,
         response_headers=not args.no_response_headers,
+        loop=args.loop,
+        **({} if args.batch_window is None else {"batch_window": args.batch_window}),
     )
     return serve(options)
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0.0 <= value <= 1000.0:
+        raise argparse.ArgumentTypeError(f"need 0 to 1000 milliseconds, got {text}")
+    return value / 1000.0
 
 
 def _worker_count(text: str) -> int:

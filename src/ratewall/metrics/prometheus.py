@@ -25,7 +25,14 @@ from ._counters import Histogram, Metrics, Snapshot
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["RatewallCollector", "families", "make_asgi_app", "make_wsgi_app", "register"]
+__all__ = [
+    "RatewallCollector",
+    "families",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "register",
+    "registry",
+]
 
 
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
@@ -144,6 +151,12 @@ def _registry() -> CollectorRegistry:
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     register(registry)
     return registry
+
+
+def registry() -> CollectorRegistry:
+    """The registry :func:`make_wsgi_app` serves (for ``generate_latest``): the default one,
+    with ratewall's collector, or in multi-process mode one that sums every worker's."""
+    return _registry()
 
 
 def make_wsgi_app() -> WSGIApplication:

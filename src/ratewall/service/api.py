@@ -7,7 +7,8 @@
                     answered 200 (OK) or 429 (OVER_LIMIT)
 ``GET /healthz``    200 while the process runs
 ``GET /readyz``     200 when the store answers, else 503
-``GET /metrics``    Prometheus text, once :mod:`ratewall.metrics` provides it; 501 until then
+``GET /metrics``    Prometheus text: ratewall's metrics and the per-rule stats (501 without
+                    prometheus-client)
 
 A request the service cannot decide gets 400 with an RFC 9457 ``application/problem+json``
 body naming the field (``invalid-params``) and consumes nothing.
@@ -179,11 +180,11 @@ class ServiceApp:
         from google.protobuf import json_format
         from google.protobuf.message import DecodeError
 
+        from ._json import parse_request, response_json
         from .rls import BadRequestError, decide
 
-        request = rls_pb2.RateLimitRequest()
         try:
-            json_format.Parse(body.decode("utf-8", "replace") or "{}", request)
+            request = parse_request(body.decode("utf-8", "replace") or "{}")
         except (json_format.ParseError, DecodeError, RecursionError) as error:
             raise _bad(f"not a RateLimitRequest in proto3 JSON: {error}") from None
         try:
@@ -192,7 +193,7 @@ class ServiceApp:
             raise _bad(str(error)) from None
         except StoreError as error:
             raise _ProblemError(503, "Service Unavailable", f"the store failed: {error}") from None
-        payload = json_format.MessageToJson(response, indent=None).encode()
+        payload = response_json(response)
         over = response.overall_code == rls_pb2.RateLimitResponse.Code.Value("OVER_LIMIT")
         return (429 if over else 200), _JSON, payload, ()
 
@@ -212,7 +213,9 @@ class ServiceApp:
         text = self._metrics() if self._metrics is not None else None
         if text is None:
             raise _ProblemError(
-                501, "Not Implemented", "metrics are not available in this version of ratewall"
+                501,
+                "Not Implemented",
+                "metrics need prometheus-client: pip install 'ratewall[prometheus]'",
             )
         return 200, b"text/plain; version=0.0.4; charset=utf-8", text, ()
 

@@ -38,6 +38,7 @@ __all__ = [
     "Engine",
     "LimiterFactory",
     "Outcome",
+    "OutcomeListener",
     "Rules",
 ]
 
@@ -46,6 +47,9 @@ _log = logging.getLogger("ratewall.service")
 MAX_UINT32: Final = 0xFFFFFFFF
 #: Builds a limiter for some policies on the worker's shared store (see runner).
 LimiterFactory = Callable[[Mapping[str, Policy]], AsyncRateLimiter]
+
+#: Hears each ShouldRateLimit request's domain, descriptors and outcomes, in order.
+OutcomeListener = Callable[[str, Sequence["DescriptorIn"], Sequence["Outcome"]], None]
 
 # Distinct per-descriptor limit overrides (requests_per_unit, unit) one worker keeps
 # limiters for; Envoy sends a handful in practice, so more is a misconfiguration.
@@ -89,8 +93,16 @@ class Rules:
 class Engine:
     """Decides on the shared store for both protocols. One per worker process."""
 
-    def __init__(self, rules: Rules, *, make_limiter: LimiterFactory) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        *,
+        make_limiter: LimiterFactory,
+        on_outcomes: OutcomeListener | None = None,
+    ) -> None:
         self.rules = rules
+        #: Told every Envoy request's outcomes (the per-rule stats of :mod:`.stats`).
+        self.on_outcomes = on_outcomes
         self._make_limiter = make_limiter
         self._overrides: dict[tuple[int, str], AsyncRateLimiter] = {}
         self._override_warned = False
@@ -171,7 +183,13 @@ class Engine:
             if ask.match is not None and ask.match.rule.shadow and not decision.allowed:
                 decision = _shadowed(decision)
             outcomes[ask.index] = _outcome(ask, decision)
-        return [o if o is not None else Outcome(False) for o in outcomes]
+        result = [o if o is not None else Outcome(False) for o in outcomes]
+        if self.on_outcomes is not None:
+            try:
+                self.on_outcomes(domain, descriptors, result)
+            except Exception:  # noqa: BLE001 - stats must never fail a decision
+                _log.exception("counting the outcomes of a request failed")
+        return result
 
     async def _decide(
         self, enforced: list[_Ask], peeks: list[_Ask], shadows: list[_Ask]
@@ -187,7 +205,9 @@ class Engine:
             _check_group(limiter, [(a.identity, a.policy, a.cost) for a in asks])
             for limiter, asks in groups.items()
         ]
-        answers = await asyncio.gather(*jobs)
+        # One job (the usual request: one descriptor) is awaited as it is: gather would wrap
+        # it in a task of its own, which costs more than the rest of the decision here.
+        answers = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
         results: list[tuple[_Ask, Decision]] = []
         for ask, answer in zip([*peeks, *shadows], answers, strict=False):
             if isinstance(answer, Decision):

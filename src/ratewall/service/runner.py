@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 import logging
 import multiprocessing
@@ -23,8 +24,9 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -53,6 +55,14 @@ ENV_ADMIN_TOKEN: Final = "RATEWALL_ADMIN_TOKEN"  # noqa: S105 - a variable name,
 _EXIT_OK: Final = 0
 _EXIT_CANNOT_START: Final = 1
 _RESTART_DELAY: Final = 1.0
+_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: How long a store call waits for others to share its round trip when RPCs arrive one per
+#: loop turn under load (see :class:`~ratewall.stores.batching.AsyncRedisStore`). Off by
+#: default: on a saturated 2-core VM calls already share round trips (the store's calls in
+#: flight are capped), and paired runs with 1 ms showed no gain beyond the noise.
+DEFAULT_BATCH_WINDOW: Final = 0.0
+#: The event loops ``ServiceOptions.loop`` (``--loop``) accepts.
+LOOPS: Final = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,8 @@ class ServiceOptions:
     envoy_failure_mode: str = "raise"
     response_headers: bool = True
     drain_seconds: float = 10.0
+    loop: str = "auto"
+    batch_window: float = DEFAULT_BATCH_WINDOW
 
 
 def parse_address(text: str, *, what: str) -> tuple[str, int]:
@@ -116,6 +128,15 @@ def _load(options: ServiceOptions) -> _Loaded:
             f"expected one of {', '.join(FAILURE_MODES)}",
             source="--envoy-failure-mode",
         )
+    if options.loop not in LOOPS:
+        raise ConfigError(
+            f"unknown event loop {options.loop!r}; expected one of {', '.join(LOOPS)}",
+            source="--loop",
+        )
+    if not 0.0 <= options.batch_window <= 1.0:
+        raise ConfigError(
+            f"must be 0 to 1 seconds, got {options.batch_window!r}", source="--batch-window"
+        )
     config = load_config(options.config) if options.config is not None else None
     tables = [config.domains] if config is not None and config.domains is not None else []
     if options.envoy_config:
@@ -141,6 +162,36 @@ def _load(options: ServiceOptions) -> _Loaded:
     return _Loaded(config, table, policies, store)
 
 
+def _metrics_backend(config: Config | None) -> str | None:
+    """What the service's limiters count into: the config's ``metrics`` setting, else
+    ``prometheus`` when prometheus-client is installed (``GET /metrics`` serves it)."""
+    if config is not None and config.metrics is not None:
+        return config.metrics
+    return "prometheus" if _has_prometheus() else None
+
+
+def _has_prometheus() -> bool:
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def _scraper() -> Callable[[], bytes | None]:
+    """What ``GET /metrics`` answers: prometheus-client's text of ratewall's counters and
+    the per-rule stats, summed over the workers in multi-process mode; ``None`` (501)
+    without prometheus-client."""
+    if not _has_prometheus():
+        return lambda: None
+    from prometheus_client import generate_latest
+
+    from ..metrics.prometheus import registry
+
+    served = registry()
+
+    def scrape() -> bytes:
+        return generate_latest(served)
+
+    return scrape
+
+
 def load_rules(options: ServiceOptions, store: Any) -> Rules:
     """The compiled rules of ``options``' files on ``store`` (a store object or a URL)."""
     loaded = _load(options)
@@ -151,12 +202,28 @@ def load_rules(options: ServiceOptions, store: Any) -> Rules:
         key_prefix=config.key_prefix if config is not None else "ratelimit",
         local_cache_size=config.local_cache_size if config is not None else 10_000,
         timeout=config.timeout if config is not None else 0.05,
+        metrics=_metrics_backend(config),
     )
     source = ", ".join([*([options.config] if options.config else []), *options.envoy_config])
     return Rules(limiter, loaded.table, limiter.policies, source)
 
 
 # --- one worker ------------------------------------------------------------------------------
+
+
+def _engine(options: ServiceOptions, loaded: _Loaded, store: Any, timeout: float) -> Engine:
+    """The worker's engine on ``store``, counting into the metrics ``/metrics`` serves."""
+    backend = _metrics_backend(loaded.config)
+
+    def make_limiter(policies: Mapping[str, Policy]) -> AsyncRateLimiter:
+        return AsyncRateLimiter(policies, store, timeout=timeout, metrics=backend)
+
+    engine = Engine(load_rules(options, store), make_limiter=make_limiter)
+    if _has_prometheus():
+        from .stats import RuleStats
+
+        engine.on_outcomes = RuleStats().count
+    return engine
 
 
 async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | None = None) -> int:
@@ -174,16 +241,20 @@ async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | No
     if parse_store_url(loaded.store)[0] != "memory":
         # One store object (one connection pool, one batch scheduler) for every limiter of
         # this worker: the rules' and each descriptor limit override's, across reloads.
-        shared = store = AsyncRedisStore(loaded.store, timeout=timeout)
+        shared = store = AsyncRedisStore(
+            loaded.store, timeout=timeout, batch_window=options.batch_window
+        )
 
-    def make_limiter(policies: Mapping[str, Policy]) -> AsyncRateLimiter:
-        return AsyncRateLimiter(policies, store, timeout=timeout)
-
-    engine = Engine(load_rules(options, store), make_limiter=make_limiter)
+    engine = _engine(options, loaded, store, timeout)
     grpc_host, grpc_port = parse_address(options.grpc, what="--grpc")
     http_host, http_port = parse_address(options.http, what="--http")
     token = _admin_token(options, http_host)
-    app = ServiceApp(engine, admin_token=token, response_headers=options.response_headers)
+    app = ServiceApp(
+        engine,
+        admin_token=token,
+        metrics=_scraper(),
+        response_headers=options.response_headers,
+    )
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     add_to_server(server, engine, headers=options.response_headers)
@@ -236,10 +307,14 @@ def _reload(engine: Engine, options: ServiceOptions, store: Any) -> None:
     try:
         rules = load_rules(options, store)
     except ConfigError as error:
+        if engine.rules.limiter.metrics is not None:
+            engine.rules.limiter.metrics.record_reload(False)
         _log.error("ratewall serve: reload failed, keeping the rules in force: %s", error)
         print(f"ratewall serve: reload failed, keeping the old rules: {error}", file=sys.stderr)
         return
     engine.swap(rules)
+    if rules.limiter.metrics is not None:
+        rules.limiter.metrics.record_reload(True)
     print(f"ratewall serve: worker {os.getpid()} reloaded {rules.source}", file=sys.stderr)
 
 
@@ -334,7 +409,7 @@ def serve(options: ServiceOptions) -> int:
         )
         workers = 1
     if workers <= 1:
-        return asyncio.run(run_worker(options))
+        return _run(run_worker(options), options.loop)
     grpc_host, grpc_port = parse_address(options.grpc, what="--grpc")
     http_host, http_port = parse_address(options.http, what="--http")
     # Port 0 means one port the system picks, shared by every worker: pick it here.
@@ -342,7 +417,44 @@ def serve(options: ServiceOptions) -> int:
         options = replace(options, grpc=f"{_bracketed(grpc_host)}:{_free_port(grpc_host)}")
     if http_port == 0:
         options = replace(options, http=f"{_bracketed(http_host)}:{_free_port(http_host)}")
-    return _supervise(options, workers)
+    return _supervise_with_shared_metrics(options, workers)
+
+
+def _supervise_with_shared_metrics(options: ServiceOptions, workers: int) -> int:
+    """Run the workers with ``PROMETHEUS_MULTIPROC_DIR`` set, so that a scrape of any of
+    them sums every worker's counters: the variable's own directory if it is set (empty it
+    before starting, as prometheus-client asks), else a fresh one removed at exit."""
+    if os.environ.get(_MULTIPROC_DIR) or not _has_prometheus():
+        return _supervise(options, workers)
+    with tempfile.TemporaryDirectory(prefix="ratewall-metrics-") as where:
+        os.environ[_MULTIPROC_DIR] = where
+        try:
+            return _supervise(options, workers)
+        finally:
+            del os.environ[_MULTIPROC_DIR]
+
+
+def _run(main: Coroutine[Any, Any, int], loop: str) -> int:
+    """Run ``main`` on the event loop ``loop`` names: ``uvloop``, ``asyncio``, or ``auto``
+    (uvloop when it is installed: it cuts grpc.aio's and the store's per-call loop work)."""
+    factory = _loop_factory(loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigError(
+                "--loop uvloop needs the uvloop package: pip install uvloop"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _free_port(host: str) -> int:
@@ -353,7 +465,7 @@ def _free_port(host: str) -> int:
 
 
 def _worker_main(options: ServiceOptions) -> None:
-    sys.exit(asyncio.run(run_worker(options)))
+    sys.exit(_run(run_worker(options), options.loop))
 
 
 def _supervise(options: ServiceOptions, count: int) -> int:

@@ -47,6 +47,12 @@ class AsyncRedisStore:
     its callers make their next calls, so both CPUs stay busy. A lopsided pair (one call
     beside all the others) would leave each side waiting for the other.
 
+    ``batch_window`` (seconds, default 0) is for servers that hand the loop one request per
+    turn (grpc.aio does): there, concurrent callers rarely meet in one turn, so a call that
+    finds another script call in flight waits up to the window for more calls to join it,
+    instead of leaving at once as a second one. A call that finds nothing in flight (a
+    caller alone, or one that awaits each reply) still leaves at once.
+
     On a standalone server the whole path runs in callbacks: a caller awaits one future, and
     a batch costs no task (see :class:`._aconnection.ScriptCall`).
     """
@@ -59,12 +65,15 @@ class AsyncRedisStore:
         clock: Callable[[], int] | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window: float = 0.0,
     ) -> None:
         if max_in_flight < 1 or not 1 <= max_batch <= len(ALTERNATING):
             raise ValueError(
                 f"max_in_flight must be >= 1 and max_batch in 1..{len(ALTERNATING)}, got "
                 f"{max_in_flight} and {max_batch}"
             )
+        if not 0.0 <= batch_window <= 1.0:
+            raise ValueError(f"batch_window must be 0 to 1 seconds, got {batch_window!r}")
         self.url = url
         kind, normalised = parse_store_url(url)
         self._arguments = Arguments(clock)
@@ -89,6 +98,7 @@ class AsyncRedisStore:
             self._use_new_client()
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
+        self._batch_window = batch_window
         self._in_flight = 0  # script calls
         self._in_flight_calls = 0
         # Waiting entries and their futures, in order; the calls they hold; how many of
@@ -167,10 +177,16 @@ class AsyncRedisStore:
 
     def _wake(self) -> None:
         """A call was queued: send it now if it is alone, else at the end of this loop turn
-        (callers woken together leave together), else when a script call returns."""
+        (callers woken together leave together), else when a script call returns. With a
+        ``batch_window``, the first call queued while a script call is in flight waits up
+        to the window for others (servers that hand the loop one request per turn)."""
         if self._flush_scheduled or self._in_flight >= self._max_in_flight:
             return
-        if not self._in_flight and len(self._entries) == 1 and not self._crowd:
+        window = self._batch_window
+        if window and self._in_flight and len(self._entries) == 1:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(window, self._scheduled_flush)
+        elif not self._in_flight and len(self._entries) == 1 and not self._crowd:
             # Alone: no one to share a round trip with, so no reason to wait a loop turn.
             self._flush()
         else:
