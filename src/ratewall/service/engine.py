@@ -35,11 +35,11 @@ from .descriptors import UNIT_SECONDS, DomainTable, Match, Rule, identity_of, un
 __all__ = [
     "MAX_UINT32",
     "DescriptorIn",
+    "DescriptorStatus",
     "Engine",
     "LimiterFactory",
-    "Outcome",
-    "OutcomeListener",
     "Rules",
+    "StatusListener",
 ]
 
 _log = logging.getLogger("ratewall.service")
@@ -49,7 +49,7 @@ MAX_UINT32: Final = 0xFFFFFFFF
 LimiterFactory = Callable[[Mapping[str, Policy]], AsyncRateLimiter]
 
 #: Hears each ShouldRateLimit request's domain, descriptors and outcomes, in order.
-OutcomeListener = Callable[[str, Sequence["DescriptorIn"], Sequence["Outcome"]], None]
+StatusListener = Callable[[str, Sequence["DescriptorIn"], Sequence["DescriptorStatus"]], None]
 
 # Distinct per-descriptor limit overrides (requests_per_unit, unit) one worker keeps
 # limiters for; Envoy sends a handful in practice, so more is a misconfiguration.
@@ -67,7 +67,7 @@ class DescriptorIn:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class DescriptorStatus:
     """One descriptor's answer. ``decision`` is None when no limit applied (no rule, or an
     unlimited one); ``limit``/``unit`` describe the applied limit to Envoy."""
 
@@ -98,7 +98,7 @@ class Engine:
         rules: Rules,
         *,
         make_limiter: LimiterFactory,
-        on_outcomes: OutcomeListener | None = None,
+        on_outcomes: StatusListener | None = None,
     ) -> None:
         self.rules = rules
         #: Told every Envoy request's outcomes (the per-rule stats of :mod:`.stats`).
@@ -135,12 +135,12 @@ class Engine:
 
     async def should_rate_limit(
         self, domain: str, descriptors: Sequence[DescriptorIn]
-    ) -> list[Outcome]:
+    ) -> list[DescriptorStatus]:
         """One outcome per descriptor, in order. Raises :class:`StoreError` when the store
         fails for a policy whose failure mode is ``raise``."""
         rules = self.rules
         matches = rules.table.resolve(domain, [d.entries for d in descriptors])
-        outcomes: list[Outcome | None] = [None] * len(descriptors)
+        outcomes: list[DescriptorStatus | None] = [None] * len(descriptors)
         # (index, limiter, identity, policy, cost) of what the store must decide.
         enforced: list[_Ask] = []
         peeks: list[_Ask] = []
@@ -150,17 +150,17 @@ class Engine:
             if descriptor.override is not None:
                 ask = self._override(index, descriptor, descriptor.override, domain)
                 if ask is None:
-                    outcomes[index] = Outcome(False)
+                    outcomes[index] = DescriptorStatus(False)
                     continue
                 (peeks if descriptor.cost == 0 else enforced).append(ask)
                 continue
             if found is None or found.rule.unlimited:
-                outcomes[index] = Outcome(False, rule=found.rule if found else None)
+                outcomes[index] = DescriptorStatus(False, rule=found.rule if found else None)
                 continue
             rule = found.rule
             if rule.blocked:
                 if rule.shadow:  # would refuse everything; shadow mode lets it all through
-                    outcomes[index] = Outcome(False, rule=rule)
+                    outcomes[index] = DescriptorStatus(False, rule=rule)
                 else:
                     outcomes[index] = _blocked(rule)
                     blocked = True
@@ -183,7 +183,7 @@ class Engine:
             if ask.match is not None and ask.match.rule.shadow and not decision.allowed:
                 decision = _shadowed(decision)
             outcomes[ask.index] = _outcome(ask, decision)
-        result = [o if o is not None else Outcome(False) for o in outcomes]
+        result = [o if o is not None else DescriptorStatus(False) for o in outcomes]
         if self.on_outcomes is not None:
             try:
                 self.on_outcomes(domain, descriptors, result)
@@ -278,10 +278,10 @@ async def _check_group(
         return list(await asyncio.gather(*(limiter.check(*item) for item in items)))
 
 
-def _outcome(ask: _Ask, decision: Decision) -> Outcome:
+def _outcome(ask: _Ask, decision: Decision) -> DescriptorStatus:
     rule = ask.match.rule if ask.match is not None else None
     window = rule.window if rule is not None else 0.0
-    return Outcome(
+    return DescriptorStatus(
         not decision.allowed,
         decision,
         rule,
@@ -292,9 +292,9 @@ def _outcome(ask: _Ask, decision: Decision) -> Outcome:
     )
 
 
-def _blocked(rule: Rule) -> Outcome:
+def _blocked(rule: Rule) -> DescriptorStatus:
     """A rule of 0 requests per unit: refused, without asking the store."""
-    return Outcome(True, None, rule, 0, unit_for_window(rule.window), 0, rule.window)
+    return DescriptorStatus(True, None, rule, 0, unit_for_window(rule.window), 0, rule.window)
 
 
 def _refused(decision: Decision) -> Decision:

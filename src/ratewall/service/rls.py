@@ -23,7 +23,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from ..errors import StoreError
 from ..http.headers import rate_limit_headers, retry_after
 from ..policy import Policy
-from .engine import MAX_UINT32, DescriptorIn, Engine, Outcome
+from .engine import MAX_UINT32, DescriptorIn, DescriptorStatus, Engine
 
 __all__ = [
     "MAX_DESCRIPTORS",
@@ -110,7 +110,7 @@ async def decide(engine: Engine, request: Any, *, headers: bool = True) -> Any:
     return response
 
 
-def _add_headers(response: Any, outcomes: Sequence[Outcome], policies: Any) -> None:
+def _add_headers(response: Any, outcomes: Sequence[DescriptorStatus], policies: Any) -> None:
     """The IETF RateLimit fields (and Retry-After when refused) for Envoy to pass on."""
     decisions = [o.decision for o in outcomes if o.decision is not None]
     if not decisions:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-from .engine import DescriptorIn, Outcome
+from .engine import DescriptorIn, DescriptorStatus
 
 __all__ = ["NEAR_LIMIT", "STATS", "RuleStats"]
 
@@ -68,7 +68,7 @@ class RuleStats:
         child.inc(hits)
 
     def count(
-        self, domain: str, descriptors: Sequence[DescriptorIn], outcomes: Sequence[Outcome]
+        self, domain: str, descriptors: Sequence[DescriptorIn], outcomes: Sequence[DescriptorStatus]
     ) -> None:
         for descriptor, outcome in zip(descriptors, outcomes, strict=True):
             rule = outcome.rule
