@@ -318,3 +318,23 @@ def test_check_config_shows_the_tier_and_the_exemptions(
     assert main(["check-config", str(write_config(tmp_path))]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "route GET /api -> api (tier from X-Plan: free, pro; exempt 192.0.2.0/24)" in lines
+
+
+def test_explain_shows_the_tier_and_an_exempt_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ratewall.cli import main
+
+    path = str(write_config(tmp_path))
+    user = ["-H", "X-User-ID: user_1"]
+    pro = ["explain", "GET", "/api", *user, "-H", "X-Plan: pro", "--client-ip", "198.51.100.1"]
+    assert main([*pro, "--config", path, "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["policies"][0]
+    assert (entry["tier"], entry["derived"]) == ("pro", "source")
+    assert main([*pro, "--config", path]) == 0
+    assert "policy    api (cost 1, tier pro)" in capsys.readouterr().out
+    # Forwarded by the trusted proxy for a client in 192.0.2.0/24: the policy is exempt.
+    exempt = ["-H", "X-Forwarded-For: 192.0.2.44", "--client-ip", PROXY]
+    assert main(["explain", "GET", "/api", *user, *exempt, "--config", path, "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["policies"][0]
+    assert (entry["identity"], entry["derived"]) == (None, "exempt_network")

@@ -236,3 +236,13 @@ def test_no_suggestion_for_a_name_nothing_resembles() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(data, source="limits.json")
     assert "did you mean" not in caught.value.reason
+
+
+def test_a_misspelt_setting_in_the_short_form_is_named_as_such() -> None:
+    data = {"login": {"limit": 5, "window": 60}, "timout": "50ms"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source="limits.json")
+    assert caught.value.field == "timout"
+    assert caught.value.reason.startswith(
+        "unknown top-level field 'timout' (did you mean 'timeout'?); settings need the long form"
+    )

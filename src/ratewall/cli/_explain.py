@@ -232,6 +232,15 @@ def _limit_entry(
     except Exception:  # noqa: BLE001 - the engine logged it; _Notes shows that
         value = None
     if checked is None:
+        address = engine.client_ip.address(request) if limit.exempt_networks else None
+        if address is not None and any(
+            address in network
+            for network in limit.exempt_networks
+            if not isinstance(network, str) and network.version == address.version
+        ):
+            entry["derived"] = "exempt_network"
+            entry["client_address"] = _address_trace(engine.client_ip, request)
+            return entry
         missing = not (isinstance(value, str) and value.strip())
         if missing and limit.on_missing_identity == "reject":
             entry["derived"] = "missing_reject"
@@ -317,6 +326,7 @@ _DERIVED = {
     "missing_reject": "{source} is missing: the request is refused with 400 "
     "(on_missing_identity: reject)",
     "not_checked": "not checked: another policy refuses the request with 400 first",
+    "exempt_network": "not limited: the client address is in the route's exempt_networks",
 }
 
 
@@ -330,7 +340,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
     if report["store"]:
         lines.append(f"store     {report['store']}")
     for entry in report["policies"]:
-        lines.append(f"policy    {entry['policy']} (cost {entry['cost']})")
+        tier = f", tier {entry['tier']}" if entry.get("tier") else ""
+        lines.append(f"policy    {entry['policy']} (cost {entry['cost']}{tier})")
         derived = _DERIVED[entry["derived"]].format(source=entry["identity_source"])
         identity = entry["identity"]
         lines.append(f"  identity  {identity if identity is not None else '-'} ({derived})")

@@ -338,6 +338,14 @@ def _policy(
             source=source,
             field=str(name),
         )
+    setting = closest(name, SETTINGS) if short_form and not isinstance(body, Mapping) else None
+    if setting is not None:
+        raise ConfigError(
+            f"unknown top-level field {name!r} (did you mean {setting!r}?); settings need the "
+            "long form: put the policies under a top-level 'policies' key next to it",
+            source=source,
+            field=str(name),
+        )
     validate_name(name, source=source, field=path)
     fields = dict(body) if isinstance(body, Mapping) else body
     if isinstance(fields, dict):

@@ -32,7 +32,8 @@ Config files describe routes as a list, parsed by :func:`parse_routes`::
         tier: {header: X-Plan, allowed: [free, pro], default: free}   # a tier per request
         exempt_networks: [10.0.0.0/8]      # clients never limited here (see ClientIP)
 
-``tier`` and ``exempt_networks`` may also be set on one policy entry of a route.
+``tier`` and ``exempt_networks`` may also be set on one policy entry of a route (the entry's
+own setting wins over the route's).
 """
 
 from __future__ import annotations
