@@ -3,6 +3,8 @@ plot files it writes."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pytest
 from ratewall import ConfigError
 from ratewall.cli import main
 from ratewall.simulate import Event, bursty, read_trace, simulate, steady
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def summaries(events: list[Event], limit: int, window: float) -> dict[str, tuple[int, ...]]:
@@ -135,3 +139,21 @@ def test_the_command_prints_the_summary_and_writes_png_and_svg(
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     text = (tmp_path / "plot.svg").read_text()
     assert "fixed_window: 15 admitted, 15 refused, at most 5 in any 10s" in text
+
+
+def test_the_docs_show_what_the_documented_commands_print(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = (DOCS / "simulate.md").read_text()
+    outputs = re.findall(r"```text\n((?:steady|bursty|trace)\b.*?)```", page, flags=re.DOTALL)
+    commands = re.findall(r"```sh\n(.*?)```", page, flags=re.DOTALL)[-1].strip().splitlines()
+    assert len(commands) == len(outputs) == 3
+    monkeypatch.chdir(DOCS / "assets" / "simulate")
+    for command, expected in zip(commands, outputs, strict=True):
+        arguments = shlex.split(command)
+        assert arguments[:2] == ["ratewall", "simulate"]
+        assert main([*arguments[1:], "--no-plot"]) == 0
+        assert capsys.readouterr().out == expected
+        output = arguments[arguments.index("--output") + 1]
+        assert (Path(output + ".png")).is_file()
+        assert (Path(output + ".svg")).is_file()
