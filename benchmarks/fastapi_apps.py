@@ -11,6 +11,9 @@ serialises it), so the rows differ only by the rate limiting around it:
   the app, one catch-all route per client address, memory store;
 - ``ratewall_dependency``: ratewall's :class:`~ratewall.integrations.fastapi.RateLimit` on
   the route, per client address, memory store;
+- ``ratewall_dependency_header``: the same with the README's ``Header("X-User-ID")``
+  identity, which the requests lack (so they fall back to the client address through the
+  engine's general path, not the short way);
 - ``ratewall_dependency_redis``: the same on the Redis store (``BENCH_REDIS_URL``);
 - ``slowapi_decorator``: slowapi's ``@limiter.limit`` with ``headers_enabled=True`` (its
   README's FastAPI set-up: the endpoint takes ``request`` and ``response``), memory storage;
@@ -30,7 +33,7 @@ from typing import Final
 from fastapi import Depends, FastAPI, Request, Response
 
 from ratewall import AsyncRateLimiter, Policy
-from ratewall.http import ClientIP, RateLimitMiddleware, Route, RouteLimit
+from ratewall.http import ClientIP, Header, IdentitySource, RateLimitMiddleware, Route, RouteLimit
 from ratewall.integrations.fastapi import RateLimit, install
 
 LIMIT: Final = 10**9
@@ -73,16 +76,22 @@ def ratewall_middleware() -> FastAPI:
     return app
 
 
-def _with_dependency(store: str) -> FastAPI:
+def _with_dependency(store: str, identity: IdentitySource | None = None) -> FastAPI:
     limiter = AsyncRateLimiter({POLICY: _policy()}, store=store)
     app = FastAPI()
     install(app)
-    app.get("/", dependencies=[Depends(RateLimit(limiter, POLICY))])(ok)
+    app.get("/", dependencies=[Depends(RateLimit(limiter, POLICY, identity))])(ok)
     return app
 
 
 def ratewall_dependency() -> FastAPI:
     return _with_dependency("memory://")
+
+
+def ratewall_dependency_header() -> FastAPI:
+    # The README's identity; the load generator sends no X-User-ID, so each request falls
+    # back to the client address: the general path of the engine, not the shortcut.
+    return _with_dependency("memory://", Header("X-User-ID"))
 
 
 def ratewall_dependency_redis() -> FastAPI:

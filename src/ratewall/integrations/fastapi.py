@@ -62,7 +62,8 @@ from ..http.shortcut import (
     shortcut_for,
     shortcut_item,
 )
-from ..http.steps import AsyncLimiter, Respond
+from ..http.steps import AsyncLimiter, Pass, Respond
+from ..http.wire import encode_headers
 from ._shared import AsyncEngineDriver, ViewLimits, apply_headers
 from .starlette import ratewall_request as request_of
 from .starlette import refusal_response
@@ -174,8 +175,19 @@ class RateLimit:
     def _finish(self, verdict: object, response: FastAPIResponse) -> None:
         if isinstance(verdict, Respond):
             raise RateLimited(verdict)
-        headers: Sequence[tuple[str, str]] = getattr(verdict, "headers", ())
-        apply_headers(self.engine, response.headers.get, response.headers.__setitem__, headers)
+        if not isinstance(verdict, Pass) or not verdict.headers:
+            return
+        encoded = verdict.encoded
+        if encoded is None:
+            try:
+                encoded = encode_headers(verdict.headers)
+            except Exception:  # noqa: BLE001 - apply_headers reports it, the response goes on
+                headers: Sequence[tuple[str, str]] = verdict.headers
+                apply_headers(
+                    self.engine, response.headers.get, response.headers.__setitem__, headers
+                )
+                return
+        _add_encoded(self, response, encoded)
 
 
 def _add_encoded(
