@@ -66,12 +66,20 @@ def instructions_in(dump_directory: Path) -> int:
 def measure(factory: str, algorithm: str, requests: int) -> float:
     """Instructions uvicorn executes per request of ``factory`` (``algorithm`` configures the
     limited app; the others ignore it)."""
+    env = {ALGORITHM_VARIABLE: algorithm, LIMIT_VARIABLE: str(10**9), WINDOW_VARIABLE: "60"}
+    return measure_factory(factory, env, requests)
+
+
+def measure_factory(factory: str, env: dict[str, str], requests: int) -> float:
+    """Instructions uvicorn executes per request of the app ``factory`` builds with ``env``
+    in its environment (``GET /``, ``requests`` of them after a warm-up)."""
     with tempfile.TemporaryDirectory(prefix="ratewall-callgrind-") as directory:
         prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/callgrind.out"]
-        env = {ALGORITHM_VARIABLE: algorithm, LIMIT_VARIABLE: str(10**9), WINDOW_VARIABLE: "60"}
         server = UvicornServer(factory, env, prefix=prefix)
         try:
-            server.start(timeout=120.0)  # a Python under valgrind starts slowly
+            server.start(
+                timeout=600.0
+            )  # a Python under valgrind starts slowly (more on a busy machine)
             asyncio.run(_serve(server.port, WARM_UP))
             callgrind_control("-z", server.pid)
             asyncio.run(_serve(server.port, requests))

@@ -1,5 +1,6 @@
 """Django over real HTTP: the README example under gunicorn workers sharing Redis, and the
-middleware and decorator configured by ``settings.RATEWALL`` under werkzeug's server.
+middleware and decorator configured by ``settings.RATEWALL``, for ``def`` and ``async def``
+views, under werkzeug's WSGI server and under uvicorn with Django's ASGI handler.
 
 Django's settings are global to a process: this module configures them once (it is its own
 URLconf) and each test overrides ``RATEWALL`` and ``MIDDLEWARE``.
@@ -16,8 +17,10 @@ from typing import Any
 import django
 import httpx
 import pytest
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import override_settings
@@ -42,6 +45,7 @@ from ..http._support import ratelimit_members, wsgi_app
 from ._support import (
     assert_example_shares_one_limit,
     free_port,
+    serve_asgi,
     serve_wsgi,
     wire,
 )
@@ -96,6 +100,20 @@ def account(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
+@rate_limit("login", identity=Header("X-User-ID"))
+async def login_async(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"ok": True, "async": True})
+
+
+@rate_limit("profile", PathParam("user_id"))
+async def profile_async(request: HttpRequest, user_id: int) -> HttpResponse:
+    return HttpResponse(f"async user {user_id}")
+
+
+async def plain_async(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
 class FakeAuthentication:
     """Stands in for ``AuthenticationMiddleware``: ``X-Login: <pk>`` logs a user in."""
 
@@ -114,6 +132,9 @@ urlpatterns = [
     path("login", login),
     path("users/<int:user_id>", profile),
     path("account", account),
+    path("async/login", login_async),
+    path("async/users/<int:user_id>", profile_async),
+    path("async/plain", plain_async),
 ]
 
 
@@ -124,6 +145,21 @@ def project() -> Iterator[Callable[..., str]]:
 
         def serve(ratewall: object, middleware: tuple[str, ...] = (MIDDLEWARE,)) -> str:
             stack.enter_context(override_settings(RATEWALL=ratewall, MIDDLEWARE=list(middleware)))
+            return stack.enter_context(serve_wsgi(WSGIHandler()))
+
+        yield serve
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def any_project(request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """:func:`project`, once under WSGI (werkzeug) and once under ASGI (uvicorn running
+    Django's ``ASGIHandler``: an async middleware stack)."""
+    with contextlib.ExitStack() as stack:
+
+        def serve(ratewall: object, middleware: tuple[str, ...] = (MIDDLEWARE,)) -> str:
+            stack.enter_context(override_settings(RATEWALL=ratewall, MIDDLEWARE=list(middleware)))
+            if request.param == "asgi":
+                return stack.enter_context(serve_asgi(ASGIHandler()))
             return stack.enter_context(serve_wsgi(WSGIHandler()))
 
         yield serve
@@ -241,12 +277,70 @@ def test_settings_mistakes_are_improperly_configured(monkeypatch: pytest.MonkeyP
             typo(HttpRequest())
 
 
-def test_async_views_are_refused_for_now() -> None:
-    async def view(request: HttpRequest) -> HttpResponse:
+def test_async_and_sync_views_share_the_limiter_under_wsgi_and_asgi(
+    any_project: Callable[..., str], http: httpx.Client
+) -> None:
+    clock = FakeClock()
+    url = any_project({"policies": POLICIES, "routes": [PLAIN_ROUTE], "clock": clock})
+    # The async view and the sync one spend the same "login" quota of the settings' limiter.
+    first = posts(http, url + "/async/login", 3, USER)
+    assert [r.status_code for r in first] == [200] * 3
+    assert first[0].json() == {"ok": True, "async": True}
+    assert [ratelimit_members(r.headers)["login"]["r"] for r in first] == [4, 3, 2]
+    assert [r.status_code for r in posts(http, url + "/login", 3, USER)] == [200, 200, 429]
+    refused = posts(http, url + "/async/login", 1, USER)[0]
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["retry-after"] == "60"
+    # The route middleware in front of an async view: both limits apply, headers combine.
+    assert [r.status_code for r in posts(http, url + "/plain", 1, {"X-User-ID": "u9"})] == [200]
+    profiles = [http.get(f"{url}/async/users/{n}") for n in (7, 7, 7, 8)]
+    assert [r.status_code for r in profiles] == [200, 200, 429, 200]
+    assert profiles[0].text == "async user 7"
+    clock.advance(60)
+    assert http.get(f"{url}/async/users/7").status_code == 200
+    assert posts(http, url + "/async/login", 1, USER)[0].status_code == 200
+
+
+@pytest.mark.redis
+def test_async_view_and_middleware_on_redis_under_asgi(redis_url: str, http: httpx.Client) -> None:
+    user = {"X-User-ID": f"django-async-{free_port()}"}
+    async_route = {**PLAIN_ROUTE, "match": "POST /async/plain"}
+    with (
+        override_settings(
+            RATEWALL={"policies": POLICIES, "store": redis_url, "routes": [async_route]},
+            MIDDLEWARE=[MIDDLEWARE],
+        ),
+        serve_asgi(ASGIHandler()) as url,
+    ):
+        codes = [r.status_code for r in posts(http, url + "/async/plain", 6, user)]
+        views = [r.status_code for r in posts(http, url + "/async/login", 2, user)]
+    assert codes == [200] * 5 + [429]
+    assert views == [429, 429]  # the view's "login" is the route's, spent in Redis
+
+
+def test_async_view_on_a_dead_store_answers_by_the_failure_mode(
+    any_project: Callable[..., str], http: httpx.Client
+) -> None:
+    policies = {**POLICIES, "login": {"limit": 5, "window": 60, "failure_mode": "closed"}}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    url = any_project({"policies": policies, "store": dead}, ())
+    unavailable = posts(http, url + "/async/login", 1, USER)[0]
+    assert unavailable.status_code == 503
+    assert unavailable.headers["retry-after"] == "1"
+    # "profile" fails by raising, which over HTTP lets the request pass.
+    assert [http.get(url + "/async/users/1").status_code for _ in range(3)] == [200] * 3
+
+
+def test_the_middleware_and_decorator_keep_the_kind_of_what_they_wrap() -> None:
+    async def asynchronous(request: Any) -> Any:
         return HttpResponse("ok")
 
-    with pytest.raises(TypeError, match="async views"):
-        rate_limit("login")(view)
+    with override_settings(RATEWALL={"policies": POLICIES, "routes": [PLAIN_ROUTE]}):
+        assert iscoroutinefunction(RateLimitMiddleware(asynchronous))
+        assert not iscoroutinefunction(RateLimitMiddleware(plain))
+    assert iscoroutinefunction(login_async)
+    assert not iscoroutinefunction(login)
 
 
 def test_client_ip_from_settings_applies_to_ip_identities(

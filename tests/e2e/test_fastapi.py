@@ -282,3 +282,74 @@ def test_header_options(http: httpx.Client) -> None:
 def test_a_sync_limiter_is_refused_at_import_time() -> None:
     with pytest.raises(TypeError, match="AsyncRateLimiter"):
         RateLimit(RateLimiter(POLICIES), "login")  # type: ignore[arg-type]
+
+
+async def test_the_client_address_dependency_answers_like_the_middleware() -> None:
+    # A limit on the client address takes the middleware's short way (ratewall.http.shortcut)
+    # for allowed requests; refusals take the general path: both must answer as it does.
+    await assert_answers_like_the_middleware("memory://")
+
+
+@pytest.mark.redis
+async def test_the_client_address_dependency_on_redis_answers_like_the_middleware(
+    redis_url: str,
+) -> None:
+    await assert_answers_like_the_middleware(redis_url)
+
+
+async def assert_answers_like_the_middleware(store: str) -> None:
+    """The dependency and the middleware, each with its own limiter on ``store``, called in
+    process (the limiters live on the test's event loop and are closed with it)."""
+    clock, middleware_clock = FakeClock(), FakeClock()
+    policies = {"login_ip": Policy(3, 60)}
+    async with (
+        AsyncRateLimiter(policies, store=store, key_prefix="dep", clock=clock) as shared,
+        AsyncRateLimiter(policies, store=store, key_prefix="mw", clock=middleware_clock) as other,
+    ):
+        middleware = RateLimitMiddleware(
+            asgi_app(), other, [Route("/login", [RouteLimit("login_ip", ClientIP())])]
+        )
+        ours: list[httpx.Response] = []
+        theirs: list[httpx.Response] = []
+        for app, into in ((login_app(RateLimit(shared, "login_ip")), ours), (middleware, theirs)):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                into.extend([await client.post("/login") for _ in range(4)])
+    assert [r.status_code for r in ours] == [200, 200, 200, 429]
+    assert [r.json() for r in ours[:3]] == [{"ok": True}] * 3
+    for mine, expected in zip(ours, theirs, strict=True):
+        assert mine.headers.get("ratelimit-policy") == expected.headers.get("ratelimit-policy")
+        if store == "memory://":  # Redis's own clock moves between the two apps' requests
+            assert mine.headers.get("ratelimit") == expected.headers.get("ratelimit")
+    assert ours[3].status_code == theirs[3].status_code == 429
+    assert ours[3].headers["retry-after"] == theirs[3].headers["retry-after"]
+    assert ours[3].content == theirs[3].content
+
+
+def test_two_client_address_dependencies_combine_their_fields(http: httpx.Client) -> None:
+    shared = limiter()
+    app = login_app(RateLimit(shared, "login_ip"), RateLimit(shared, "login"))
+    with serve_asgi(app) as url:
+        response = http.post(url + "/login")
+    assert ratelimit_members(response.headers) == {
+        "login_ip": {"q": 3, "w": 60, "r": 2, "t": 60},
+        "login": {"q": 5, "w": 60, "r": 4, "t": 60},
+    }
+
+
+def test_a_failing_store_under_the_client_address_dependency(http: httpx.Client) -> None:
+    from ratewall.testing import FailingStore
+
+    store = FailingStore()
+    closed = AsyncRateLimiter({"login": Policy(5, 60, failure_mode="closed")}, store=store)
+    opened = AsyncRateLimiter({"login": Policy(5, 60, failure_mode="open")}, store=store)
+    with (
+        serve_asgi(login_app(RateLimit(closed, "login"))) as a,
+        serve_asgi(login_app(RateLimit(opened, "login"))) as b,
+    ):
+        unavailable = http.post(a + "/login")
+        passed = http.post(b + "/login")
+    assert unavailable.status_code == 503
+    assert unavailable.headers["retry-after"] == "1"
+    assert passed.status_code == 200
+    assert store.calls == 2

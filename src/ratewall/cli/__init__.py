@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..errors import ConfigError
-from . import _check_config, _demo, _explain, _inspect, _reset, _serve, _top
+from . import _check_config, _demo, _explain, _inspect, _reset, _serve, _simulate, _top
 from ._check_config import describe_config
 from ._common import EXIT_INTERRUPTED, EXIT_USAGE, Handler
 
@@ -32,6 +32,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     _explain.register,
     _top.register,
     _serve.register,
+    _simulate.register,
 )
 
 

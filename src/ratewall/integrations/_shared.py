@@ -269,6 +269,19 @@ class AsyncEngineDriver:
             answer = error
         return _sendable(self.engine, self.engine.settle(step, answer))
 
+    def settled(
+        self,
+        build_request: Callable[[], HttpRequest],
+        answer: Sequence[Decision] | Exception,
+    ) -> Verdict:
+        """What to do with the request when the limiter's ``answer`` for its one item is
+        known already (the shortcut asked it and could not finish): the general path, the
+        limiter not asked again. Never raises."""
+        step = _start(self.engine, build_request)
+        if not isinstance(step, AskLimiter):
+            return _sendable(self.engine, step)
+        return _sendable(self.engine, self.engine.settle(step, answer))
+
 
 def header_updates(
     existing: Callable[[str], str | None], headers: Sequence[tuple[str, str]]

@@ -41,19 +41,26 @@ authenticated users, else ``REMOTE_USER``. The decorator limits one view; the vi
 keyword arguments (``<int:user_id>``) are what :class:`~ratewall.http.PathParam` reads.
 
 Responses, headers and failure rules are the engine's, identical to the WSGI middleware's.
-Synchronous views only: the middleware is sync-only (under ASGI, Django runs it in a thread),
-and the decorator rejects ``async def`` views for now.
+
+Both work with ``def`` and ``async def`` views, under WSGI and ASGI. The middleware is sync
+and async capable (Django's ``sync_capable``/``async_capable``): in an async stack (ASGI,
+every middleware async capable) it runs as a coroutine, and Django adds no thread hop for
+it. The decorator keeps the kind of the view it wraps: an ``async def`` view stays a
+coroutine function. In async code, a check on the memory store runs inline (it does no
+I/O); a check on Redis runs in a worker thread (``sync_to_async(thread_sensitive=False)``),
+so the event loop never waits on the network and checks of concurrent requests do not
+queue behind one another.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, cast
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import (
     ImproperlyConfigured,
@@ -69,7 +76,7 @@ from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource
 from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit, RouteTable, routes_from_config
-from ..http.steps import Pass, Respond
+from ..http.steps import Pass, Respond, Verdict
 from ..limiter import RateLimiter
 from ._shared import EngineDriver, ViewLimits, apply_headers, path_params, uses_user
 
@@ -263,12 +270,24 @@ def _add_headers(engine: HttpEngine, response: Any, verdict: Pass) -> None:
     apply_headers(engine, response.get, response.__setitem__, verdict.headers)
 
 
+async def _verdict_async(driver: EngineDriver, build: Callable[[], HttpRequest]) -> Verdict:
+    """``driver.verdict(build)`` from async code: inline on the memory store (no I/O), else
+    in a worker thread, so that the event loop never blocks on the store."""
+    limiter = driver.limiter
+    if isinstance(limiter, RateLimiter) and limiter.local_store is not None:
+        return driver.verdict(build)
+    # thread_sensitive=False: the limiter is thread-safe, and Django's one thread for
+    # thread-sensitive calls would make every request's check wait for the others'.
+    return await sync_to_async(driver.verdict, thread_sensitive=False)(build)
+
+
 class RateLimitMiddleware:
     """Limits requests by the ``routes`` of ``settings.RATEWALL`` (``MiddlewareNotUsed``
-    when there are none: the decorator works without this middleware)."""
+    when there are none: the decorator works without this middleware). Sync and async
+    capable: Django calls it the way the rest of its middleware stack runs."""
 
     sync_capable = True
-    async_capable = False
+    async_capable = True
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         setup = _current()
@@ -279,12 +298,26 @@ class RateLimitMiddleware:
         self.get_response = get_response
         self.driver = setup.routes
         self.uses_user = setup.routes_use_user
+        self._is_async = iscoroutinefunction(get_response)
+        if self._is_async:
+            # Django's convention: the instance tells it is a coroutine function this way.
+            markcoroutinefunction(self)
 
     def __call__(self, request: Any) -> Any:
+        if self._is_async:
+            return self._acall(request)
         verdict = self.driver.verdict(lambda: _request(request, None, self.uses_user))
         if isinstance(verdict, Respond):
             return _refusal(verdict)
         response = self.get_response(request)
+        _add_headers(self.driver.engine, response, verdict)
+        return response
+
+    async def _acall(self, request: Any) -> Any:
+        verdict = await _verdict_async(self.driver, lambda: _request(request, None, self.uses_user))
+        if isinstance(verdict, Respond):
+            return _refusal(verdict)
+        response = await self.get_response(request)
         _add_headers(self.driver.engine, response, verdict)
         return response
 
@@ -297,7 +330,8 @@ def rate_limit(
     on_missing_identity: OnMissingIdentity = "ip",
     limits: Iterable[RouteLimit] = (),
 ) -> Callable[[View], View]:
-    """A decorator rate-limiting a (synchronous) Django view with the settings' limiter.
+    """A decorator rate-limiting a Django view (``def`` or ``async def``) with the settings'
+    limiter.
 
     Apply one ``policy`` to the client ``identity`` names (default: the client address, as
     the settings' ``client_ip`` finds it), spending ``cost`` units per request; or pass
@@ -310,13 +344,24 @@ def rate_limit(
 
     def decorate(view: View) -> View:
         name = getattr(view, "__qualname__", repr(view))
-        if inspect.iscoroutinefunction(view):
-            raise TypeError(
-                f"@rate_limit does not support async views yet ({name}); limit the path "
-                "with ratewall.integrations.django.RateLimitMiddleware instead"
-            )
         where = f"@rate_limit on view {name!r}"
         _declared.append((declared, where))
+
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def limited_async(request: Any, *args: Any, **kwargs: Any) -> Any:
+                driver = _current().driver(declared, where)
+                verdict = await _verdict_async(
+                    driver, lambda: _request(request, kwargs, declared.uses_user)
+                )
+                if isinstance(verdict, Respond):
+                    return _refusal(verdict)
+                response = await view(request, *args, **kwargs)
+                _add_headers(driver.engine, response, verdict)
+                return response
+
+            return cast(View, limited_async)
 
         @functools.wraps(view)
         def limited(request: Any, *args: Any, **kwargs: Any) -> Any:

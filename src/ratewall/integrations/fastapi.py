@@ -42,7 +42,7 @@ The ASGI middleware works with FastAPI as with any ASGI app, for limits by path 
 # releases do not resolve string annotations of a callable instance.
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from fastapi import HTTPException
 from fastapi import Request as FastAPIRequest
@@ -51,12 +51,22 @@ from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
+from ..decision import Decision
 from ..http.client_ip import ClientIP
 from ..http.identities import IdentitySource
 from ..http.routes import OnMissingIdentity, RouteLimit
-from ..http.steps import AsyncLimiter, Respond
+from ..http.shortcut import (
+    Shortcut,
+    checks_singly,
+    memory_store_check,
+    shortcut_for,
+    shortcut_item,
+)
+from ..http.steps import AsyncLimiter, Pass, Respond
+from ..http.wire import encode_headers
 from ._shared import AsyncEngineDriver, ViewLimits, apply_headers
-from .starlette import ratewall_request, refusal_response
+from .starlette import ratewall_request as request_of
+from .starlette import refusal_response
 
 __all__ = ["RateLimit", "RateLimited", "install", "rate_limited_handler"]
 
@@ -121,17 +131,77 @@ class RateLimit:
             where=f"RateLimit({', '.join(limit.policy for limit in declared.limits)})",
         )
         self._driver = AsyncEngineDriver(self.engine, limiter)
+        # The ASGI middleware's short way for the usual request (ratewall.http.shortcut):
+        # a limit on the client address, allowed. Chosen once, as the middleware does.
+        self._limiter = limiter
+        self._shortcut: Shortcut | None = None
+        self._check_now: Callable[[str, str, int], Decision] | None = None
+        if checks_singly(limiter):
+            self._shortcut = shortcut_for(self.engine)
+            if self._shortcut is not None:
+                self._check_now = memory_store_check(limiter)
 
     def __repr__(self) -> str:
         return f"RateLimit({', '.join(repr(limit.policy) for limit in self.limits)})"
 
     async def __call__(self, request: FastAPIRequest, response: FastAPIResponse) -> None:
-        verdict = await self._driver.verdict(functools.partial(ratewall_request, request))
+        shortcut = self._shortcut
+        if shortcut is not None:
+            item = shortcut_item(shortcut, request.scope)
+            if isinstance(item, tuple):
+                answer: list[Decision] | Exception
+                check_now = self._check_now
+                try:
+                    if check_now is not None:
+                        decision = check_now(*item)
+                    else:
+                        # checks_singly() made sure it is an AsyncRateLimiter's own check.
+                        decision = await self._limiter.check(*item)  # type: ignore[attr-defined]
+                except Exception as error:  # noqa: BLE001 - the engine applies the failure policy
+                    answer = error
+                else:
+                    extra = shortcut.fields(decision)
+                    if extra is not None:  # allowed (empty: no field to add)
+                        if extra:
+                            _add_encoded(self, response, extra)
+                        return
+                    answer = [decision]
+                self._finish(
+                    self._driver.settled(functools.partial(request_of, request), answer), response
+                )
+                return
+        self._finish(await self._driver.verdict(functools.partial(request_of, request)), response)
+
+    def _finish(self, verdict: object, response: FastAPIResponse) -> None:
         if isinstance(verdict, Respond):
             raise RateLimited(verdict)
-        apply_headers(
-            self.engine, response.headers.get, response.headers.__setitem__, verdict.headers
-        )
+        if not isinstance(verdict, Pass) or not verdict.headers:
+            return
+        encoded = verdict.encoded
+        if encoded is None:
+            try:
+                encoded = encode_headers(verdict.headers)
+            except Exception:  # noqa: BLE001 - apply_headers reports it, the response goes on
+                headers: Sequence[tuple[str, str]] = verdict.headers
+                apply_headers(
+                    self.engine, response.headers.get, response.headers.__setitem__, headers
+                )
+                return
+        _add_encoded(self, response, encoded)
+
+
+def _add_encoded(
+    limit: RateLimit, response: FastAPIResponse, extra: list[tuple[bytes, bytes]]
+) -> None:
+    """Add the shortcut's encoded fields to the dependency's response: appended as they are
+    when the response has no header yet (FastAPI's response for dependencies starts empty),
+    else merged by name like every other integration does."""
+    raw = getattr(response, "raw_headers", None)
+    if type(raw) is list and not raw:
+        raw.extend(extra)
+        return
+    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in extra]
+    apply_headers(limit.engine, response.headers.get, response.headers.__setitem__, decoded)
 
 
 async def rate_limited_handler(request: StarletteRequest, exc: Exception) -> Response:
