@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from ._clock import Clock, micros_from
 from ._urls import redacted
+from ._watch import ConfigWatcher
 from .core import CHECK, PEEK, RESET, Core, Plan
 from .decision import Decision
 from .errors import ConfigError, StoreError
@@ -40,6 +41,8 @@ class _Limiter:
     _local: LocalStore | None
     #: The counters ``metrics=`` attached (a reload reports to their ``record_reload``).
     metrics: Metrics | None
+    # from_config(path, watch=True): what reloads the limiter when the file changes.
+    _watcher: ConfigWatcher | None = None
 
     def __init__(
         self,
@@ -127,6 +130,7 @@ class _Limiter:
         timeout: float | None = None,
         observer: Observer | None = None,
         metrics: str | None = None,
+        watch: bool = False,
     ) -> Self:
         """A limiter for the policies and settings of a JSON, YAML or TOML file (or of a
         :class:`~ratewall.config.Config` already loaded).
@@ -134,11 +138,17 @@ class _Limiter:
         ``store`` (a URL or a store object) overrides the file's store URL (with neither,
         the memory store is used); ``timeout`` overrides the file's store timeout, and
         ``metrics`` its ``metrics`` setting.
+
+        ``watch=True`` (a path only; needs ``ratewall[watch]``) reloads the policies each
+        time the file changes, as :meth:`reload` does: a bad edit is logged and the old
+        config stays. ``close()`` stops watching.
         """
         from .config import Config, load_config
 
+        if watch and isinstance(path, Config):
+            raise TypeError("watch=True needs the config file's path, not a loaded Config")
         config = path if isinstance(path, Config) else load_config(path)
-        return cls(
+        limiter = cls(
             config.policies,
             store or config.store or "memory://",
             key_prefix=config.key_prefix,
@@ -148,6 +158,14 @@ class _Limiter:
             observer=observer,
             metrics=config.metrics if metrics is None else metrics,
         )
+        if watch and not isinstance(path, Config):
+            limiter._watcher = ConfigWatcher(path, limiter._reload)
+        return limiter
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
     @property
     def policies(self) -> Mapping[str, Policy]:
@@ -316,7 +334,9 @@ class RateLimiter(_Limiter):
         return self._core.decide(plan, reply)
 
     def close(self) -> None:
-        """Release the store's connections. The limiter must not be used afterwards."""
+        """Release the store's connections (and stop watching the config file). The limiter
+        must not be used afterwards."""
+        self._stop_watching()
         self._store.close()
 
     def __enter__(self) -> Self:
@@ -430,7 +450,9 @@ class AsyncRateLimiter(_Limiter):
         return self._core.decide(plan, reply)
 
     async def aclose(self) -> None:
-        """Release the store's connections. The limiter must not be used afterwards."""
+        """Release the store's connections (and stop watching the config file). The limiter
+        must not be used afterwards."""
+        self._stop_watching()
         await self._store.aclose()
 
     async def __aenter__(self) -> Self:
