@@ -332,9 +332,16 @@ class Metrics:
     def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
         bucket = bisect_left(LATENCY_BUCKETS, seconds)
         if calls == 1 and error is None and not self._listeners:
-            with self._lock:  # the common case: one decision, no error, nobody listening
+            # The common case: one decision, no error, nobody listening. acquire/release
+            # rather than `with`: half the cost (try/finally costs nothing until it raises,
+            # as a KeyboardInterrupt between the two could).
+            lock = self._lock
+            lock.acquire()
+            try:
                 self._latency_counts[bucket] += 1
                 self._latency_total += seconds
+            finally:
+                lock.release()
             return
         batch = bisect_left(BATCH_BUCKETS, calls)
         with self._lock:
