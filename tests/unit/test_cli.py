@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import types
@@ -212,3 +213,26 @@ def test_python_dash_m_ratewall_check_config() -> None:
     assert result.returncode == 0, result.stderr
     assert "login: 5 per 1m (fixed_window)" in result.stdout.splitlines()
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("lines_read", [0, 1])
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path: Path, lines_read: int) -> None:
+    """``ratewall check-config big.json | head``: more output than a pipe holds (64 KiB), so
+    the command is still writing when the reader closes its end."""
+    config = tmp_path / "big.json"
+    config.write_text(
+        json.dumps({f"policy_{n:05d}": {"limit": n + 1, "window": 60} for n in range(4000)})
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "ratewall", "check-config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as command:
+        assert command.stdout is not None
+        assert command.stderr is not None
+        for _ in range(lines_read):
+            assert command.stdout.readline()
+        command.stdout.close()  # as `head` does once it has its lines
+        errors = command.stderr.read().decode()
+        assert command.wait(timeout=60) == 141
+    assert errors == ""

@@ -5,7 +5,9 @@ setting."""
 from __future__ import annotations
 
 import json
+import os
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,82 @@ def test_counter_values_read_back_exactly() -> None:
     for _ in range(12_345):
         metrics.on_decision(_decision(False))
     assert metrics.snapshot().decisions["api"]["limited"] == 12_345
+
+
+class _SlowPathMetrics(Metrics):
+    """Counts through ``on_decision`` (a subclass is observed, not bound to the exits)."""
+
+
+def _outcome_mix(metrics: Metrics) -> Snapshot:
+    clock = FakeClock()
+    policies = {
+        "api": Policy(limit=5, window=60, exempt=frozenset({"health"})),
+        "shadowed": Policy(limit=2, window=60, shadow=True),
+        "tiered": Policy(limit=3, window=60, tiers={"pro": Policy(limit=6, window=60)}),
+    }
+    with RateLimiter(policies, observer=metrics, clock=clock) as limiter:
+        for identity in ("a", "b"):
+            for _ in range(7):
+                limiter.check(identity, "api")
+                limiter.check(identity, "shadowed")
+                limiter.check(identity, "tiered", tier="pro")
+                limiter.check(identity, "tiered")
+        limiter.check("health", "api")
+    return metrics.snapshot()
+
+
+def test_the_exits_bound_counters_count_exactly_what_on_decision_counts() -> None:
+    fast, slow = Metrics(), _SlowPathMetrics()
+    counted = _outcome_mix(fast)
+    assert counted == _outcome_mix(slow)
+    assert counted.decisions["api"]["allowed"] == 10
+    assert counted.decisions["api"]["limited"] == 4
+    assert counted.decisions["api"]["exempt"] == 1
+    assert counted.decisions["shadowed"]["shadow_limited"] == 10
+    assert counted.near_limit["tiered"] > 0
+
+
+def test_no_decision_is_lost_between_threads_on_the_bound_counters() -> None:
+    metrics = Metrics()
+    threads, per_thread = 4, 5_000
+    limiter = RateLimiter({"api": Policy(limit=per_thread, window=60)}, observer=metrics)
+    start = threading.Barrier(threads)
+
+    def hammer(identity: str) -> None:
+        start.wait()
+        for _ in range(per_thread * 2):  # half allowed, half refused
+            limiter.check(identity, "api")
+
+    workers = [threading.Thread(target=hammer, args=(f"u{n}",)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    counts = metrics.snapshot().decisions["api"]
+    assert counts["allowed"] == threads * per_thread
+    assert counts["limited"] == threads * per_thread
+
+
+def test_a_forked_child_counts_from_zero_through_the_same_exits() -> None:
+    metrics = Metrics()
+    limiter = RateLimiter({"api": Policy(limit=100, window=60)}, observer=metrics)
+    for _ in range(3):
+        limiter.check("u", "api")
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process with threads: what is tested here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report its own count and leave without pytest's cleanup
+        try:
+            limiter.check("u", "api")
+            limiter.check("u", "api")
+            os.write(write, str(metrics.snapshot().decisions["api"]["allowed"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as reply:
+        child_count = reply.read()
+    os.waitpid(pid, 0)
+    assert child_count == "2"
+    assert metrics.snapshot().decisions["api"]["allowed"] == 3

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "CommandError",
     "Session",
+    "Variant",
     "add_store_options",
     "decision_fields",
     "describe_decision",
@@ -39,6 +40,8 @@ __all__ = [
     "seconds",
     "session",
     "shared_store_url",
+    "tier_option",
+    "variant_of",
 ]
 
 #: The store timeout of admin commands: they are not on a request's path, so the 50 ms a
@@ -148,6 +151,67 @@ def memory_store_error(command: str) -> CommandError:
     )
 
 
+def tier_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tier",
+        default=None,
+        metavar="NAME",
+        help="the tier the application passes (check(..., tier=NAME)): show its limits",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """Which of a policy's limits decide for one identity (SPEC §8): ``exempt`` (always
+    allowed, nothing stored), else its ``override``, else the ``tier`` asked for, else the
+    ``policy``'s own. ``limits`` are those in force; ``shadow`` whether refusals pass."""
+
+    kind: str
+    tier: str | None
+    limits: Policy
+    shadow: bool
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "variant": self.kind,
+            "tier": self.tier,
+            "shadow": self.shadow,
+            "limits": self.limits.describe(),
+        }
+
+    def describe(self, identity: str) -> str:
+        if self.kind == "exempt":
+            return f"exempt: {identity!r} is always allowed, nothing is stored"
+        text = {
+            "override": f"the override for {identity!r}",
+            "tier": f"the tier {self.tier!r}",
+            "policy": "the policy's own limits",
+        }[self.kind]
+        if self.kind == "override" and self.tier is not None:
+            text += f" (it wins over the tier {self.tier!r})"
+        text += f": {self.limits.describe()}"
+        if self.shadow:
+            text += "; shadow mode: a refusal is counted but the request passes"
+        return text
+
+
+def variant_of(name: str, policy: Policy, identity: str, tier: str | None) -> Variant:
+    """What decides for ``identity`` under policy ``name`` in ``tier``; an unknown tier
+    exits 2 naming the policy's tiers."""
+    if tier is not None and tier not in policy.tiers:
+        known = ", ".join(sorted(policy.tiers)) or "none"
+        raise CommandError(f"unknown tier {tier!r} for policy {name!r}; its tiers: {known}")
+    if identity in policy.exempt:
+        return Variant("exempt", tier, policy, False)
+    if identity in policy.overrides:
+        limits: Policy = policy.overrides[identity]
+        return Variant("override", tier, limits, limits.shadow)
+    if tier is not None:
+        limits = policy.tiers[tier]
+        return Variant("tier", tier, limits, limits.shadow)
+    return Variant("policy", None, policy, policy.shadow)
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """An admin command's view of one store: the config, a real limiter on the store (for
@@ -161,8 +225,8 @@ class Session:
     def key(self, identity: str, policy: str) -> str:
         return KeyBuilder(self.config.key_prefix).key(identity, policy)
 
-    def peek(self, identity: str, policy: str, cost: int = 1) -> Decision:
-        decision = self.limiter.peek(identity, policy, cost)
+    def peek(self, identity: str, policy: str, cost: int = 1, tier: str | None = None) -> Decision:
+        decision = self.limiter.peek(identity, policy, cost, tier=tier)
         if decision.degraded:  # the policy fails open or closed: the store did not answer
             raise StoreError("the peek failed over to the policy's failure mode")
         return decision
@@ -198,11 +262,20 @@ def decision_fields(decision: Decision) -> dict[str, Any]:
         "remaining": decision.remaining,
         "reset_after": decision.reset_after,
         "retry_after": decision.retry_after,
+        "shadowed": decision.shadowed,
     }
 
 
 def describe_decision(decision: Decision, cost: int = 1) -> str:
     units = "unit" if cost == 1 else "units"
+    if decision.source == "exempt":
+        return "a check now would be ALLOWED: the identity is exempt (nothing is counted)"
+    if decision.shadowed:
+        return (
+            f"a check of {cost} {units} now would be REFUSED, but the policy is in shadow mode: "
+            f"the request passes ({decision.remaining} of {decision.limit} left; full again in "
+            f"{seconds(decision.reset_after)})"
+        )
     if decision.allowed:
         return (
             f"a check of {cost} {units} now would be ALLOWED, leaving {decision.remaining} of "

@@ -9,6 +9,7 @@ from ..config import validate_store_url
 from ..errors import ConfigError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_STORE",
@@ -23,6 +24,9 @@ EXIT_OK = 0
 EXIT_STORE = 1  # the store failed (or, for the demo, its port is taken)
 EXIT_USAGE = 2  # a bad command line or config
 EXIT_INTERRUPTED = 130
+# The reader of our output went away (`ratewall top ... | head`): what a shell reports for a
+# process that SIGPIPE ended, 128 + 13.
+EXIT_BROKEN_PIPE = 141
 
 Handler = Callable[[argparse.Namespace], int]
 

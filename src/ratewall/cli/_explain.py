@@ -29,6 +29,8 @@ from ._admin import (
     guarded,
     print_json,
     shared_store_url,
+    tier_option,
+    variant_of,
 )
 from ._common import EXIT_OK
 
@@ -63,6 +65,7 @@ def register(commands: Any) -> None:
         help="the address the server sees the request come from (the socket peer: a proxy's "
         "address when behind one)",
     )
+    tier_option(explain)
     add_store_options(explain)
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(handler=guarded(_explain))
@@ -88,6 +91,7 @@ def _explain(args: argparse.Namespace) -> int:
     )
     url = shared_store_url(args, config, "explain")
     report = _report(config, table, engine, request)
+    _variants(config, report, args.tier)
     if url is None:
         report["notes"].append(
             "no shared store, so no decisions: the memory store lives inside each application "
@@ -194,6 +198,25 @@ def _report(
             "that requires its identity (on_missing_identity: reject) found none"
         )
     return report
+
+
+def _variants(config: Config, report: dict[str, Any], tier: str | None) -> None:
+    """Which limits of each checked policy decide for its identity (exempt, an override, the
+    tier, the policy's own), and whether it is in shadow mode. The tier is ``--tier`` when
+    given, else the one the route picked from the request (its ``tier`` setting)."""
+    for entry in report["policies"]:
+        if entry["identity"] is None:
+            continue
+        policy = config.policies[entry["policy"]]
+        chosen = tier if tier is not None else entry.get("tier")
+        own_tier = chosen if chosen is not None and chosen in policy.tiers else None
+        if tier is not None and own_tier is None:
+            report["notes"].append(
+                f"policy {entry['policy']!r} defines no tier {tier!r}: shown with its own limits"
+            )
+        variant = variant_of(entry["policy"], policy, entry["identity"], own_tier)
+        entry.update(variant.fields())
+        entry["applies"] = variant.describe(entry["identity"])
 
 
 def _match_text(route: Route) -> str:
@@ -350,6 +373,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
         if entry["key"]:
             digest = " (a digest of the identity)" if entry["digest"] else ""
             lines.append(f"  key       {entry['key']}{digest}")
+        if "applies" in entry:
+            lines.append(f"  applies   {entry['applies']}")
         if "decision" in entry:
             lines.append(f"  now       {entry['decision']}")
     if report.get("refused_by"):

@@ -19,6 +19,8 @@ from ._admin import (
     print_json,
     seconds,
     session,
+    tier_option,
+    variant_of,
 )
 from ._common import EXIT_OK
 
@@ -40,6 +42,7 @@ def register(commands: Any) -> None:
     )
     inspect.add_argument("identity", metavar="IDENTITY", help="the identity, as the app passes it")
     inspect.add_argument("policy", metavar="POLICY", help="a policy of the config")
+    tier_option(inspect)
     add_store_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=guarded(_inspect))
@@ -48,10 +51,11 @@ def register(commands: Any) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     with session(args, "inspect") as open_session:
         policy = open_session.config.policies[args.policy]
+        variant = variant_of(args.policy, policy, args.identity, args.tier)
         key = open_session.key(args.identity, args.policy)
         state = open_session.store.read(key, policy.algorithm)
-        decision = open_session.peek(args.identity, args.policy)
-        fields = describe_state(state, rule_for(policy))
+        decision = open_session.peek(args.identity, args.policy, tier=args.tier)
+        fields = describe_state(state, rule_for(variant.limits))
         url = open_session.url
     if args.json:
         print_json(
@@ -61,12 +65,15 @@ def _inspect(args: argparse.Namespace) -> int:
                 "key": key,
                 "store": redacted(url),
                 "algorithm": policy.algorithm,
+                **variant.fields(),
                 **decision_fields(decision),
                 "state": fields,
             }
         )
         return EXIT_OK
-    for line in _report(args.identity, args.policy, policy, key, url, fields, state, decision):
+    lines = _report(args.identity, args.policy, policy, key, url, fields, state, decision)
+    lines.insert(2, f"applies:  {variant.describe(args.identity)}")
+    for line in lines:
         print(line)
     return EXIT_OK
 

@@ -25,6 +25,7 @@ from ._counters import (
     RELOAD_RESULTS,
     Histogram,
     Metrics,
+    PolicyCounters,
     Snapshot,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "FanOut",
     "Histogram",
     "Metrics",
+    "PolicyCounters",
     "Snapshot",
     "default_metrics",
     "enable",

@@ -5,9 +5,24 @@ must not lose updates between threads. ``counts[key] += 1`` is a read, an add an
 two threads can read the same value and one increment is lost. A lock would be correct but
 costs as much as the rest of the counting. Each decision counter is therefore an
 :func:`itertools.count`, whose ``next()`` is one C call that the GIL makes atomic; the
-value is read back (rarely: at scrape time) from its ``repr``. Store calls, a few per
-thousand decisions on a busy limiter and each worth tens of microseconds, take a lock: they
-add a float (the latency sum) that a counter cannot carry.
+value is read back (rarely: at scrape time) from its ``repr``.
+
+The budget (issue 16: metrics add at most 5% to a memory decision, 2% to a Redis one; see
+benchmarks/README.md) shapes the rest:
+
+- A limiter whose observer is a :class:`Metrics` does not call :meth:`Metrics.on_decision`
+  at all: each policy's decision exit holds that policy's :class:`PolicyCounters` (bound
+  once, when the config is compiled) and counts with one ``next()`` on the path that
+  already knows the outcome (see ``ratewall._exit``). ``on_decision`` stays for any other
+  caller (a :class:`~ratewall.metrics.FanOut`, a user's own wrapper) and counts the same.
+- A store call takes the lock once, for two plain additions (the latency bucket and the
+  latency sum: a float, which no atomic counter can carry). The batch-size histogram of a
+  call that carried one decision (a sync limiter's every call) is not written at all: it is
+  the number of calls minus those recorded as batches, worked out at scrape time.
+
+Exact under threads: every count (each ``next()`` is atomic under the GIL; each locked
+update is whole). Not designed for free-threaded CPython builds, where ``itertools.count``
+is not atomic.
 
 Labels are bounded by construction: a policy name (configured, hence finite), an outcome,
 an error kind, a breaker state or a reload result. Identities and keys never reach this
@@ -36,6 +51,7 @@ __all__ = [
     "RELOAD_RESULTS",
     "Histogram",
     "Metrics",
+    "PolicyCounters",
     "Snapshot",
     "error_kind",
 ]
@@ -199,12 +215,16 @@ class Snapshot:
         )
 
 
-class _PolicyCounters:
-    """One policy's counters, one :func:`itertools.count` each."""
+class PolicyCounters:
+    """One policy's counters, one :func:`itertools.count` each. Decision exits hold this
+    object for good; a forked child resets its counts in place (:meth:`reset`)."""
 
     __slots__ = (*OUTCOMES, "cache", "near_limit")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.allowed = itertools.count()
         self.limited = itertools.count()
         self.shadow_limited = itertools.count()
@@ -246,11 +266,15 @@ class Metrics:
 
     def _clear(self) -> None:
         self._listeners: tuple[Callable[[float, int], None], ...] = getattr(self, "_listeners", ())
-        self._policies: dict[str, _PolicyCounters] = {}
+        # Decision exits hold these objects: a fork resets them in place, never replaces them.
+        self._policies: dict[str, PolicyCounters] = getattr(self, "_policies", {})
+        for counters in self._policies.values():
+            counters.reset()
         self._lock = threading.Lock()
-        self._store_calls = 0
         self._store_errors = dict.fromkeys(ERROR_KINDS, 0)
-        self._latency = Histogram.empty(LATENCY_BUCKETS)
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_total = 0.0
+        self._batched_calls = 0  # calls recorded in _batch; the others carried one decision
         self._batch = Histogram.empty(BATCH_BUCKETS)
         self._breaker_open = itertools.count()
         self._breaker_closed = itertools.count()
@@ -267,19 +291,21 @@ class Metrics:
         """Create the series of ``policies`` now (at zero), before their first decision, so
         that dashboards and ``rate()`` see them from the start."""
         for policy in policies:
-            self._counters(policy)
+            self.counters(policy)
 
-    def _counters(self, policy: str) -> _PolicyCounters:
+    def counters(self, policy: str) -> PolicyCounters:
+        """``policy``'s counters (created at zero on first use). A decision exit keeps them
+        and counts into them directly; see the module's note."""
         counters = self._policies.get(policy)
         if counters is None:
             with self._lock:
-                counters = self._policies.setdefault(policy, _PolicyCounters())
+                counters = self._policies.setdefault(policy, PolicyCounters())
         return counters
 
     # -- the observer's events: keep them short, they run inside every decision -----------
 
     def on_decision(self, decision: Decision) -> None:
-        counters = self._policies.get(decision.policy) or self._counters(decision.policy)
+        counters = self._policies.get(decision.policy) or self.counters(decision.policy)
         if decision.allowed:
             if decision.shadowed:
                 next(counters.shadow_limited)
@@ -301,15 +327,27 @@ class Metrics:
                 next(counters.cache)
 
     def on_error(self, policy: str, error: BaseException) -> None:
-        next(self._counters(policy).error)
+        next(self.counters(policy).error)
 
     def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
-        latency = bisect_left(LATENCY_BUCKETS, seconds)
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        if calls == 1 and error is None and not self._listeners:
+            # The common case: one decision, no error, nobody listening. acquire/release
+            # rather than `with`: half the cost (try/finally costs nothing until it raises,
+            # as a KeyboardInterrupt between the two could).
+            lock = self._lock
+            lock.acquire()
+            try:
+                self._latency_counts[bucket] += 1
+                self._latency_total += seconds
+            finally:
+                lock.release()
+            return
         batch = bisect_left(BATCH_BUCKETS, calls)
         with self._lock:
-            self._store_calls += 1
-            self._latency.counts[latency] += 1
-            self._latency.total += seconds
+            self._latency_counts[bucket] += 1
+            self._latency_total += seconds
+            self._batched_calls += 1
             self._batch.counts[batch] += 1
             self._batch.total += calls
             if error is not None:
@@ -335,15 +373,16 @@ class Metrics:
         """Every counter's value now."""
         with self._lock:
             policies = dict(self._policies)
-            store_calls = self._store_calls
+            latency = Histogram(LATENCY_BUCKETS, list(self._latency_counts), self._latency_total)
+            single = latency.count - self._batched_calls  # calls that carried one decision
+            batch = Histogram(BATCH_BUCKETS, list(self._batch.counts), self._batch.total + single)
+            batch.counts[0] += single
             store_errors = dict(self._store_errors)
-            latency = Histogram(LATENCY_BUCKETS, list(self._latency.counts), self._latency.total)
-            batch = Histogram(BATCH_BUCKETS, list(self._batch.counts), self._batch.total)
         return Snapshot(
             decisions={name: counters.read() for name, counters in policies.items()},
             near_limit={name: _read(c.near_limit) for name, c in policies.items()},
             cache_answers={name: _read(c.cache) for name, c in policies.items()},
-            store_calls=store_calls,
+            store_calls=latency.count,
             store_errors=store_errors,
             breaker={"open": _read(self._breaker_open), "closed": _read(self._breaker_closed)},
             reloads={"success": _read(self._reloads_ok), "failure": _read(self._reloads_failed)},
@@ -357,9 +396,7 @@ class Metrics:
 
 def _forget_in_child() -> None:
     for metrics in list(_INSTANCES):
-        watched = list(metrics._policies)
         metrics._clear()
-        metrics.watch(watched)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
