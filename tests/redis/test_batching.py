@@ -253,10 +253,12 @@ async def test_a_batch_window_gathers_calls_that_arrive_one_per_loop_turn(
     async with AsyncRateLimiter({"p": Policy(1000, DAY)}, store, timeout=TIMEOUT) as limiter:
         await limiter.peek("warm-up", "p")
         store.observe(sizes)
-        first = asyncio.ensure_future(limiter.check("user_0", "p"))
-        await asyncio.sleep(0)
+        # Frozen before the first call leaves, so that its reply cannot come back before the
+        # freeze (a race the server wins when this process is descheduled in between).
         fresh_server.pause()
         try:
+            first = asyncio.ensure_future(limiter.check("user_0", "p"))
+            await asyncio.sleep(0)
             pending = asyncio.ensure_future(
                 _one_per_loop_turn(limiter, [f"user_{n % 4}" for n in range(1, 20)])
             )
