@@ -12,6 +12,7 @@ from .._urls import STORE_SCHEMES, redacted, store_url_problem
 from ..core import DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD
 from ..errors import ConfigError
 from ..policy import parse_duration
+from ..stores.base import DEFAULT_TIMEOUT
 from ..stores.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_IN_FLIGHT, MAX_BATCH
 from ._fields import Problems, kind_of, unknown_fields
 
@@ -28,7 +29,6 @@ __all__ = [
     "validate_store_url",
 ]
 
-DEFAULT_TIMEOUT: Final = 0.05
 # A store call that may block for longer than this is a misconfiguration, not a timeout (and
 # much larger values overflow the socket layer).
 MAX_TIMEOUT: Final = 3600.0
