@@ -39,7 +39,7 @@ APPS = {
     "noop_dependency": "a no-op dependency taking Request and Response (FastAPI's own cost)",
     "ratewall_middleware": "ratewall ASGI middleware, memory store",
     "ratewall_dependency": "ratewall RateLimit dependency, memory store",
-    "ratewall_dependency_header": "ratewall RateLimit dependency, Header identity (general path)",
+    "ratewall_dependency_header": "ratewall RateLimit dependency, Header identity",
     "ratewall_dependency_redis": "ratewall RateLimit dependency, Redis store",
     "slowapi_decorator": "slowapi @limiter.limit, headers on, memory storage",
     "slowapi_middleware": "slowapi SlowAPIASGIMiddleware, headers on, memory storage",

@@ -21,9 +21,10 @@ from ratewall.http import (
     RateLimitMiddleware,
     Route,
     RouteLimit,
+    RouteTable,
     User,
 )
-from ratewall.http.shortcut import checks_singly
+from ratewall.http.shortcut import Shortcut, checks_singly
 from ratewall.http.steps import AskLimiter, Respond, Step
 from ratewall.testing import FailingStore, FakeClock
 
@@ -241,6 +242,27 @@ async def test_routes_the_shortcut_leaves_to_the_general_path() -> None:
     ]
     policies = {"api": Policy(4, 60), "other": Policy(2, 60)}
     exchanges = await both_ways(limiter_of(policies), routes, [(1, s) for s in scopes * 3])
+    assert 429 in statuses(exchanges)
+
+
+@pytest.mark.parametrize("missing", ["ip", "reject", "skip"])
+async def test_a_header_identity_takes_the_shortcut_and_decides_alike(missing: Any) -> None:
+    routes = [Route("*", [RouteLimit("api", Header("X-User-ID"), on_missing_identity=missing)])]
+    shortcut = Shortcut(RouteTable(routes), {"api": Policy(3, 60)})
+    assert shortcut.item("GET", "/", PEER[0], ((b"x-user-id", b" ann "),)) == ("ann", "api", 1)
+    headers: list[list[tuple[bytes, bytes]]] = [
+        [(b"x-user-id", b"ann")],
+        [(b"X-User-ID", b"ann")],  # a server that keeps the name's case
+        [(b"x-user-id", b"  ann\t")],  # the same identity, stripped
+        [(b"x-user-id", b"ann"), (b"x-user-id", b"ann")],  # sent twice alike: one value
+        [(b"x-user-id", b"ann"), (b"x-user-id", b"bob")],  # ambiguous: missing
+        [(b"x-user-id", b"   ")],  # blank: missing
+        [(b"x-other", b"ann")],  # absent
+        [(b"x-user-id", "zo\u00eb".encode("latin-1"))],  # a latin-1 byte
+        [(b"x-user-id", b"bob")],
+    ]
+    scenario = [(1.0, scope_for(headers=fields)) for fields in headers * 2]
+    exchanges = await both_ways(limiter_of({"api": Policy(3, 60)}), routes, scenario)
     assert 429 in statuses(exchanges)
 
 

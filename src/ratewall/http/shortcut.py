@@ -17,6 +17,7 @@ from ..policy import Policy
 from .client_ip import ClientIP
 from .engine import HttpEngine
 from .headers import _SF_INTEGER_MAX, _encoded_policy
+from .identities import Header
 from .request import asgi_target
 from .routes import RouteTable
 from .steps import Item
@@ -43,9 +44,10 @@ class Shortcut:
     """The usual request's short way through an engine whose verdicts are the default ones
     (see :func:`shortcut_for`); an adapter may take it before the general path.
 
-    Most requests match a route with one limit on the client address trusting no proxy, are
-    allowed, and get the two RateLimit fields (or none, without ``headers_on_allowed``). Such
-    a request needs nothing but its method, path and peer: :meth:`item` finds what to check
+    Most requests match a route with one limit on the client address trusting no proxy (or
+    on one header), are allowed, and get the two RateLimit fields (or none, without
+    ``headers_on_allowed``). Such a request needs nothing but its method, path and peer (or
+    that header's raw value): :meth:`item` finds what to check
     without an :class:`HttpRequest` (no header snapshot), an :class:`AskLimiter` or a pass
     through :meth:`HttpEngine.start`, and :meth:`fields` gives the fields
     :meth:`HttpEngine.finish` would add, encoded, from the decision's two numbers. Whatever
@@ -66,9 +68,10 @@ class Shortcut:
         self._policies = policies
         self._fields = fields  # whether allowed responses get the RateLimit fields
         # Per route that qualifies, keyed by id() (a Route hashes and compares by value, which
-        # costs more than the rest; this table keeps its routes alive): its one limit's source,
-        # policy and cost.
-        self._limits: dict[int, tuple[ClientIP, str, int]] = {}
+        # costs more than the rest; this table keeps its routes alive): its one limit's source
+        # (a ClientIP, or a Header's name as the raw lower-case bytes ASGI sends), policy and
+        # cost.
+        self._limits: dict[int, tuple[ClientIP | bytes, str, int]] = {}
         for route in routes.routes:
             if len(route.limits) == 1:
                 limit = route.limits[0]
@@ -76,6 +79,9 @@ class Shortcut:
                 plain = limit.tier is None and not limit.exempt_networks
                 if type(source) is ClientIP and source._trusts_nobody and plain:
                     self._limits[id(route)] = (source, limit.policy, limit.cost)
+                elif type(source) is Header and plain:
+                    name = source.name.lower().encode("latin-1")
+                    self._limits[id(route)] = (name, limit.policy, limit.cost)
         # A first route that takes every method and path decides every request, unmatched.
         first = routes.routes[0] if routes.routes else None
         self._everything = (
@@ -91,9 +97,16 @@ class Shortcut:
         """Whether some route can take the shortcut."""
         return bool(self._limits)
 
-    def item(self, method: str, path: str, client: str | None) -> Item | _Unchecked | None:
+    def item(
+        self,
+        method: str,
+        path: str,
+        client: str | None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> Item | _Unchecked | None:
         """The one item to check for a request (as :meth:`HttpEngine.start` would find it),
-        :data:`UNCHECKED` if no limit applies, or ``None``: ask the general path."""
+        :data:`UNCHECKED` if no limit applies, or ``None``: ask the general path. ``headers``
+        are the request's raw ASGI header fields."""
         limit = self._everything
         if limit is None:
             found = self._routes.match(method, path)
@@ -103,7 +116,10 @@ class Shortcut:
             if limit is None:
                 return None
         source, policy, cost = limit
-        identity = source._of_peer(client)
+        if isinstance(source, bytes):
+            identity = _header_value(headers, source)
+        else:
+            identity = source._of_peer(client)
         if not identity:  # the route's missing-identity rule: the general path applies it
             return None
         return (identity, policy, cost)
@@ -142,6 +158,21 @@ class Shortcut:
         return known
 
 
+def _header_value(headers: tuple[tuple[bytes, bytes], ...], name: bytes) -> str | None:
+    """What :class:`Header` reads from a request with these raw fields: the value of field
+    ``name`` sent once (or always alike), stripped; ``None`` when absent, ambiguous or
+    blank (the general path then applies the route's missing-identity rule)."""
+    found: bytes | None = None
+    for raw_name, raw_value in headers:
+        if raw_name == name or raw_name.lower() == name:
+            if found is not None and raw_value != found:
+                return None
+            found = raw_value
+    if found is None:
+        return None
+    return found.decode("latin-1").strip() or None
+
+
 def shortcut_for(engine: HttpEngine) -> Shortcut | None:
     """The usual request's short way for ``engine``, when it gives the default verdicts for
     it (neither :meth:`~HttpEngine.start` nor :meth:`~HttpEngine.finish` overridden; with
@@ -162,7 +193,8 @@ def shortcut_item(shortcut: Shortcut, scope: Mapping[str, Any]) -> Item | _Unche
     """What ``shortcut`` finds to check for ``scope``; ``None`` if it cannot tell, or fails
     (the general path then meets the failure again, and reports it)."""
     try:
-        return shortcut.item(*asgi_target(scope))
+        method, path, client = asgi_target(scope)
+        return shortcut.item(method, path, client, tuple(scope.get("headers") or ()))
     except Exception:  # noqa: BLE001 - see above
         return None
 
