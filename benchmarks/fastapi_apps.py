@@ -12,8 +12,7 @@ serialises it), so the rows differ only by the rate limiting around it:
 - ``ratewall_dependency``: ratewall's :class:`~ratewall.integrations.fastapi.RateLimit` on
   the route, per client address, memory store;
 - ``ratewall_dependency_header``: the same with the README's ``Header("X-User-ID")``
-  identity, which the requests lack (so they fall back to the client address through the
-  engine's general path, not the short way);
+  identity, which every request of the load generator carries;
 - ``ratewall_dependency_redis``: the same on the Redis store (``BENCH_REDIS_URL``);
 - ``slowapi_decorator``: slowapi's ``@limiter.limit`` with ``headers_enabled=True`` (its
   README's FastAPI set-up: the endpoint takes ``request`` and ``response``), memory storage;
@@ -89,8 +88,7 @@ def ratewall_dependency() -> FastAPI:
 
 
 def ratewall_dependency_header() -> FastAPI:
-    # The README's identity; the load generator sends no X-User-ID, so each request falls
-    # back to the client address: the general path of the engine, not the shortcut.
+    # The README's identity, which the load generator sends (X-User-ID: bench-user).
     return _with_dependency("memory://", Header("X-User-ID"))
 
 

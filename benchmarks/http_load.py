@@ -190,7 +190,10 @@ class HttpConnection:
     def __init__(self, port: int) -> None:
         self._port = port
         self._request = (
-            f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: ratewall-bench\r\n\r\n"
+            f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: ratewall-bench\r\n"
+            # The identity of apps limited on the README's Header("X-User-ID"); one field
+            # more for every app alike.
+            "X-User-ID: bench-user\r\n\r\n"
         ).encode()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
