@@ -266,8 +266,8 @@ class _CountedExit(PolicyExit):
     :class:`~ratewall.metrics.PolicyCounters`, exactly as ``Metrics.on_decision`` would.
 
     Each method knows its outcome already, so counting is one ``next()`` on a counter (atomic
-    under the GIL), plus an integer comparison for near-limit; the decision is built inline,
-    not through ``PolicyExit``'s method (a Python call is most of what counting would cost).
+    under the GIL), plus an integer comparison for near-limit; the decision is then
+    ``PolicyExit``'s own, which builds it without a further call.
     """
 
     __slots__ = ("_counters", "_near")
@@ -284,16 +284,7 @@ class _CountedExit(PolicyExit):
         next(counters.allowed)
         if remaining <= self._near:
             next(counters.near_limit)
-        return _decision(
-            True,
-            self.name,
-            self.limit,
-            remaining if remaining > 0 else 0,
-            reset_us / _MICROS,
-            None,
-            False,
-            source,
-        )
+        return PolicyExit.allowed(self, remaining, reset_us, source)
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
@@ -306,17 +297,7 @@ class _CountedExit(PolicyExit):
             next(counters.limited)
             if source == "cache":
                 next(counters.cache)
-        return _decision(
-            shadowed,
-            self.name,
-            self.limit,
-            remaining if remaining > 0 else 0,
-            reset_us / _MICROS,
-            None if shadowed else retry_us / _MICROS,
-            False,
-            source,
-            shadowed,
-        )
+        return PolicyExit.refused(self, remaining, reset_us, retry_us, source)
 
     def exempt(self) -> Decision:
         next(self._counters.exempt)

@@ -3,6 +3,8 @@ tests/docs/test_blocks.py for what each marker means."""
 
 from __future__ import annotations
 
+import ast
+import builtins
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -74,3 +76,21 @@ def config_blocks() -> list[Block]:
         for block in all_blocks()
         if block.language in CONFIG_LANGUAGES and block.marker != "not-config"
     ]
+
+
+def unbound_names(code: str, where: str) -> set[str]:
+    """Names the code reads and never binds, imports or gets from builtins."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(code, where, "exec", flags=flags)
+    bound: set[str] = set(dir(builtins))
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return read - bound

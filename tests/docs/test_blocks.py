@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import builtins
 import json
 import re
 import subprocess
@@ -46,6 +45,7 @@ from ._blocks import (
     all_blocks,
     config_blocks,
     python_blocks,
+    unbound_names,
 )
 from ._configs import decode
 
@@ -83,24 +83,6 @@ def test_the_docs_have_blocks_of_every_kind() -> None:
 )
 def test_other_files_parse(block: Block) -> None:
     decode(block.code, block.language)
-
-
-def unbound_names(code: str, where: str) -> set[str]:
-    """Names the code reads and never binds, imports or gets from builtins."""
-    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-    tree = compile(code, where, "exec", flags=flags)
-    bound: set[str] = set(dir(builtins))
-    read: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
-        elif isinstance(node, ast.alias):
-            bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    return read - bound
 
 
 def runs(block: Block) -> bool:

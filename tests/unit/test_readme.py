@@ -5,8 +5,6 @@ define every name they use; its config examples load; the defaults it states are
 
 from __future__ import annotations
 
-import ast
-import builtins
 import inspect
 import re
 from pathlib import Path
@@ -17,6 +15,8 @@ import yaml
 
 from ratewall import Policy, RateLimiter
 from ratewall.config import DEFAULT_TIMEOUT, parse_config
+
+from ..docs._blocks import unbound_names
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -41,30 +41,11 @@ def test_the_readme_shows_the_example_verbatim(example: Path) -> None:
     assert f"```python\n{code}\n```" in readme(), f"README.md no longer shows {example.name}"
 
 
-def unbound_names(code: str) -> set[str]:
-    """Names the code reads that it never binds, imports or gets from builtins (wherever in
-    the block: the check is for a forgotten import or definition, not for order)."""
-    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # the async quickstart awaits
-    tree = compile(code, "README.md", "exec", flags=flags)
-    bound: set[str] = set(dir(builtins))
-    read: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
-        elif isinstance(node, ast.alias):
-            bound.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    return read - bound
-
-
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_every_python_block_compiles_and_defines_what_it_uses(index: int) -> None:
     code = blocks("python")[index]
     # The ASGI quickstart wraps the reader's own `app`: the one name a block may take as given.
-    assert unbound_names(code) <= {"app"}, code
+    assert unbound_names(code, "README.md") <= {"app"}, code
 
 
 def test_the_config_examples_load_together() -> None:
