@@ -26,15 +26,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._calls import CHECK, PEEK
 from ._exit import LocalExit
 from ._fork import reset_in_child
 from .algorithms import rule_for
 from .policy import Policy, local_share
+from .stores._tables import Table, table_for
 
 if TYPE_CHECKING:
     from .decision import Decision
     from .observer import Observer
-    from .stores.memory import _Table
 
 __all__ = ["LocalShares"]
 
@@ -48,7 +49,7 @@ class LocalShares:
         self._observer = observer
         self._lock = threading.Lock()
         # (policy name, the variant's Policy) -> its table; entries shared per policy name.
-        self._tables: dict[tuple[str, Policy], _Table[Any]] = {}
+        self._tables: dict[tuple[str, Policy], Table[Any]] = {}
         self._entries: dict[str, dict[str, Any]] = {}  # per policy name and algorithm
         reset_in_child(self)
 
@@ -60,11 +61,9 @@ class LocalShares:
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._entries.values())
 
-    def _table(self, name: str, policy: Policy) -> _Table[Any]:
+    def _table(self, name: str, policy: Policy) -> Table[Any]:
         table = self._tables.get((name, policy))
         if table is None:
-            from .stores.memory import table_for  # here: the memory store imports the core
-
             share = local_share(policy)
             rule = rule_for(share)
             table = table_for(
@@ -85,8 +84,6 @@ class LocalShares:
     def decide_many(self, items: Sequence[tuple[str, Policy, str, int]], op: int) -> list[Decision]:
         """Decide ``items`` (policy name, policy, key, cost) all or nothing, as one request
         checked against several policies: if any is refused, none is consumed."""
-        from .core import CHECK, PEEK
-
         with self._lock:
             now = self._now()
             tables = []

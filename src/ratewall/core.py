@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, NoReturn
 
+from ._calls import CHECK, LEASE, PEEK, RESET, Call, Reply, SlotCall
 from ._exit import PolicyExit, exit_for
 from ._fork import reset_in_child
 from ._leases import LeaseBook
@@ -43,60 +44,20 @@ from .observer import Observer
 from .policy import Policy
 
 __all__ = [
-    "CHECK",
     "DEFAULT_BREAKER_COOLDOWN",
     "DEFAULT_BREAKER_THRESHOLD",
-    "LEASE",
-    "PEEK",
-    "RESET",
-    "Call",
     "Core",
     "Plan",
     "PlanMany",
-    "Reply",
-    "Request",
-    "SlotCall",
     "SlotPlan",
 ]
 
 _log = logging.getLogger("ratewall")
 
-CHECK: Final = 0
-PEEK: Final = 1
-RESET: Final = 2
-LEASE: Final = 3  # a check that also takes a slice for this node (Policy.lease)
 #: Consecutive store failures that open the circuit breaker, and how long (seconds) it then
 #: fails calls fast before a probe call may reach the store again.
 DEFAULT_BREAKER_THRESHOLD: Final = 3
 DEFAULT_BREAKER_COOLDOWN: Final = 1.0
-
-# A store reply: allowed (0/1), remaining, reset µs, retry µs (-1 if allowed), store now µs,
-# then on refusal the key's stored state (integers); after an allowed lease, the units granted.
-Reply = Sequence[int]
-
-
-class Call(NamedTuple):
-    """One operation on one key. Stores execute *requests*: sequences of calls decided all
-    or nothing (one HTTP request checked against several policies is one request)."""
-
-    key: str
-    op: int
-    cost: int
-    rule: Rule
-
-
-Request = Sequence[Call]
-
-
-class SlotCall(NamedTuple):
-    """One operation on a concurrency policy's key (``lua/concurrency.lua``): ``op`` one of
-    ``algorithms.SLOT_*``, ``token`` the holder's, ``cost`` the slots a peek asks for."""
-
-    key: str
-    op: int
-    token: str
-    cost: int
-    rule: Rule
 
 
 #: The slot operations that make a decision (renewals and releases make none).

@@ -23,21 +23,17 @@ from collections.abc import (
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeGuard, TypeVar
 
+from ._calls import CHECK, PEEK, RESET, Reply, SlotCall
 from ._clock import Clock, micros_from
 from ._urls import redacted
 from ._waiting import check_timeout, rate_wait, slot_wait
 from ._watch import ConfigWatcher
 from .algorithms import SLOT_ACQUIRE, SLOT_PEEK, SLOT_RELEASE, SLOT_RESET
 from .core import (
-    CHECK,
     DEFAULT_BREAKER_COOLDOWN,
     DEFAULT_BREAKER_THRESHOLD,
-    PEEK,
-    RESET,
     Core,
     Plan,
-    Reply,
-    SlotCall,
     SlotPlan,
 )
 from .decision import Decision

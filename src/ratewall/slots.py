@@ -34,9 +34,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final
 
+from ._calls import Reply, SlotCall
 from ._fork import reset_in_child
 from .algorithms import SLOT_RELEASE, SLOT_RENEW
-from .core import Reply, SlotCall
 from .decision import Decision
 
 __all__ = ["AsyncSlot", "Slot", "new_token"]

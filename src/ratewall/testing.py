@@ -31,7 +31,7 @@ from .stores.batching import AsyncRedisStore
 from .stores.redis import RedisStore
 
 if TYPE_CHECKING:
-    from .core import Call, Reply, Request, SlotCall
+    from ._calls import Call, Reply, Request, SlotCall
     from .observer import Observer
 
 __all__ = ["DecisionCapture", "FailingStore", "FakeClock", "memory_limiter"]

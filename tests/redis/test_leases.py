@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratewall import ALGORITHMS, AsyncRateLimiter, Policy, RateLimiter
+from ratewall._calls import CHECK, LEASE, Call
 from ratewall.algorithms import FUNCTIONS, lease, rule_for
-from ratewall.core import CHECK, LEASE, Call
 from ratewall.stores.redis import RedisStore
 from ratewall.testing import FakeClock
 

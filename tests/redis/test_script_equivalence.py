@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratewall import ALGORITHMS, Policy
+from ratewall._calls import CHECK, LEASE, PEEK, RESET, Call, Reply, Request
 from ratewall.algorithms import FUNCTIONS, lease, rule_for
-from ratewall.core import CHECK, LEASE, PEEK, RESET, Call, Reply, Request
 from ratewall.stores.redis import RedisStore
 
 pytestmark = pytest.mark.slow

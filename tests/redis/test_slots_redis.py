@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter
+from ratewall._calls import SlotCall
 from ratewall.algorithms import (
     SLOT_ACQUIRE,
     SLOT_PEEK,
@@ -21,7 +22,6 @@ from ratewall.algorithms import (
     Rule,
     rule_for,
 )
-from ratewall.core import SlotCall
 from ratewall.stores import MemoryStore
 from ratewall.stores.batching import AsyncRedisStore
 from ratewall.stores.redis import RedisStore

@@ -7,8 +7,8 @@ import hiredis
 import pytest
 
 from ratewall import Policy
+from ratewall._calls import CHECK, LEASE, PEEK, RESET, Call
 from ratewall.algorithms import rule_for
-from ratewall.core import CHECK, LEASE, PEEK, RESET, Call
 from ratewall.stores._arguments import Arguments
 
 RULES = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from .._calls import Call, Reply, Request, SlotCall
 from ..algorithms import Rule
-from ..core import Call, Reply, Request, SlotCall
 from ._resp import bulk
 
 __all__ = ["ALTERNATING", "Arguments", "flatten", "regroup"]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from redis.crc import key_slot as redis_key_slot
 
-from ..core import Reply, Request
+from .._calls import Reply, Request
 
 __all__ = ["key_slot", "per_slot", "slot_parts"]
 

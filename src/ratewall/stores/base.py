@@ -1,8 +1,8 @@
 """What a limiter needs of its store: the :class:`Store` and :class:`AsyncStore` protocols.
 
-A store *executes calls*: each :class:`~ratewall.core.Call` names a key, an operation
+A store *executes calls*: each :class:`~ratewall._calls.Call` names a key, an operation
 (check, peek, reset, lease), a cost and the policy's :class:`~ratewall.algorithms.Rule`, and
-gets back a :data:`~ratewall.core.Reply` (integers: allowed, remaining, reset µs, retry µs,
+gets back a :data:`~ratewall._calls.Reply` (integers: allowed, remaining, reset µs, retry µs,
 the store's clock in µs, then the key's state on a refusal). A *request* is a sequence of
 calls decided all or nothing; :meth:`Store.run` decides several requests, in order, in one
 atomic step. Everything else (keys, the deny cache, failure modes, turning replies into
@@ -28,7 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..core import Call, Core, Reply, Request
+    from .._calls import Call, Reply, Request
+    from ..core import Core
     from ..decision import Decision
     from ..observer import Observer
 

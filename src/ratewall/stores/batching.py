@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, cast
 
+from .._calls import Call, Reply, Request, SlotCall
 from .._fork import abandon, reset_in_child
-from ..core import Call, Reply, Request, SlotCall
 from ..observer import Observer
 from ._aconnection import AsyncConnection
 from ._arguments import ALTERNATING, Arguments, flatten, regroup

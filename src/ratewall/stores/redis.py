@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..core import Call, Reply, Request, SlotCall
+from .._calls import Call, Reply, Request, SlotCall
 from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
 from ._connection import ConnectionPool
