@@ -31,12 +31,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from ..config import Config, load_config
+from ..descriptors import DomainTable, load_envoy_config, merge_tables
 from ..errors import ConfigError
 from ..limiter import AsyncRateLimiter
 from ..policy import FAILURE_MODES, Policy
 from ..stores.batching import AsyncRedisStore
 from ..stores.redis import parse_store_url
-from .descriptors import DomainTable, load_envoy_config, merge_tables
 from .engine import Engine, Rules
 
 __all__ = [
@@ -261,12 +261,12 @@ async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | No
     try:
         bound_grpc = server.add_insecure_port(f"{_bracketed(grpc_host)}:{grpc_port}")
     except RuntimeError as error:
-        print(f"ratewall serve: cannot listen on {options.grpc}: {error}", file=sys.stderr)
+        _say(f"ratewall serve: cannot listen on {options.grpc}: {error}")
         return _EXIT_CANNOT_START
     try:
         sock = http_socket or _listen(http_host, http_port)
     except OSError as error:
-        print(f"ratewall serve: cannot listen on {options.http}: {error}", file=sys.stderr)
+        _say(f"ratewall serve: cannot listen on {options.http}: {error}")
         return _EXIT_CANNOT_START
     await server.start()
     http_server = _QuietServer(
@@ -280,12 +280,10 @@ async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | No
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(engine, options, store))
     http_bound = sock.getsockname()[1]
-    print(
+    _say(
         f"ratewall serve: worker {os.getpid()} ready: grpc {grpc_host}:{bound_grpc} "
         f"http {http_host}:{http_bound} store {_safe_url(loaded.store)} "
         f"rules from {engine.rules.source}",
-        file=sys.stderr,
-        flush=True,
     )
     try:
         await stop.wait()
@@ -299,7 +297,7 @@ async def run_worker(options: ServiceOptions, *, http_socket: socket.socket | No
             loop.remove_signal_handler(signum)
         if shared is not None:
             await shared.aclose()
-    print(f"ratewall serve: worker {os.getpid()} stopped", file=sys.stderr, flush=True)
+    _say(f"ratewall serve: worker {os.getpid()} stopped")
     return _EXIT_OK
 
 
@@ -310,12 +308,12 @@ def _reload(engine: Engine, options: ServiceOptions, store: Any) -> None:
         if engine.rules.limiter.metrics is not None:
             engine.rules.limiter.metrics.record_reload(False)
         _log.error("ratewall serve: reload failed, keeping the rules in force: %s", error)
-        print(f"ratewall serve: reload failed, keeping the old rules: {error}", file=sys.stderr)
+        _say(f"ratewall serve: reload failed, keeping the old rules: {error}")
         return
     engine.swap(rules)
     if rules.limiter.metrics is not None:
         rules.limiter.metrics.record_reload(True)
-    print(f"ratewall serve: worker {os.getpid()} reloaded {rules.source}", file=sys.stderr)
+    _say(f"ratewall serve: worker {os.getpid()} reloaded {rules.source}")
 
 
 def _admin_token(options: ServiceOptions, http_host: str) -> str | None:
@@ -402,10 +400,9 @@ def serve(options: ServiceOptions) -> int:
     loaded = _load(options)  # fail fast, once, before any worker starts
     workers = options.workers
     if parse_store_url(loaded.store)[0] == "memory" and workers > 1:
-        print(
+        _say(
             "ratewall serve: the memory store is per process; using 1 worker "
             "(pass --store redis://... to share limits among workers)",
-            file=sys.stderr,
         )
         workers = 1
     if workers <= 1:
@@ -498,10 +495,9 @@ def _supervise(options: ServiceOptions, count: int) -> int:
                         os.kill(process.pid, signal.SIGHUP)
             for index, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
-                    print(
+                    _say(
                         f"ratewall serve: worker {process.pid} exited ({process.exitcode}); "
                         "starting another",
-                        file=sys.stderr,
                     )
                     if process.exitcode == _EXIT_CANNOT_START:
                         stopping = True
@@ -528,3 +524,10 @@ def _spawn(context: Any, options: ServiceOptions) -> Any:
     process = context.Process(target=_worker_main, args=(options,), daemon=False)
     process.start()
     return process
+
+
+def _say(line: str) -> None:
+    """Write ``line`` to stderr in one system call. Workers share their parent's stderr,
+    and a line written in pieces (``print`` writes the text, then the newline, when
+    stderr is unbuffered) can interleave with another worker's."""
+    os.write(2, f"{line}\n".encode(errors="replace"))
