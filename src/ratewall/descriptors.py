@@ -35,8 +35,8 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import quote
 
-from ..errors import ConfigError
-from ..policy import Policy
+from .errors import ConfigError
+from .policy import Policy
 
 __all__ = [
     "ENVOY_FIELDS",

@@ -16,11 +16,20 @@ from typing import Any
 import jsonschema
 import pytest
 
-from ratewall import ALGORITHMS, CONCURRENCY, ConfigError, Policy, core, keys, metrics, policy
+from ratewall import (
+    ALGORITHMS,
+    CONCURRENCY,
+    ConfigError,
+    Policy,
+    core,
+    descriptors,
+    keys,
+    metrics,
+    policy,
+)
 from ratewall import config as loader
 from ratewall.config import _http, _store, load_config, parse_config
 from ratewall.policy import FAILURE_MODES, parse_duration
-from ratewall.service import descriptors
 from ratewall.stores import batching
 
 from ._blocks import Block, config_blocks

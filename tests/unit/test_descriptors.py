@@ -10,7 +10,7 @@ import yaml
 
 from ratewall import ConfigError, Policy
 from ratewall.config import parse_config
-from ratewall.service.descriptors import (
+from ratewall.descriptors import (
     DomainTable,
     identity_of,
     load_envoy_config,

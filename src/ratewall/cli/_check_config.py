@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ._common import EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from ..service.descriptors import DomainTable
+    from ..descriptors import DomainTable
 
 __all__ = ["describe_config", "describe_domains", "describe_errors", "register"]
 
@@ -46,7 +46,7 @@ def register(commands: Any) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from ..service.descriptors import load_envoy_config
+    from ..descriptors import load_envoy_config
 
     envoy_files = list(args.envoy_config)
     if args.file is None and not envoy_files:

@@ -58,7 +58,7 @@ Settings:
 ``domains``
     Rate-limit descriptors for ``ratewall serve`` (Envoy's rate-limit service protocol):
     domain names mapped to trees of ``{key, value, policy}`` entries naming this file's
-    policies; see :func:`ratewall.service.descriptors.parse_domains`.
+    policies; see :func:`ratewall.descriptors.parse_domains`.
 
 A policy's own fields are :class:`~ratewall.Policy`'s: ``limit``, ``window``, ``algorithm``,
 ``burst``, ``failure_mode``, ``lease``, ``local_nodes``, ``shadow``, ``exempt`` (a list of

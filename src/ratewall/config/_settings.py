@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from ..descriptors import DomainTable, parse_domains
 from ..errors import ConfigError
 from ..keys import DEFAULT_PREFIX, validate_name, validate_prefix
 from ..metrics import BACKENDS as METRICS_BACKENDS
@@ -27,9 +28,6 @@ from ._store import (
     timeout_setting,
     validate_store_url,
 )
-
-if TYPE_CHECKING:
-    from ..service.descriptors import DomainTable
 
 __all__ = [
     "DEFAULT_LOCAL_CACHE_SIZE",
@@ -269,9 +267,7 @@ def _misspelt_policies(data: Mapping[object, object]) -> object | None:
 
 def _domains(section: object, config: Config) -> DomainTable:
     """The ``domains`` section: descriptor rules naming this file's policies (the grammar and
-    its checks live with the matching rules, in ratewall.service.descriptors, which is pure)."""
-    from ..service.descriptors import parse_domains
-
+    its checks live with the matching rules, in ratewall.descriptors, which is pure)."""
     return parse_domains(section, source=config.source, policies=config.policies)
 
 

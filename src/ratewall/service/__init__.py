@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .descriptors import DomainTable, load_envoy_config, parse_domains, parse_envoy_config
+from ..descriptors import DomainTable, load_envoy_config, parse_domains, parse_envoy_config
 
 if TYPE_CHECKING:
     from .client import AsyncServiceClient, ServiceClient

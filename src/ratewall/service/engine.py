@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..decision import Decision
+from ..descriptors import UNIT_SECONDS, DomainTable, Match, Rule, identity_of, unit_for_window
 from ..limiter import AsyncRateLimiter
 from ..policy import Policy
-from .descriptors import UNIT_SECONDS, DomainTable, Match, Rule, identity_of, unit_for_window
 
 __all__ = [
     "MAX_UINT32",
