@@ -432,13 +432,12 @@ class Core:
             )
         compiled = tuple(pair[0] for pair in pairs)
         calls = tuple(pair[1] for pair in pairs)
-        if exempt or any(c.exit.shadow for c in compiled):
+        if (
+            exempt
+            or any(c.exit.shadow for c in compiled)
+            or (self._slot_of is not None and len({self._slot_of(c.key) for c in calls}) > 1)
+        ):
             return self._plan_split(compiled, calls, exempt)
-        if self._slot_of is not None and len({self._slot_of(c.key) for c in calls}) > 1:
-            raise ValueError(
-                "on a Redis Cluster, one check_many request must be for one identity (one "
-                "hash slot), so that it stays atomic; check the other identities separately"
-            )
         now = self._now()
         generation = self._breaker.generation
         known = [self.deny_cache.lookup(c.key, c.rule, c.cost, now) for c in calls]
@@ -467,12 +466,19 @@ class Core:
     def _plan_split(
         self, compiled: tuple[_Compiled, ...], calls: tuple[Call, ...], exempt: dict[int, Decision]
     ) -> PlanMany:
-        """check_many with exempt items (decided here) or shadow policies (decided alone):
-        the store gets the enforced items as one group and each shadow item on its own, in
-        one round trip, so that a policy that only watches never blocks the others."""
+        """check_many with exempt items (decided here), shadow policies (decided alone), or,
+        on a Redis Cluster, items in several hash slots: the store gets the enforced items
+        as one group (on a Cluster, one group per hash slot: one atomic script call cannot
+        span shards) and each shadow item on its own, in one round trip, so that a policy
+        that only watches never blocks the others.
+
+        Across a Cluster's groups the request is not all or nothing: a group refused by
+        its own limit consumes nothing, while another group that passed keeps what it
+        consumed. That errs toward refusing (the request is refused, and one identity's
+        units are spent), never toward admitting more than a limit."""
         enforced = [i for i, c in enumerate(compiled) if i not in exempt and not c.exit.shadow]
         shadow = [i for i, c in enumerate(compiled) if i not in exempt and c.exit.shadow]
-        groups = ([enforced] if enforced else []) + [[i] for i in shadow]
+        groups = self._by_slot(calls, enforced) + [[i] for i in shadow]
         generation = self._breaker.generation
         if not groups:
             return PlanMany(compiled, calls, [exempt[i] for i in range(len(calls))], generation)
@@ -487,6 +493,19 @@ class Core:
         requests = tuple(tuple(calls[i] for i in group) for group in groups)
         order = tuple(i for group in groups for i in group)
         return PlanMany(compiled, calls, None, generation, requests, order)
+
+    def _by_slot(self, calls: tuple[Call, ...], indexes: list[int]) -> list[list[int]]:
+        """``indexes`` as one group, or on a Redis Cluster one group per hash slot (in the
+        order each slot first appears)."""
+        if not indexes:
+            return []
+        slot_of = self._slot_of
+        if slot_of is None:
+            return [indexes]
+        groups: dict[int, list[int]] = {}
+        for index in indexes:
+            groups.setdefault(slot_of(calls[index].key), []).append(index)
+        return list(groups.values())
 
     # -- concurrency slots ----------------------------------------------------------------
 

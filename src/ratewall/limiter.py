@@ -329,8 +329,10 @@ _CHECK_MANY_DOC = """Check one request against several ``(identity, policy[, cos
 
         All or nothing: the request may proceed only if every returned decision is allowed;
         if any is refused, nothing is consumed, and the allowed decisions describe what
-        *would* have been consumed. One store round trip (on a Redis Cluster, the items must
-        share a hash slot, i.e. one identity; otherwise use separate calls)."""
+        *would* have been consumed. One store round trip. On a Redis Cluster, all or nothing
+        holds per hash slot (per identity: its keys share a slot): items of identities on
+        different shards are decided each there, so a refused request may still have
+        consumed another identity's items that allowed it."""
 
 
 def _tell_reload(observer: Observer | None, error: BaseException | None) -> None:

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
 import pytest
 import redis
 
-from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
+from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter
 from ratewall.embedded import LocalServer, ServerBinary, _die_with_parent_hook
+from ratewall.http import ClientIP, Header, RateLimitMiddleware, Route, RouteLimit
 from ratewall.testing import FakeClock
 
 from ._stats import script_calls
@@ -723,67 +725,85 @@ def _two_slots(client: redis.Redis) -> list[tuple[str, str] | tuple[str, str, in
     return [("alice", "login"), ("10.0.0.1", "burst")]
 
 
-def test_cluster_check_many_across_slots_is_a_clear_error(
+def test_cluster_check_many_across_slots_decides_each_identity_on_its_shard(
     cluster_url: str, cluster_clients: list[redis.Redis]
 ) -> None:
-    # One all-or-nothing request cannot span shards: a caller's mistake, reported like a bad
-    # cost (ValueError, before any I/O), whatever the policy's failure mode.
+    # One atomic script call cannot span shards, so items of identities in different hash
+    # slots are decided per slot: each as a separate check would decide it (the README's
+    # route checks a user and an IP together; on a Cluster that must still limit).
+    clock = FakeClock(NOON)
+    memory = RateLimiter(TWO, clock=clock)
     mixed = _two_slots(cluster_clients[0])
-    with (
-        RateLimiter(TWO, store=cluster_url, timeout=TIMEOUT_S) as limiter,
-        pytest.raises(ValueError, match="one identity"),
-    ):
-        limiter.check_many(mixed)
-    assert _all_keys(cluster_clients) == {0: set(), 1: set(), 2: set()}  # nothing consumed
+    with RateLimiter(TWO, store=cluster_url, clock=clock, timeout=TIMEOUT_S) as limiter:
+        answers = []
+        for step in (0, 1, 1, 5, 0, 0, 31, 0):
+            clock.advance(step)
+            decisions = limiter.check_many(mixed)
+            alone = [memory.check(*item) for item in mixed]
+            assert decisions == alone, f"at +{clock() - NOON}s"
+            answers.append([d.allowed for d in decisions])
+        # "burst" (gcra, 2 per 60 s) refuses the 3rd to 6th requests, yet "login" counts
+        # each of alice's (its group passes on its own shard): at +38 s burst passes again,
+        # but alice has used her 5 logins of the window.
+        assert answers == [[True, True]] * 2 + [[True, False]] * 3 + [[False, False]] + [
+            [False, True],
+            [False, False],
+        ]
+        assert limiter.peek("alice", "login") == memory.peek("alice", "login")
+    assert _assert_every_key_expires(cluster_clients) == 2
 
 
-async def test_cluster_check_many_across_slots_is_a_clear_error_async(
+async def test_cluster_check_many_across_slots_decides_each_identity_on_its_shard_async(
     cluster_url: str, cluster_clients: list[redis.Redis]
 ) -> None:
+    clock = FakeClock(NOON)
+    memory = RateLimiter(TWO, clock=clock)
     mixed = _two_slots(cluster_clients[0])
-    async with AsyncRateLimiter(TWO, store=cluster_url, timeout=TIMEOUT_S) as limiter:
-        with pytest.raises(ValueError, match="one identity"):
-            await limiter.check_many(mixed)
-    assert _all_keys(cluster_clients) == {0: set(), 1: set(), 2: set()}
+    async with AsyncRateLimiter(TWO, store=cluster_url, clock=clock, timeout=TIMEOUT_S) as lim:
+        for step in (0, 0, 0, 31, 0):
+            clock.advance(step)
+            decisions = await lim.check_many(mixed)
+            assert decisions == [memory.check(*item) for item in mixed]
+    assert _assert_every_key_expires(cluster_clients) == 2
 
 
-def test_cluster_check_many_across_slots_does_not_trip_the_breaker(
+def test_cluster_check_many_keeps_each_identitys_items_all_or_nothing(
     cluster_url: str, cluster_clients: list[redis.Redis]
 ) -> None:
-    # A caller's mistake is not a store failure: after three of them, the store is still
-    # asked (the circuit breaker opens after 3 consecutive *store* failures, for 1 s).
-    mixed = _two_slots(cluster_clients[0])
-    with RateLimiter(TWO, store=cluster_url, timeout=TIMEOUT_S) as limiter:
-        for _ in range(3):
-            with pytest.raises((StoreError, ValueError)):
-                limiter.check_many(mixed)
-        decision = limiter.check("carol", "login")
-    assert decision == Decision(True, "login", 5, 4, 60.0, None)
+    # Two policies of one identity share a slot: still one atomic group, while the other
+    # identity's item is its own. bob's "burst" refusal spends none of bob's "login".
+    policies = {"login": Policy(5, 60), "burst": Policy(1, 60), "per_ip": Policy(10, 60)}
+    assert _slot(cluster_clients[0], "bob") != _slot(cluster_clients[0], "10.0.0.1")
+    items: list[tuple[str, str] | tuple[str, str, int]] = [
+        ("bob", "login"),
+        ("bob", "burst"),
+        ("10.0.0.1", "per_ip"),
+    ]
+    with RateLimiter(policies, store=cluster_url, timeout=TIMEOUT_S) as limiter:
+        first = limiter.check_many(items)
+        second = limiter.check_many(items)
+        assert [d.allowed for d in first] == [True, True, True]
+        assert [d.allowed for d in second] == [True, False, True]
+        assert limiter.peek("bob", "login").remaining == 5 - 1 - 1  # only the first counted
+        assert limiter.peek("10.0.0.1", "per_ip").remaining == 10 - 2 - 1  # both counted
 
 
 def test_cluster_check_many_across_slots_never_admits_beyond_the_limit(
     cluster_url: str, cluster_clients: list[redis.Redis]
 ) -> None:
-    # With failure_mode "open", the cross-slot mistake must still not admit more than the
-    # limit: the request is either refused with an error or counted, never waved through.
     policies = {name: Policy(2, 60, failure_mode="open") for name in ("login", "burst")}
     mixed = _two_slots(cluster_clients[0])
-    admitted = 0
     with RateLimiter(policies, store=cluster_url, timeout=TIMEOUT_S) as limiter:
-        for _ in range(10):
-            try:
-                decisions = limiter.check_many(mixed)
-            except (StoreError, ValueError):
-                continue
-            admitted += all(d.allowed for d in decisions)
-    assert admitted <= 2, f"{admitted} of 10 cross-slot requests admitted with a limit of 2"
+        admitted = sum(all(d.allowed for d in limiter.check_many(mixed)) for _ in range(10))
+        assert all(d.source == "store" for d in limiter.check_many(mixed))
+    assert admitted == 2, f"{admitted} of 10 cross-slot requests admitted with a limit of 2"
 
 
-async def test_cluster_cross_slot_mistake_does_not_fail_other_callers(
+async def test_cluster_cross_slot_request_travels_with_other_callers(
     cluster_url: str, cluster_clients: list[redis.Redis]
 ) -> None:
-    # The async store shares round trips between concurrent callers; one caller's invalid
-    # cross-slot request must fail alone, not every request that travelled with it.
+    # The async store shares round trips between concurrent callers and splits each batch
+    # per slot: a request spanning slots is decided alongside the others, each correctly.
     mixed = _two_slots(cluster_clients[0])
     async with AsyncRateLimiter(TWO, store=cluster_url, timeout=TIMEOUT_S) as limiter:
         await limiter.peek("warm-up", "login")  # the client is set up: no start-up race
@@ -792,15 +812,46 @@ async def test_cluster_cross_slot_mistake_does_not_fail_other_callers(
             limiter.check("erin", "login"),
             limiter.check_many(mixed),
             limiter.check("frank", "login"),
-            return_exceptions=True,
         )
-    # Plain values only (see _collect_garbage): an exception's repr, or the decision.
-    answers = [repr(r) if isinstance(r, BaseException) else r for r in results]
-    del results
-    bad = answers.pop(2)
-    assert isinstance(bad, str)
-    assert bad.startswith(("StoreError(", "ValueError(")), bad
-    assert answers == [Decision(True, "login", 5, 4, 60.0, None)] * 3
+    assert results[2] == [
+        Decision(True, "login", 5, 4, 60.0, None),
+        Decision(True, "burst", 2, 1, 30.0, None),
+    ]
+    assert [results[i] for i in (0, 1, 3)] == [Decision(True, "login", 5, 4, 60.0, None)] * 3
+
+
+async def test_cluster_route_with_a_user_and_an_ip_limit_limits(
+    cluster_url: str, cluster_clients: list[redis.Redis]
+) -> None:
+    # The README's route: "login" by the X-User-ID header and "login_ip" by client address,
+    # two identities in two hash slots. Through the ASGI middleware on a Cluster it must
+    # limit (it once let every request pass, degraded), with no failure-mode answer.
+    user, address = "clusteruser", "203.0.113.9"
+    assert _slot(cluster_clients[0], user) != _slot(cluster_clients[0], address)
+    policies = {"login": Policy(5, 60), "login_ip": Policy(20, 60, "sliding_window")}
+    route = Route(
+        "/login",
+        (RouteLimit("login", Header("X-User-ID")), RouteLimit("login_ip", ClientIP())),
+        method="POST",
+    )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with AsyncRateLimiter(policies, store=cluster_url, timeout=TIMEOUT_S) as limiter:
+        middleware = RateLimitMiddleware(app, limiter, [route])
+        transport = httpx.ASGITransport(app=middleware, client=(address, 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = [await client.post("/login", headers={"X-User-ID": user}) for _ in range(7)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429] * 2
+    assert not any("ratelimit-degraded" in a.headers for a in answers)
+    assert answers[-1].headers["ratelimit"].startswith('"login";r=0;t=60, "login_ip";')
+    with RateLimiter(policies, store=cluster_url, timeout=TIMEOUT_S) as reader:
+        # The refused 6th and 7th were counted by login_ip on its own shard (7 in all), and
+        # consumed nothing of login.
+        assert reader.peek(address, "login_ip").remaining == 20 - 7 - 1
+        assert reader.peek(user, "login").retry_after is not None
 
 
 def test_cluster_close_releases_every_connection(cluster: Cluster, cluster_url: str) -> None:

@@ -34,7 +34,9 @@ through, except where a policy says to fail closed:
 Genuine refusals (the client is over a limit) answer 429 even when some other policy of the
 route is degraded. A refused request consumes none of the route's policies (the limiter's
 ``check_many`` is all or nothing), so the RateLimit field of a 429 reports the quota left
-*before* the request for the policies that would have allowed it.
+*before* the request for the policies that would have allowed it. (On a Redis Cluster, a
+route's limits on different identities are decided each on its own shard: there the other
+identity's allowed limit was consumed, and the field shows it one request high.)
 """
 
 from __future__ import annotations
