@@ -19,7 +19,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route as StarletteRoute
 
-from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, StoreError
+from ratewall import AsyncRateLimiter, ConfigError, Decision, Policy, RateLimiter, StoreError
 from ratewall.config import load_config
 from ratewall.http import (
     ClientIP,
@@ -639,3 +639,11 @@ async def test_one_limit_decided_by_check_answers_as_check_many_would() -> None:
     assert many_only.asked == 7
     assert exchanges[0] == exchanges[1]
     assert [status for status, *_ in exchanges[0]] == [200] * 5 + [429] * 2
+
+
+def test_a_synchronous_limiter_is_refused_at_construction() -> None:
+    # It would be asked without an await: every request would pass, with one logged error.
+    limiter = RateLimiter(POLICIES)
+    with pytest.raises(TypeError, match="give it an AsyncRateLimiter"):
+        RateLimitMiddleware(asgi_app(Calls()), limiter, SEED)  # type: ignore[arg-type]
+    limiter.close()

@@ -13,7 +13,7 @@ import flask
 import pytest
 from werkzeug.test import Client
 
-from ratewall import Decision, Policy, RateLimiter, StoreError
+from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
 from ratewall.http import (
     ClientIP,
     Header,
@@ -279,3 +279,10 @@ def test_the_asgi_and_wsgi_middleware_take_the_same_arguments() -> None:
         assert [(p.name, p.kind, p.default) for p in asgi.parameters.values()] == [
             (p.name, p.kind, p.default) for p in wsgi.parameters.values()
         ]
+
+
+def test_an_asyncio_limiter_is_refused_at_construction() -> None:
+    # Its check_many returns a coroutine: every request would pass, with one logged error.
+    limiter = AsyncRateLimiter(POLICIES)
+    with pytest.raises(TypeError, match="give it a RateLimiter"):
+        WSGIRateLimitMiddleware(wsgi_app(Calls()), limiter, SEED)  # type: ignore[arg-type]

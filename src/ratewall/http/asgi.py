@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import Config
 from ..decision import Decision
-from ..limiter import AsyncRateLimiter
+from ..limiter import AsyncRateLimiter, RateLimiter
 from .client_ip import ClientIP
 from .middleware import Middleware, needs_slots, warn_if_store_unreachable
 from .request import HttpRequest
@@ -68,6 +68,12 @@ class RateLimitMiddleware(Middleware[ASGIApp, AsyncLimiter]):
     Subclasses can set ``engine_class`` to a :class:`~ratewall.http.HttpEngine` subclass
     to change how responses are built.
     """
+
+    wrong_limiter = (
+        RateLimiter,
+        "an ASGI application runs on asyncio; give it an AsyncRateLimiter (the same "
+        "arguments), or use WSGIRateLimitMiddleware for a WSGI application",
+    )
 
     def __init__(
         self,

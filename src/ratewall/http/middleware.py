@@ -37,6 +37,9 @@ class Middleware(Generic[App, Limiter]):
     """
 
     engine_class: ClassVar[type[HttpEngine]] = HttpEngine
+    #: The other kind of ratewall limiter, which this middleware cannot drive, and what to
+    #: give it instead (a TypeError at construction: otherwise every request would pass).
+    wrong_limiter: ClassVar[tuple[type[Any], str] | None] = None
 
     def __init__(
         self,
@@ -48,6 +51,12 @@ class Middleware(Generic[App, Limiter]):
         headers_on_allowed: bool = True,
         client_ip: ClientIP | None = None,
     ) -> None:
+        given: object = limiter  # the types say it cannot be; callers without mypy may try
+        if self.wrong_limiter is not None and isinstance(given, self.wrong_limiter[0]):
+            raise TypeError(
+                f"{type(self).__name__} cannot use a {type(given).__name__}: "
+                f"{self.wrong_limiter[1]}"
+            )
         self.app = app
         self.limiter: Limiter = limiter
         self.engine = self.engine_class(

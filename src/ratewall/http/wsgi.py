@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..decision import Decision
-from ..limiter import RateLimiter
+from ..limiter import AsyncRateLimiter, RateLimiter
 from .middleware import Middleware, needs_slots, warn_if_store_unreachable_now
 from .request import HttpRequest
 from .steps import AskLimiter, Pass, Respond, SyncLimiter, Verdict, tier_of
@@ -43,6 +43,12 @@ class WSGIRateLimitMiddleware(Middleware["WSGIApplication", SyncLimiter]):
     :class:`~ratewall.http.RateLimitMiddleware`, with the same failure isolation: nothing the
     limiter or this middleware does wrong becomes an error response of the application.
     """
+
+    wrong_limiter = (
+        AsyncRateLimiter,
+        "a WSGI application is synchronous; give it a RateLimiter (the same arguments), or "
+        "use RateLimitMiddleware for an ASGI application",
+    )
 
     @classmethod
     def limiter_from_config(
