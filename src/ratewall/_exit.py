@@ -132,9 +132,12 @@ class PolicyExit:
 
     def failed(self, allowed: bool, wait: float) -> Decision:
         """The failure mode's answer while the store fails: allowed with the whole limit
-        ("open"), or refused for ``wait`` seconds ("closed")."""
+        ("open"), or refused for ``wait`` seconds ("closed"). A shadow policy never
+        refuses: its "closed" answer passes, ``shadowed``."""
         if allowed:
             return _decision(True, self.name, self.limit, self.limit, 0.0, None, True, "failure")
+        if self.shadow:
+            return _decision(True, self.name, self.limit, 0, wait, None, True, "failure", True)
         return _decision(False, self.name, self.limit, 0, wait, wait, True, "failure")
 
     def store_error(self, error: BaseException) -> StoreError:

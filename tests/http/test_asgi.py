@@ -647,3 +647,26 @@ def test_a_synchronous_limiter_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match="give it an AsyncRateLimiter"):
         RateLimitMiddleware(asgi_app(Calls()), limiter, SEED)  # type: ignore[arg-type]
     limiter.close()
+
+
+@pytest.mark.parametrize("other", ["closed", "raise"])
+async def test_a_shadow_policy_failing_closed_never_answers_503(other: str) -> None:
+    # The store is down. "watch" is under shadow and fails closed: it must not refuse.
+    # Beside it, "login" fails open (decisions) or raises (the limiter raises): the route
+    # then passes either way, marked degraded.
+    policies = {
+        "watch": Policy(1, 60, shadow=True, failure_mode="closed"),
+        "login": Policy(5, 60, failure_mode="open" if other == "closed" else "raise"),
+    }
+    route = Route(
+        "/login",
+        [RouteLimit("watch", Header("X-User-ID")), RouteLimit("login", Header("X-User-ID"))],
+        method="POST",
+    )
+    calls = Calls()
+    limiter = AsyncRateLimiter(policies, FailingStore())
+    async with client(RateLimitMiddleware(asgi_app(calls), limiter, [route])) as http:
+        responses = [await login(http) for _ in range(3)]
+    assert [response.status_code for response in responses] == [200] * 3
+    assert all("ratelimit-degraded" in response.headers for response in responses)
+    assert calls.count == 3

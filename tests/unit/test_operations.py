@@ -10,7 +10,7 @@ import pytest
 
 from ratewall import AsyncRateLimiter, ConfigError, Policy, RateLimiter
 from ratewall.config import load_config
-from ratewall.testing import DecisionCapture, FakeClock
+from ratewall.testing import DecisionCapture, FailingStore, FakeClock
 
 
 def test_a_shadow_policy_counts_as_if_enforced_but_never_refuses() -> None:
@@ -55,6 +55,27 @@ def test_a_shadow_policy_never_blocks_the_others_in_check_many() -> None:
         assert all(d.allowed for d in decisions)
     # All three were counted: a peek of one more leaves 5 - 3 - 1.
     assert limiter.peek("u", "enforced").remaining == 1
+
+
+def test_a_shadow_policy_failing_closed_still_passes_while_the_store_fails() -> None:
+    # The failure mode's refusal is a refusal too: shadow mode lets it pass, marked, so a
+    # limit under watch cannot refuse traffic even when Redis is down.
+    policies = {
+        "watch": Policy(1, 60, shadow=True, failure_mode="closed"),
+        "enforced": Policy(1, 60, failure_mode="closed"),
+    }
+    with RateLimiter(policies, store=FailingStore()) as limiter:
+        watched = limiter.check("u", "watch")
+        assert (watched.allowed, watched.shadowed, watched.degraded) == (True, True, True)
+        assert watched.retry_after is None
+        assert watched.source == "failure"
+        assert limiter.peek("u", "watch").allowed
+        enforced = limiter.check("u", "enforced")
+        assert (enforced.allowed, enforced.shadowed, enforced.degraded) == (False, False, True)
+        assert [d.allowed for d in limiter.check_many([("u", "watch"), ("u", "enforced")])] == [
+            True,
+            False,
+        ]
 
 
 def test_exempt_identities_are_always_allowed_and_store_nothing() -> None:

@@ -385,6 +385,7 @@ class HttpEngine:
                 limit.policy
                 for limit in check.limits
                 if self.policies[limit.policy].failure_mode == "closed"
+                and not self.policies[limit.policy].shadow  # a shadow policy never refuses
             ]
             store = isinstance(error, StoreError)
             self.log.log(
