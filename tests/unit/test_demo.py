@@ -63,6 +63,19 @@ def test_a_bad_config_ends_the_command_before_anything_starts(
     assert served == []
 
 
+def test_a_config_without_the_login_policy_ends_the_command_before_anything_starts(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo's route needs "login": without it every worker would fail and be restarted.
+    path = tmp_path / "limits.json"
+    path.write_text('{"search": {"limit": 2, "window": 60}}')
+    assert main(["demo", "--config", str(path), "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: policies.login: the demo serves POST /login" in error
+    assert "(it has: search)" in error
+    assert served == []
+
+
 def test_the_config_store_it_does_not_use_is_named(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
