@@ -19,7 +19,8 @@ from ratewall.testing import FakeClock
 MINIMAL_ACL = (
     "on >limiter-secret resetkeys ~ratelimit:* resetchannels -@all "
     "+fcall +function|load +evalsha +eval +ping "
-    "+get +set +del +pexpire +time +llen +lindex +lrange +lset +ltrim +rpush"
+    "+get +set +del +pexpire +time +llen +lindex +lrange +lset +ltrim +rpush "
+    "+zadd +zcard +zcount +zrange +zrangebyscore +zrem +zremrangebyscore +zscore"
 )
 WITHOUT_FUNCTIONS = MINIMAL_ACL.replace("+fcall +function|load ", "")
 TIMEOUT = 2.0
@@ -64,6 +65,23 @@ async def test_an_async_user_with_the_minimal_acl_gets_every_decision(
         for name in ALGORITHMS:
             outcomes = [(await limiter.check("user_1", name)).allowed for _ in range(4)]
             assert outcomes == [True, True, True, False], name
+
+
+@pytest.mark.parametrize("user", ["limiter", "scripts_only"])
+def test_a_user_with_the_minimal_acl_holds_concurrency_slots(
+    acl_server: LocalServer, user: str
+) -> None:
+    policies = {"exports": Policy(2, 60, algorithm="concurrency", failure_mode="raise")}
+    with RateLimiter(policies, store=_url(acl_server, user), timeout=TIMEOUT) as limiter:
+        first = limiter.acquire_slot("user_1", "exports")
+        with limiter.slot("user_1", "exports") as second:
+            assert (first.allowed, second.allowed) == (True, True)
+            with limiter.slot("user_1", "exports") as third:
+                assert not third.allowed
+        assert limiter.peek("user_1", "exports").remaining == 1  # the first is held
+        first.release()
+        assert limiter.peek("user_1", "exports").remaining == 2
+        limiter.reset("user_1", "exports")
 
 
 def _open_fds() -> int:
