@@ -332,9 +332,14 @@ class Core:
         if type(identity) is not str:
             raise TypeError(f"identity must be a str, got {type(identity).__name__}")
         compiled = self.select(compiled, identity, tier)
+        capacity = compiled.rule.capacity
+        why = ""
+        if type(cost) is int and cost > capacity:
+            why = " (a cost above the policy's capacity could never be allowed)"
+        elif type(cost) is int and cost == 0:
+            why = " (to ask without consuming, use peek())"
         raise ValueError(
-            f"cost must be an integer from 1 to {compiled.rule.capacity} for policy {policy!r} "
-            f"(a cost above the policy's capacity could never be allowed), got {cost!r}"
+            f"cost must be an integer from 1 to {capacity} for policy {policy!r}{why}, got {cost!r}"
         )
 
     @staticmethod

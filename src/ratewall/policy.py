@@ -43,6 +43,13 @@ _SOURCE: Final = "<policy>"
 _MAX_WINDOW_SECONDS: Final = 10 * 366 * 86400.0
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window") -> float:
     """Seconds from a number of seconds or a string such as ``"500ms"``, ``"10s"``, ``"1m"``."""
     if isinstance(value, bool):
@@ -56,12 +63,14 @@ def parse_duration(value: object, *, source: str = _SOURCE, field: str = "window
     elif isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
-            raise ConfigError(
-                f"{value!r} is not a duration; write seconds or a number with one of the units "
-                "ms, s, m, h, d (for example '500ms', '10s', '1m')",
-                source=source,
-                field=field,
+            bare = value.strip()
+            hint = (
+                f"a string needs a unit ('{bare}s'), or write the seconds as a number ({bare})"
+                if _is_number(bare)
+                else "write seconds as a number, or a number with one of the units ms, s, m, "
+                "h, d (for example '500ms', '10s', '1m')"
             )
+            raise ConfigError(f"{value!r} is not a duration; {hint}", source=source, field=field)
         seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     else:
         raise ConfigError(

@@ -413,3 +413,13 @@ def test_overridden_response_headers_are_not_pre_encoded() -> None:
     assert outcome == Pass((("X-Quota", "2"),))
     assert isinstance(outcome, Pass)
     assert outcome.encoded is None
+
+
+def test_a_client_address_limit_without_an_address_says_it_has_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    route = Route("/login", [RouteLimit("login_ip", ClientIP())], method="POST")
+    with caplog.at_level(logging.WARNING, logger="ratewall"):
+        outcome = engine(route).start(login_request(user=None, client=None))
+    assert outcome is PASS
+    assert "has no client address; policy 'login_ip' is skipped" in caplog.text

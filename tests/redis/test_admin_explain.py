@@ -265,6 +265,7 @@ def test_an_unreachable_store_exits_1_without_its_password(
     [
         (["GET", "login"], "PATH must start with '/'"),
         (["GET", "/login", "-H", "no colon"], 'a header is "Name: value"'),
+        (["GET", "/login", "--client-ip", "not-an-ip"], "expected an IP address"),
     ],
 )
 def test_bad_input_exits_2(

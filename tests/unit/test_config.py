@@ -775,3 +775,9 @@ def test_malformed_client_ip_sections_are_config_errors(
         assert (caught.value.source, caught.value.field) == (str(path), field)
         assert reason in caught.value.reason
     assert main(["check-config", str(path)]) == 2
+
+
+def test_a_window_of_bare_digits_in_a_string_gets_the_two_ways_to_write_it() -> None:
+    expected = "'90' is not a duration; a string needs a unit ('90s'), or write the seconds as"
+    with pytest.raises(ConfigError, match=re.escape(expected + " a number (90)")):
+        Policy(5, "90")

@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
         help="validate a config file and print the policies it defines",
         description="Validate a config file (.json, .yaml/.yml or .toml) and print its "
         "policies and settings. If it is invalid, print every error (sorted by field path, "
-        f"at most {MAX_REPORTED}) and exit with status 2.",
+        f"at most {MAX_REPORTED}; within one policy, the first found) and exit with status 2.",
     )
     check.add_argument("file", metavar="FILE", nargs="?", help="the config file to check")
     check.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Callable
 
 from ..config import validate_store_url
@@ -16,6 +17,7 @@ __all__ = [
     "EXIT_USAGE",
     "Handler",
     "integer",
+    "ip_address",
     "port",
     "store_url",
 ]
@@ -43,6 +45,14 @@ def integer(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, as the server's socket would give it."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text!r}") from None
 
 
 def store_url(text: str) -> str:

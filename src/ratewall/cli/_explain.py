@@ -32,7 +32,7 @@ from ._admin import (
     tier_option,
     variant_of,
 )
-from ._common import EXIT_OK
+from ._common import EXIT_OK, ip_address
 
 __all__ = ["register"]
 
@@ -61,6 +61,7 @@ def register(commands: Any) -> None:
     explain.add_argument(
         "--client-ip",
         default=None,
+        type=ip_address,
         metavar="IP",
         help="the address the server sees the request come from (the socket peer: a proxy's "
         "address when behind one)",

@@ -568,13 +568,16 @@ class HttpEngine:
             )
             return None
         if not fallback:
+            wanted = _describe(limit)
             self.log.log(
                 logging.WARNING,
                 ("no-identity", limit.policy),
-                "request to %s %s has neither %s nor a client address; policy %r is skipped",
+                "request to %s %s has %s; policy %r is skipped",
                 request.method,
                 request.path[:200],
-                _describe(limit),
+                "no client address"
+                if isinstance(limit.identity, ClientIP)
+                else f"neither {wanted} nor a client address",
                 limit.policy,
             )
             return None
