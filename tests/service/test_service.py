@@ -330,7 +330,8 @@ domains:
                 stub.ShouldRateLimit(rls_request("rl", [("raise", "a")]), timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert httpx.get(service.http + "/readyz", timeout=5).status_code == 503
-        assert check(service, ("raised", "a", 1)).status_code == 503
+        failed = check(service, ("raised", "a", 1))
+        assert (failed.status_code, failed.headers["retry-after"]) == (503, "1")
         assert httpx.get(service.http + "/healthz").status_code == 200
 
 

@@ -65,6 +65,7 @@ class _ProblemError(Exception):
 
 
 _INTERNAL: Final = _ProblemError(500, "Internal Server Error", "see the service log")
+_RETRY_AFTER: Final = ((b"retry-after", b"1"),)
 
 
 def _bad(detail: str, field: str | None = None) -> _ProblemError:
@@ -115,7 +116,10 @@ class ServiceApp:
             body = await _read_body(receive, scope)
             reply = await handler(body, scope)
         except _ProblemError as problem:
-            reply = (problem.status, _PROBLEM, problem.body(), ())
+            # A 503 (the store failed, or the service drains) invites a retry, as the
+            # middleware's does: after about the circuit breaker's cooldown.
+            retry = _RETRY_AFTER if problem.status == 503 else ()
+            reply = (problem.status, _PROBLEM, problem.body(), retry)
         except Exception:  # noqa: BLE001 - a bug answers 500 and leaves the worker serving
             _log.exception("%s %s failed", method, path)
             reply = (500, _PROBLEM, _INTERNAL.body(), ())
