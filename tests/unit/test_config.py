@@ -39,7 +39,7 @@ BAD_FILES: dict[str, tuple[str | None, str]] = {
     "route_bad_identity.json": ("routes[0].identity", "unknown identity source 'cookie:session'"),
     "route_not_a_list.toml": ("routes", "must be a list of routes"),
     "client_ip_unknown_field.yaml": ("client_ip.trusted", "unknown field 'trusted'"),
-    "client_ip_bad_cidr.json": ("client_ip", "10.0.0.0/33"),
+    "client_ip_bad_cidr.json": ("client_ip.trusted_proxies[0]", "10.0.0.0/33"),
     "unknown_policy_field.yaml": ("policies.login.windwo", "unknown field 'windwo'"),
     "limit_zero.json": ("policies.login.limit", "must be a positive integer, got 0"),
     "limit_string.toml": ("policies.login.limit", "must be a positive integer, got '5'"),
@@ -755,8 +755,9 @@ def test_any_value_in_any_field_raises_only_config_error(
         ),
         ({"trusted_proxies": None}, "client_ip.trusted_proxies", "must be a list"),
         ({"trusted_proxies": [["10.0.0.0/8"]]}, "client_ip.trusted_proxies[0]", "got a list"),
-        ({"header": None}, "client_ip", "header must be 'x-forwarded-for' or 'forwarded'"),
-        ({"ipv6_prefix": None}, "client_ip", "ipv6_prefix must be an integer from 1 to 128"),
+        ({"header": None}, "client_ip.header", "must be 'x-forwarded-for' or 'forwarded'"),
+        ({"ipv6_prefix": None}, "client_ip.ipv6_prefix", "must be an integer from 1 to 128"),
+        ({"trusted_proxies": ["10.0.0.300"]}, "client_ip.trusted_proxies[0]", "'10.0.0.300'"),
     ],
 )
 def test_malformed_client_ip_sections_are_config_errors(

@@ -210,21 +210,31 @@ class ClientIPSettings:
         for spec in specs:
             trusted_proxy_network(spec)
         object.__setattr__(self, "trusted_proxies", specs)
-        for name, value, top in (
-            ("ipv6_prefix", self.ipv6_prefix, 128),
-            ("ipv4_prefix", self.ipv4_prefix, 32),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be an integer from 1 to {top}, got {value!r}")
-        if not isinstance(self.header, str) or self.header not in FORWARDED_HEADERS:
-            raise ValueError(
-                f"header must be 'x-forwarded-for' or 'forwarded', got {self.header!r}"
-            )
+        for name in _CLIENT_IP_CHECKS:
+            problem = _client_ip_problem(name, getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
 
     def networks(self) -> tuple[IPNetwork, ...]:
         """The trusted networks (``"unix"`` is not one)."""
         found = (trusted_proxy_network(spec) for spec in self.trusted_proxies)
         return tuple(network for network in found if network is not None)
+
+
+_CLIENT_IP_CHECKS: Final = ("ipv6_prefix", "ipv4_prefix", "header")
+
+
+def _client_ip_problem(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the client_ip setting ``name`` (one of
+    ``_CLIENT_IP_CHECKS``), or None."""
+    if name == "header":
+        if isinstance(value, str) and value in FORWARDED_HEADERS:
+            return None
+        return f"must be 'x-forwarded-for' or 'forwarded', got {value!r}"
+    top = 128 if name == "ipv6_prefix" else 32
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        return f"must be an integer from 1 to {top}, got {value!r}"
+    return None
 
 
 def client_ip_section(section: object, *, source: str) -> ClientIPSettings:
@@ -249,15 +259,26 @@ def client_ip_section(section: object, *, source: str) -> ClientIPSettings:
         )
         proxies = ()
     for index, spec in enumerate(proxies):
+        at = f"client_ip.trusted_proxies[{index}]"
         if not isinstance(spec, str):
             problems.add(
                 ConfigError(
                     f"must be an address or CIDR block such as '10.0.0.0/8' (or 'unix'), "
                     f"got {kind_of(spec)}",
                     source=source,
-                    field=f"client_ip.trusted_proxies[{index}]",
+                    field=at,
                 )
             )
+            continue
+        try:
+            trusted_proxy_network(spec)
+        except ValueError as error:
+            problems.add(ConfigError(str(error), source=source, field=at))
+    for name in _CLIENT_IP_CHECKS:
+        if name in section:
+            problem = _client_ip_problem(name, section[name])
+            if problem is not None:
+                problems.add(ConfigError(problem, source=source, field=f"client_ip.{name}"))
     problems.raise_first()
     try:
         return ClientIPSettings(**{**section, "trusted_proxies": tuple(proxies)})
