@@ -8,16 +8,23 @@ backoff; a limiter must answer or fail fast and let the policy's failure mode de
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
+from redis.asyncio.connection import DefaultParser as AsyncDefaultParser
 from redis.backoff import NoBackoff
 from redis.connection import Connection, DefaultParser
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from .._urls import StoreURL, parse_url
+from ._resp import StoreTimeoutError
+
+T = TypeVar("T")
 
 __all__ = [
+    "AsyncCalls",
     "ClusterUnavailableError",
     "_client_options",
     "_sentinel_master",
@@ -55,6 +62,17 @@ class ClusterUnavailableError(ResponseError):
 class _FailFastParser(DefaultParser):  # type: ignore[misc,valid-type]  # hiredis or RESP2
     EXCEPTION_CLASSES: ClassVar[dict[str, Any]] = {
         **DefaultParser.EXCEPTION_CLASSES,
+        "CLUSTERDOWN": ClusterUnavailableError,
+        "TRYAGAIN": ClusterUnavailableError,
+    }
+
+
+class _AsyncFailFastParser(AsyncDefaultParser):  # type: ignore[misc,valid-type]
+    """The same reading of ``CLUSTERDOWN``/``TRYAGAIN`` for redis-py's asyncio cluster,
+    which on ``ClusterDownError`` also closes every connection of the client."""
+
+    EXCEPTION_CLASSES: ClassVar[dict[str, Any]] = {
+        **AsyncDefaultParser.EXCEPTION_CLASSES,
         "CLUSTERDOWN": ClusterUnavailableError,
         "TRYAGAIN": ClusterUnavailableError,
     }
@@ -130,6 +148,12 @@ def close_client(client: Any) -> None:
 
 async def aclose_client(client: Any) -> None:
     await client.aclose()
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        # redis-py's asyncio cluster closes nothing while it is marked for a new set-up
+        # (after any connection error): close its nodes' connections regardless.
+        await manager.aclose()
+        await manager.aclose("startup_nodes")
     sentinel = getattr(client, "_ratewall_sentinel", None)
     if sentinel is not None:
         await sentinel.aclose()
@@ -154,7 +178,14 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
         if asynchronous:
             from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
-            return AsyncCluster(**options)
+            client = AsyncCluster(**options)
+            # The asyncio cluster takes no parser class: its nodes' connections are built
+            # from these keyword arguments (the client's, shared with the nodes manager,
+            # and each seed node's own copy), TLS or not.
+            client.connection_kwargs["parser_class"] = _AsyncFailFastParser
+            for node in client.nodes_manager.startup_nodes.values():
+                node.connection_kwargs["parser_class"] = _AsyncFailFastParser
+            return client
         from redis.cluster import RedisCluster
 
         return RedisCluster(**options)
@@ -175,3 +206,72 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
             sentinel.Sentinel, url, options, sentinel.SentinelManagedSSLConnection
         )
     raise ValueError(f"{parsed!r} is a standalone store: ratewall's own connection serves it")
+
+
+class AsyncCalls:
+    """Calls through a redis-py asyncio client (Cluster, Sentinel), each answered by its
+    deadline, none cancelled.
+
+    Cancelling a redis-py asyncio call (``asyncio.wait_for``, ``asyncio.timeout``) can put
+    back into its pool a connection whose reply is still on the way, and the next call on it
+    reads that reply as its own. So each call runs in a task of its own, and the caller waits
+    for it until the deadline: past it, the caller gets :class:`StoreTimeoutError` (and the
+    policy's failure mode answers) while the task ends by itself, bounded by the client's
+    socket timeouts, and gives its connection back in a clean state. A cluster client's
+    first set-up (asking a node for the slot map) is one task shared by the calls that
+    need it, bounded the same way.
+    """
+
+    def __init__(self, client: Any, *, cluster: bool) -> None:
+        self.client = client
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._needs_setup = cluster
+        self._setup: asyncio.Task[Any] | None = None
+
+    async def within(self, deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``'s result if it comes by ``deadline`` (the event loop's time),
+        else StoreTimeoutError."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise StoreTimeoutError("the store timeout passed before the call could be sent")
+        task = loop.create_task(self._run(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        await asyncio.wait((task,), timeout=remaining)
+        if not task.done():
+            raise StoreTimeoutError("no reply within the store timeout")
+        return task.result()
+
+    async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._needs_setup:
+            setup = self._setup
+            if setup is None:
+                setup = self._setup = asyncio.get_running_loop().create_task(
+                    self.client.initialize()
+                )
+            try:
+                await asyncio.shield(setup)
+            except BaseException:
+                if self._setup is setup and setup.done():
+                    self._setup = None  # the next call asks again
+                raise
+            self._needs_setup = False
+        return await call()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a call past its deadline is nobody's to report
+
+    async def aclose(self, timeout: float) -> None:
+        """Let calls still running end (at most ``timeout`` seconds), then close the client
+        and every connection behind it."""
+        pending = [*self._tasks, *([self._setup] if self._setup is not None else [])]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        await aclose_client(self.client)
