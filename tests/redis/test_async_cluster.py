@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from ratewall import AsyncRateLimiter, Decision, Policy, StoreError
+from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter, StoreError
 from ratewall.embedded import LocalServer
 from ratewall.stores._redispy import _AsyncFailFastParser, aclose_client, make_client
 from ratewall.testing import FakeClock
@@ -275,3 +275,23 @@ async def test_the_tls_cluster_form_fails_fast_too() -> None:
             assert type(connection._parser) is _AsyncFailFastParser
     finally:
         await aclose_client(client)
+
+
+def test_a_sync_limiter_finds_the_cluster_through_its_second_seed(cluster: f.ClusterSet) -> None:
+    url = f"redis+cluster://{f.LOOPBACK}:{_closed_port()},{f.LOOPBACK}:{cluster.nodes[1].port}"
+    with RateLimiter({"p": Policy(5, 60)}, store=url, timeout=TIMEOUT) as limiter:
+        decision = limiter.check(f"seed{uuid.uuid4().hex[:6]}", "p")
+        assert decision.source == "store"
+        assert decision.remaining == 4
+        limiter.ping()
+
+
+async def test_an_async_limiter_finds_the_cluster_through_its_second_seed(
+    cluster: f.ClusterSet,
+) -> None:
+    url = f"redis+cluster://{f.LOOPBACK}:{_closed_port()},{f.LOOPBACK}:{cluster.nodes[1].port}"
+    async with AsyncRateLimiter({"p": Policy(5, 60)}, store=url, timeout=TIMEOUT) as limiter:
+        decision = await limiter.check(f"seed{uuid.uuid4().hex[:6]}", "p")
+        assert decision.source == "store"
+        assert decision.remaining == 4
+        await limiter.ping()

@@ -164,8 +164,9 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
     own connections: ._connection and ._aconnection)."""
     parsed = parse_url(url)
     if parsed.kind == "cluster":
+        # Every seed node is a startup node: the slot map is asked of them in turn (and of
+        # every node found since), so one seed that is down does not stop the set-up.
         options = _client_options(timeout, parsed)
-        options.update(host=parsed.host, port=parsed.port)
         options.update(username=parsed.username, password=parsed.password)
         if parsed.tls is not None:
             options["ssl"] = True  # redis-py then picks its own TLS connection class
@@ -173,12 +174,15 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
             # Given as a URL, the node clients get their pools from these options,
             # connection class included (redis-py's from_url path).
             options["connection_class"] = _FailFastConnection
-            host = options.pop("host")
-            options["url"] = f"redis://{f'[{host}]' if ':' in host else host}:{options.pop('port')}"
+            host, port = parsed.nodes[0]
+            options["url"] = f"redis://{f'[{host}]' if ':' in host else host}:{port}"
         if asynchronous:
+            from redis.asyncio.cluster import ClusterNode as AsyncNode
             from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
-            client = AsyncCluster(**options)
+            client = AsyncCluster(
+                startup_nodes=[AsyncNode(host, port) for host, port in parsed.nodes], **options
+            )
             # The asyncio cluster takes no parser class: its nodes' connections are built
             # from these keyword arguments (the client's, shared with the nodes manager,
             # and each seed node's own copy), TLS or not.
@@ -186,9 +190,12 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
             for node in client.nodes_manager.startup_nodes.values():
                 node.connection_kwargs["parser_class"] = _AsyncFailFastParser
             return client
-        from redis.cluster import RedisCluster
+        from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(**options)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],  # type: ignore[no-untyped-call]
+            **options,
+        )
     if parsed.kind == "sentinel":
         options = _client_options(timeout, parsed)
         if asynchronous:
