@@ -9,14 +9,23 @@ backoff; a limiter must answer or fail fast and let the policy's failure mode de
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import DefaultParser as AsyncDefaultParser
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.connection import Connection, DefaultParser
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .._urls import StoreURL, parse_url
 from ._resp import StoreTimeoutError
@@ -31,6 +40,7 @@ __all__ = [
     "_sentinel_parts",
     "aclose_client",
     "close_client",
+    "decision_deadline",
     "make_client",
     "parse_store_url",
 ]
@@ -113,6 +123,160 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     if parsed.sentinel_password is not None:
         extra["sentinel_password"] = parsed.sentinel_password
     return list(parsed.nodes), parsed.service, extra
+
+
+# The deadline of the decision being made, which a Sentinel discovery inside it must keep:
+# time.monotonic() for the sync store (set by decision_deadline), the event loop's time for
+# the asyncio store (set by AsyncCalls.within for the task it starts).
+_SYNC_DEADLINE: ContextVar[float | None] = ContextVar("ratewall_sync_deadline", default=None)
+_ASYNC_DEADLINE: ContextVar[float | None] = ContextVar("ratewall_async_deadline", default=None)
+_ASKED_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@contextlib.contextmanager
+def decision_deadline(timeout: float) -> Iterator[None]:
+    """The redis-py calls made inside (sync) belong to one decision, due in ``timeout``."""
+    token = _SYNC_DEADLINE.set(time.monotonic() + timeout)
+    try:
+        yield
+    finally:
+        _SYNC_DEADLINE.reset(token)
+
+
+class _BoundedDiscovery:
+    """Sentinel discovery within the decision's deadline (the mixin of both Sentinels).
+
+    redis-py asks the sentinels one after another, each with the full socket timeout, so a
+    discovery through two unresponsive sentinels took twice the store timeout before the
+    decision even reached the primary. Here the discovery keeps the deadline of the
+    decision that needs it (a new connection to the primary: at the first decision and
+    after the connection to the primary failed), or the store timeout from its start when
+    it runs outside a decision. Each sentinel is asked on a connection of its own, opened
+    for the question and closed after it, with the time it is given as its timeouts."""
+
+    _nodes: list[tuple[str, int]]
+    _timeout: float
+    sentinel_kwargs: dict[str, Any]
+    _force_master_ip: str | None
+
+    if TYPE_CHECKING:  # redis-py's, after this mixin in the method order
+
+        def check_master_state(self, state: Any, service_name: str) -> bool: ...
+
+    def _asking(self, seconds: float) -> dict[str, Any]:
+        return {
+            **self.sentinel_kwargs,
+            "socket_timeout": seconds,
+            "socket_connect_timeout": seconds,
+        }
+
+    def _master_in(self, masters: Any, service_name: str) -> tuple[str, int] | None:
+        state = masters.get(service_name)
+        if not state or not self.check_master_state(state, service_name):
+            return None
+        ip = self._force_master_ip if self._force_master_ip is not None else state["ip"]
+        return ip, state["port"]
+
+
+class _Sentinel(_BoundedDiscovery, Sentinel):
+    """Sync: the sentinels are asked in turn (the one that answered last first), each given
+    an equal share of the time left: with three sentinels and 100 ms, a first one that
+    never answers costs 33 ms, and the two others still have 67 ms."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self._nodes = list(sentinels)
+        self._timeout = float(self.sentinel_kwargs["socket_timeout"])
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        deadline = _SYNC_DEADLINE.get()
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
+        errors: list[str] = []
+        nodes = self._nodes
+        for index, (host, port) in enumerate(list(nodes)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                errors.append("no time left before the decision's deadline")
+                break
+            client = Redis(host, port, **self._asking(left / (len(nodes) - index)))
+            try:
+                masters = client.sentinel_masters()
+            except _ASKED_ERRORS as error:
+                errors.append(f"{host}:{port} - {error!r}")
+                continue
+            finally:
+                client.close()
+            address = self._master_in(masters, service_name)
+            if address is not None:
+                nodes.insert(0, nodes.pop(index))
+                return address
+        raise MasterNotFoundError(f"No master found for {service_name!r}: {', '.join(errors)}")
+
+
+class _AsyncSentinel(_BoundedDiscovery, AsyncSentinel):
+    """asyncio: every sentinel is asked at once, and the first to name a master in good
+    standing answers. The questions still running then end on their own (each bounded by
+    the time it was given) and close their connections; closing the store stops them."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self._nodes = list(sentinels)
+        self._timeout = float(self.sentinel_kwargs["socket_timeout"])
+        self._questions: set[asyncio.Task[Any]] = set()
+
+    async def _ask(self, host: str, port: int, seconds: float) -> Any:
+        client = AsyncRedis(host=host, port=port, **self._asking(seconds))
+        try:
+            return await client.sentinel_masters()
+        finally:
+            await client.aclose()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._questions.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a late or failed answer is nobody's to report
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        deadline = _ASYNC_DEADLINE.get()
+        if deadline is None:
+            deadline = loop.time() + self._timeout
+        left = deadline - loop.time()
+        if left <= 0:
+            raise MasterNotFoundError(f"No master found for {service_name!r}: no time left")
+        asked = {
+            loop.create_task(self._ask(host, port, left)): f"{host}:{port}"
+            for host, port in self._nodes
+        }
+        for task in asked:
+            self._questions.add(task)
+            task.add_done_callback(self._finished)
+        errors: list[str] = []
+        pending = set(asked)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - loop.time()), return_when="FIRST_COMPLETED"
+            )
+            if not done:
+                errors.append("no answer before the decision's deadline")
+                break
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    errors.append(f"{asked[task]} - {error!r}")
+                    continue
+                address = self._master_in(task.result(), service_name)
+                if address is not None:
+                    return address
+        raise MasterNotFoundError(f"No master found for {service_name!r}: {', '.join(errors)}")
+
+    async def aclose(self) -> None:
+        for task in list(self._questions):
+            task.cancel()  # each on a connection of its own, closed as it ends
+        if self._questions:
+            await asyncio.wait(list(self._questions))
+        await super().aclose()
 
 
 def _sentinel_master(
@@ -202,16 +366,14 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
             from redis.asyncio import sentinel as asyncio_sentinel
 
             return _sentinel_master(
-                asyncio_sentinel.Sentinel,
+                _AsyncSentinel,
                 url,
                 options,
                 asyncio_sentinel.SentinelManagedSSLConnection,
             )
         from redis import sentinel
 
-        return _sentinel_master(
-            sentinel.Sentinel, url, options, sentinel.SentinelManagedSSLConnection
-        )
+        return _sentinel_master(_Sentinel, url, options, sentinel.SentinelManagedSSLConnection)
     raise ValueError(f"{parsed!r} is a standalone store: ratewall's own connection serves it")
 
 
@@ -242,7 +404,11 @@ class AsyncCalls:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise StoreTimeoutError("the store timeout passed before the call could be sent")
-        task = loop.create_task(self._run(call))
+        token = _ASYNC_DEADLINE.set(deadline)  # for a Sentinel discovery inside the call
+        try:
+            task = loop.create_task(self._run(call))
+        finally:
+            _ASYNC_DEADLINE.reset(token)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         await asyncio.wait((task,), timeout=remaining)
