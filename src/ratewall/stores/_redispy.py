@@ -20,7 +20,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import DefaultParser as AsyncDefaultParser
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
-from redis.connection import Connection, DefaultParser
+from redis.connection import Connection, DefaultParser, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -94,6 +94,14 @@ class _FailFastConnection(Connection):
     def __init__(self, **kwargs: Any) -> None:
         kwargs["parser_class"] = _FailFastParser
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+
+
+class _FailFastSSLConnection(SSLConnection):
+    """The same for ``rediss+cluster://``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["parser_class"] = _FailFastParser
+        super().__init__(**kwargs)
 
 
 def _client_options(timeout: float, parsed: StoreURL | None = None) -> dict[str, Any]:
@@ -332,12 +340,15 @@ def make_client(url: str, timeout: float, *, asynchronous: bool = False) -> Any:
         # every node found since), so one seed that is down does not stop the set-up.
         options = _client_options(timeout, parsed)
         options.update(username=parsed.username, password=parsed.password)
-        if parsed.tls is not None:
-            options["ssl"] = True  # redis-py then picks its own TLS connection class
-        elif not asynchronous:
+        if asynchronous:
+            if parsed.tls is not None:
+                options["ssl"] = True  # redis-py then picks its own TLS connection class
+        else:
             # Given as a URL, the node clients get their pools from these options,
-            # connection class included (redis-py's from_url path).
-            options["connection_class"] = _FailFastConnection
+            # connection class (TLS or not) and TLS options included (redis-py's from_url
+            # path; a rediss:// URL would replace the class with redis-py's own).
+            tls = parsed.tls is not None
+            options["connection_class"] = _FailFastSSLConnection if tls else _FailFastConnection
             host, port = parsed.nodes[0]
             options["url"] = f"redis://{f'[{host}]' if ':' in host else host}:{port}"
         if asynchronous:
