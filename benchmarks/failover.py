@@ -7,7 +7,9 @@ decision came from the store again, latency, and the most admitted beyond the li
 one identity (with the writes the killed primary acknowledged but never replicated).
 
     python benchmarks/failover.py [--workers 4] [--timeout 0.1] [--limit 20]
-        [--server redis|valkey] [--topologies sentinel,cluster]
+        [--server redis|valkey] [--topologies sentinel,cluster] [--async]
+
+``--async`` runs the workers on AsyncRateLimiter (each round's three checks made at once).
 
 Every server binds 127.0.0.1 and is stopped at the end; each run is bounded (60 s per wait).
 The harness is tests/redis/_failover.py, which tests/redis/test_failover.py runs CI-sized.
@@ -37,13 +39,17 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=0.002, help="seconds between rounds")
     parser.add_argument("--server", choices=("redis", "valkey"), default=None)
     parser.add_argument("--topologies", default="sentinel,cluster")
+    parser.add_argument("--async", dest="asynchronous", action="store_true")
     args = parser.parse_args()
     binaries = [b for b in find_servers() if args.server in (None, b.kind)]
     if not binaries:
         print("no server binary found", file=sys.stderr)
         return 1
     binary = binaries[0]
-    print(f"{binary.kind} {binary.version}, {args.workers} workers, timeout {args.timeout} s")
+    print(
+        f"{binary.kind} {binary.version}, {args.workers} "
+        f"{'async ' if args.asynchronous else ''}workers, timeout {args.timeout} s"
+    )
     print(f.HEADER)
     with tempfile.TemporaryDirectory() as scratch:
         for topology in args.topologies.split(","):
@@ -51,13 +57,27 @@ def main() -> int:
             if topology == "sentinel":
                 with f.sentinel_set(binary, Path(scratch) / "sentinel") as s:
                     load = f.Load(
-                        s.url, args.timeout, args.limit, args.workers, args.rotate, args.pace, tag
+                        s.url,
+                        args.timeout,
+                        args.limit,
+                        args.workers,
+                        args.rotate,
+                        args.pace,
+                        tag,
+                        args.asynchronous,
                     )
                     report = f.run(load, lambda s=s: f.kill(s.primary), s.failed_over)
             else:
                 with f.cluster_set(binary, Path(scratch) / "cluster") as c:
                     load = f.Load(
-                        c.url, args.timeout, args.limit, args.workers, args.rotate, args.pace, tag
+                        c.url,
+                        args.timeout,
+                        args.limit,
+                        args.workers,
+                        args.rotate,
+                        args.pace,
+                        tag,
+                        args.asynchronous,
                     )
                     victim = c.primary_of(f"ratelimit:{{{tag}0}}:open")
                     alive = [n for n in c.nodes if n is not victim]

@@ -9,7 +9,9 @@ Forms::
     redis://[[user]:password@]host[:port][/db][?db=N]      (valkey:// is the same)
     rediss://...   valkeys://...                            TLS, same parts
     unix://[[user]:password@]/path/to/redis.sock[?db=N]
-    redis+cluster://[[user]:password@]host[:port]           one seed node; rediss+cluster: TLS
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...]
+                                                            seed nodes, asked in turn for
+                                                            the slot map; rediss+cluster: TLS
     redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]
         [?sentinel_password=...]                            rediss+sentinel: TLS to the
                                                             sentinels and to the master
@@ -109,9 +111,9 @@ class TLSOptions:
 
 @dataclass(frozen=True, slots=True)
 class StoreURL:
-    """A store URL's parts. ``nodes`` are the hosts named (one for a server or a cluster's
-    seed, the sentinels for Sentinel); ``host``/``port`` the first of them; ``path`` a unix
-    socket; ``service`` a Sentinel service; ``tls`` set on TLS schemes."""
+    """A store URL's parts. ``nodes`` are the hosts named (one for a server, a cluster's
+    seed nodes, the sentinels for Sentinel); ``host``/``port`` the first of them; ``path`` a
+    unix socket; ``service`` a Sentinel service; ``tls`` set on TLS schemes."""
 
     url: str
     kind: Kind
@@ -200,14 +202,20 @@ def parse_url(url: str) -> StoreURL:
         return StoreURL(
             url, "redis", path=parts.path, username=username, password=password, db=_db(shown, db)
         )
-    node = _node(shown, hosts, _DEFAULT_PORT)
+    cluster = scheme.endswith("+cluster")
+    if "," in hosts and not cluster:
+        _fail(
+            f"store URL {shown!r} names several hosts; a server's URL names one (list seed "
+            "nodes in redis+cluster://h1:port,h2:port, sentinels in redis+sentinel://)"
+        )
+    nodes = tuple(_node(shown, item, _DEFAULT_PORT) for item in hosts.split(","))
     path = parts.path.strip("/")
     if path and db is not None and path != db:
         _fail(f"store URL {shown!r} names database {path} in its path and {db} in ?db=")
     return StoreURL(
         url,
-        "cluster" if scheme.endswith("+cluster") else "redis",
-        nodes=(node,),
+        "cluster" if cluster else "redis",
+        nodes=nodes,
         username=username,
         password=password,
         db=_db(shown, path or db),

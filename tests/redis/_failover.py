@@ -10,6 +10,7 @@ is bounded, and every process started here is stopped by the context managers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from typing import Any, Final
 
 import redis
 
-from ratewall import Policy, RateLimiter
+from ratewall import AsyncRateLimiter, Policy, RateLimiter
 from ratewall.admin import AdminStore
 from ratewall.embedded import LocalServer, ServerBinary, _die_with_parent_hook
 
@@ -254,7 +255,11 @@ def cli_for(binary: ServerBinary) -> Path | None:
 
 
 @contextlib.contextmanager
-def cluster_set(binary: ServerBinary, directory: Path, boot: float = 60.0) -> Iterator[ClusterSet]:
+def cluster_set(
+    binary: ServerBinary, directory: Path, boot: float = 60.0, node_timeout_ms: int = 1000
+) -> Iterator[ClusterSet]:
+    """Six nodes, three primaries with a replica each. A primary unreachable for
+    ``node_timeout_ms`` is failed over."""
     cli = cli_for(binary)
     if cli is None:
         raise TopologyError(f"no {binary.kind}-cli to create a cluster with replicas")
@@ -269,7 +274,7 @@ def cluster_set(binary: ServerBinary, directory: Path, boot: float = 60.0) -> It
                 extra_args=(
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
-                    "--cluster-node-timeout", "1000",
+                    "--cluster-node-timeout", str(node_timeout_ms),
                     "--repl-diskless-sync-delay", "0",
                 ),
             )  # fmt: skip
@@ -314,6 +319,7 @@ class Load:
     rotate_every: float  # seconds each identity is hammered before the next one
     pace: float  # seconds between one worker's rounds (one check per mode)
     tag: str  # makes identities unique per run
+    asynchronous: bool = False  # AsyncRateLimiter, the three checks of a round concurrent
 
     def policies(self) -> dict[str, Policy]:
         return {
@@ -334,6 +340,9 @@ def worker(load: Load, start: float, stop: Any, ready: Any, out: Any) -> None:
     """One process's load: until ``stop`` is set, a round every ``load.pace`` seconds of one
     check per mode on the identity of the moment. Sends its records to ``out``: (monotonic
     time, mode index, identity index, seconds, code)."""
+    if load.asynchronous:
+        asyncio.run(_async_worker(load, start, stop, ready, out))
+        return
     records: list[tuple[float, int, int, float, int]] = []
     limiter = RateLimiter(
         load.policies(), store=load.url, timeout=load.timeout, breaker_cooldown=0.5
@@ -357,6 +366,40 @@ def worker(load: Load, start: float, stop: Any, ready: Any, out: Any) -> None:
             time.sleep(load.pace)  # pacing the load, not waiting for an event
     finally:
         limiter.close()
+        out.put(records)
+
+
+async def _async_worker(load: Load, start: float, stop: Any, ready: Any, out: Any) -> None:
+    """:func:`worker` with an AsyncRateLimiter: a round's three checks are made at once, so
+    that they share (and queue for) the store's script calls in flight."""
+    records: list[tuple[float, int, int, float, int]] = []
+    limiter = AsyncRateLimiter(
+        load.policies(), store=load.url, timeout=load.timeout, breaker_cooldown=0.5
+    )
+    told = False
+
+    async def one(identity: str, m: int) -> tuple[float, int]:
+        began = time.perf_counter()
+        try:
+            code = _code(await limiter.check(identity, MODES[m]))
+        except Exception:  # counted: an exception reached the caller
+            code = ERROR
+        return time.perf_counter() - began, code
+
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            index = int((now - start) / load.rotate_every)
+            identity = f"{load.tag}{index}"
+            results = await asyncio.gather(*(one(identity, m) for m in range(len(MODES))))
+            for m, (seconds, code) in enumerate(results):
+                records.append((now, m, index, seconds, code))
+                if not told and code in (STORE_ALLOWED, STORE_REFUSED):
+                    ready.release()
+                    told = True
+            await asyncio.sleep(load.pace)  # pacing the load, not waiting for an event
+    finally:
+        await limiter.aclose()
         out.put(records)
 
 

@@ -157,10 +157,56 @@ def test_cluster_slot_migration_under_load(cluster: f.ClusterSet) -> None:
         assert report.latencies(mode)[-1] <= TIMEOUT + SLACK
 
 
+def _tag_on_a_replicated_primary(
+    cluster: f.ClusterSet, prefix: str, avoid: LocalServer | None = None
+) -> str:
+    """A run tag whose first identity lives on a primary that still has a replica (an
+    earlier test may have killed one: its promoted replica has none, so could not fail
+    over) and is not ``avoid``."""
+    with redis.Redis(host=f.LOOPBACK, port=cluster.nodes[0].port, socket_timeout=5.0) as c:
+        replicated = {int(row[2][1]) for row in c.execute_command("CLUSTER", "SLOTS")
+                      if len(row) > 3}  # fmt: skip
+    for _ in range(1000):
+        tag = f"{prefix}{uuid.uuid4().hex[:6]}_"
+        owner = cluster.primary_of(f"ratelimit:{{{tag}0}}:open")
+        if owner.port in replicated and owner is not avoid:
+            return tag
+    raise f.TopologyError("no primary with a replica")
+
+
+# AsyncRateLimiter answers each decision by its deadline (it no longer waits inside redis-py's
+# asyncio cluster): the stated slack, 50 % of the timeout, plus a margin for a loaded CI
+# machine (four processes and six cluster nodes on two cores).
+ASYNC_BOUND = TIMEOUT * 1.5 + 0.5
+
+
+def test_async_cluster_failover_under_load(cluster: f.ClusterSet) -> None:
+    """The sync test's failover with AsyncRateLimiter workers (a round's three checks at
+    once, so calls queue behind the ones in flight). It kills a primary other than the
+    seed node, so that the sync test after it still finds the cluster through the seed."""
+    tag = _tag_on_a_replicated_primary(cluster, "a", avoid=cluster.nodes[0])
+    load = f.Load(cluster.url, TIMEOUT, LIMIT, WORKERS, 0.5, 0.005, tag, True)
+    victim = cluster.primary_of(f"ratelimit:{{{load.tag}0}}:open")
+    alive = [node for node in cluster.nodes if node is not victim and node.running]
+    report = f.run(
+        load,
+        lambda: f.kill(victim),
+        lambda: cluster.healthy(alive),
+        reader_url=cluster.url_via(alive[0]),
+    )
+    _assert_within_bounds(report)
+    slowest = report.latencies()[-1]
+    assert slowest <= ASYNC_BOUND, f"an async decision took {slowest:.3f} s"
+
+
 def test_cluster_failover_under_load(cluster: f.ClusterSet) -> None:
     load = _load(cluster.url)
+    load = f.Load(
+        load.url, load.timeout, load.limit, load.workers, load.rotate_every, load.pace,
+        _tag_on_a_replicated_primary(cluster, "t"),
+    )  # fmt: skip
     victim = cluster.primary_of(f"ratelimit:{{{load.tag}0}}:open")
-    alive = [node for node in cluster.nodes if node is not victim]
+    alive = [node for node in cluster.nodes if node is not victim and node.running]
     report = f.run(
         load,
         lambda: f.kill(victim),

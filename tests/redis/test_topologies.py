@@ -965,7 +965,8 @@ def test_sentinel_close_releases_every_connection(
     limiter = RateLimiter(SEED, store=sentinel_url, timeout=TIMEOUT_S)
     assert limiter.check(IDENTITY, "login").allowed
     opened = {port: _ratewall_connections(port) for port in ports}
-    assert all(opened[port] - before[port] for port in ports), "sentinel and master"
+    # The sentinels are asked on connections of their own, closed after each discovery.
+    assert opened[master.port] - before[master.port], "no connection to the master"
     limiter.close()
     left = _still_open(names, before, opened)  # while the limiter lives: GC would close them
     del limiter
@@ -983,7 +984,8 @@ async def test_sentinel_aclose_releases_every_connection(
     limiter = AsyncRateLimiter(SEED, store=sentinel_url, timeout=TIMEOUT_S)
     assert (await limiter.check(IDENTITY, "login")).allowed
     opened = {port: _ratewall_connections(port) for port in ports}
-    assert all(opened[port] - before[port] for port in ports), "sentinel and master"
+    # The sentinels are asked on connections of their own, closed after each discovery.
+    assert opened[master.port] - before[master.port], "no connection to the master"
     await limiter.aclose()
     left = _still_open(names, before, opened)  # while the limiter lives: GC would close them
     del limiter

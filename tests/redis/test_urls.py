@@ -126,3 +126,25 @@ def test_tls_parameters_are_checked(url: str, reason: str) -> None:
 )
 def test_tls_parameters_pass(url: str) -> None:
     assert store_url_problem(url) is None
+
+
+def test_a_cluster_url_takes_several_seed_nodes() -> None:
+    parsed = parse_url("rediss+cluster://u:pw@h1:7000,[::1]:7001,h3?ssl_cert_reqs=none")
+    assert parsed.kind == "cluster"
+    assert parsed.nodes == (("h1", 7000), ("::1", 7001), ("h3", 6379))
+    assert (parsed.host, parsed.port, parsed.username, parsed.password) == ("h1", 7000, "u", "pw")
+    assert redacted(parsed.url) == "rediss+cluster://u:***@h1:7000,[::1]:7001,h3?ssl_cert_reqs=none"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://h1,h2:6379/0", "names several hosts"),
+        ("rediss://h1:6379,h2/0", "names several hosts"),
+        ("redis+cluster://h1:7000,h2:70000", "port '70000'"),
+    ],
+)
+def test_several_hosts_only_where_they_mean_something(url: str, reason: str) -> None:
+    problem = store_url_problem(url)
+    assert problem is not None
+    assert reason in problem

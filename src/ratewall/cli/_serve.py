@@ -57,11 +57,21 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--envoy-failure-mode",
-        choices=("raise", "open", "closed"),
+        choices=("raise", "open", "closed", "local"),
         default="raise",
         help="what the envoy config's rules do when the store fails: raise (a gRPC error: "
-        "Envoy's failure_mode_deny decides, as with envoyproxy/ratelimit), open or closed "
+        "Envoy's failure_mode_deny decides, as with envoyproxy/ratelimit), open, closed, or "
+        "local (each worker process enforces its share of each limit in memory) "
         "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--envoy-local-nodes",
+        type=_process_count,
+        default=None,
+        metavar="N",
+        help="with --envoy-failure-mode local: how many processes share each limit, each "
+        "enforcing ceil(limit / N) while the store fails (default: --workers; with several "
+        "service instances, all their workers)",
     )
     serve.add_argument(
         "--admin-token-file",
@@ -119,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         admin_token=token,
         envoy_failure_mode=args.envoy_failure_mode,
+        envoy_local_nodes=args.envoy_local_nodes,
         response_headers=not args.no_response_headers,
         loop=args.loop,
         **({} if args.batch_window is None else {"batch_window": args.batch_window}),
@@ -134,6 +145,13 @@ def _milliseconds(text: str) -> float:
     if not 0.0 <= value <= 1000.0:
         raise argparse.ArgumentTypeError(f"need 0 to 1000 milliseconds, got {text}")
     return value / 1000.0
+
+
+def _process_count(text: str) -> int:
+    number = integer(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 process, got {number}")
+    return number
 
 
 def _worker_count(text: str) -> int:

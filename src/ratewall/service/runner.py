@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Final
 
 from ..config import Config, load_config
@@ -74,7 +75,9 @@ class ServiceOptions:
     is needed. ``store`` overrides the config's store URL (neither: ``memory://``, one
     worker). ``envoy_failure_mode`` is what the rules of envoy files do when the store fails
     (``raise``: a gRPC error, for Envoy's ``failure_mode_deny`` to decide, as with the Go
-    service). ``admin_token``: the bearer token ``/v1/reset`` requires; with ``None`` it is
+    service; ``local``: each worker process enforces ``ceil(limit / envoy_local_nodes)`` in
+    memory, ``envoy_local_nodes`` defaulting to ``workers``). ``admin_token``: the bearer
+    token ``/v1/reset`` requires; with ``None`` it is
     read from ``RATEWALL_ADMIN_TOKEN``, and required only when HTTP binds a non-loopback
     address (without one, admin endpoints are then disabled).
     """
@@ -87,6 +90,7 @@ class ServiceOptions:
     workers: int = 1
     admin_token: str | None = None
     envoy_failure_mode: str = "raise"
+    envoy_local_nodes: int | None = None
     response_headers: bool = True
     drain_seconds: float = 10.0
     loop: str = "auto"
@@ -139,10 +143,19 @@ def _load(options: ServiceOptions) -> _Loaded:
         )
     config = load_config(options.config) if options.config is not None else None
     tables = [config.domains] if config is not None and config.domains is not None else []
-    if options.envoy_config:
-        tables.append(
-            load_envoy_config(options.envoy_config, failure_mode=options.envoy_failure_mode)
+    if options.envoy_local_nodes is not None and options.envoy_failure_mode != "local":
+        raise ConfigError(
+            "applies only with --envoy-failure-mode local", source="--envoy-local-nodes"
         )
+    if options.envoy_config:
+        envoy = load_envoy_config(options.envoy_config, failure_mode=options.envoy_failure_mode)
+        if options.envoy_failure_mode == "local":
+            # The processes sharing a limit while the store fails: this instance's workers
+            # unless told (several instances behind one Envoy: all their workers).
+            nodes = options.envoy_local_nodes or options.workers
+            local = {n: replace(p, local_nodes=nodes) for n, p in envoy.policies.items()}
+            envoy = replace(envoy, policies=MappingProxyType(local))
+        tables.append(envoy)
     table = merge_tables(tables)
     policies = dict(config.policies) if config is not None else {}
     for name, policy in table.policies.items():

@@ -14,7 +14,7 @@ from ..observer import Observer
 from ._aconnection import AsyncConnection
 from ._arguments import ALTERNATING, Arguments, flatten, regroup
 from ._lua import SCRIPT, SLOT_SCRIPT
-from ._redispy import aclose_client, make_client, parse_store_url
+from ._redispy import AsyncCalls, make_client, parse_store_url
 from ._resp import Endpoint, Script, StoreConnectionError, StoreProtocolError
 from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
@@ -78,13 +78,12 @@ class AsyncRedisStore:
         kind, normalised = parse_store_url(url)
         self._arguments = Arguments(clock)
         self._connection: AsyncConnection | None = None
-        self._execute: Callable[[list[str], list[int | str]], Awaitable[list[Reply]]]
+        self._execute: Callable[[list[str], list[int | str], float], Awaitable[list[Reply]]]
         self._aclose: Callable[[], Awaitable[None]]
         self.slot_of: Callable[[str], int] | None = None
-        self._initialize: Callable[[], Awaitable[Any]] | None = None
-        self._ready = asyncio.Lock()
         self._timeout = timeout
         self._client: Any = None
+        self._calls: AsyncCalls | None = None
         self._slot_script: Any = None
         if kind == "redis":
             self._connection = AsyncConnection(
@@ -118,17 +117,19 @@ class AsyncRedisStore:
         reset_in_child(self)
 
     def _use_new_client(self) -> None:
-        """A redis-py client (Cluster, Sentinel) and the script calls made through it. Builds
-        no connection: redis-py's asyncio clients connect on first use."""
+        """A redis-py client (Cluster, Sentinel) and the script calls made through it, each
+        answered by its deadline (see :class:`._redispy.AsyncCalls`). Builds no connection:
+        redis-py's asyncio clients connect (and a cluster's set itself up) on first use."""
         client = make_client(self.url, self._timeout, asynchronous=True)
+        calls = AsyncCalls(client, cluster=self.slot_of is not None)
         script = client.register_script(SCRIPT)
-        self._execute = lambda keys, args: script(keys=keys, args=args)
+        self._execute = lambda keys, args, deadline: calls.within(
+            deadline, lambda: script(keys=keys, args=args)
+        )
         self._slot_script = client.register_script(SLOT_SCRIPT)
-        self._aclose = lambda: aclose_client(client)
+        self._aclose = lambda: calls.aclose(self._timeout)
         self._client = client
-        if self.slot_of is not None:
-            # redis-py's asyncio cluster sets itself up lazily: see _send_per_slot.
-            self._initialize = client.initialize
+        self._calls = calls
 
     def _after_fork_in_child(self) -> None:
         """Start afresh: the queued calls, their futures and tasks belong to the parent's
@@ -141,7 +142,6 @@ class AsyncRedisStore:
         self._in_flight = self._in_flight_calls = 0
         self._flush_scheduled = False
         self._crowd = False
-        self._ready = asyncio.Lock()
         if self._connection is None and not self._closed:
             abandon(self._client)
             self._use_new_client()
@@ -241,7 +241,7 @@ class AsyncRedisStore:
                 self._send(batch, waiters, calls, requests, deadline)
             else:
                 task = asyncio.get_running_loop().create_task(
-                    self._send_through_client(batch, waiters, calls)
+                    self._send_through_client(batch, waiters, calls, deadline)
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -322,14 +322,15 @@ class AsyncRedisStore:
                 waiter.set_exception(error)
 
     async def _send_through_client(
-        self, entries: list[Entry], waiters: list[Waiter], calls: int
+        self, entries: list[Entry], waiters: list[Waiter], calls: int, deadline: float
     ) -> None:
-        """One script call per hash slot through redis-py (Cluster, Sentinel)."""
+        """One script call per hash slot through redis-py (Cluster, Sentinel), answered by
+        ``deadline`` (the batch's oldest caller's, as on ratewall's own connection)."""
         observer = self._observer
         started = time.perf_counter()
         try:
             flat = [request for entry in entries for request in _requests(entry)]
-            results = await self._send_per_slot(flat)
+            results = await self._send_per_slot(flat, deadline)
             if observer is not None:
                 failure = next((r for r in results if isinstance(r, BaseException)), None)
                 report_store_call(observer, time.perf_counter() - started, calls, failure)
@@ -365,22 +366,18 @@ class AsyncRedisStore:
             self._flush()
 
     async def _send_per_slot(
-        self, requests: Sequence[Request]
+        self, requests: Sequence[Request], deadline: float
     ) -> list[list[Reply] | BaseException]:
         """Replies per request; on a cluster, a slot whose call failed gives its requests
         the exception while the other slots' requests get their replies."""
         if self.slot_of is None:
-            return list(await self._send_one_slot(requests))
-        if self._initialize is not None:
-            # redis-py's asyncio cluster sets itself up lazily, and concurrent first commands
-            # race through that set-up: do it once, before any of them.
-            async with self._ready:
-                if self._initialize is not None:
-                    await self._initialize()
-                    self._initialize = None
+            return list(await self._send_one_slot(requests, deadline))
         parts = slot_parts(self.slot_of, requests)
         results = await asyncio.gather(
-            *(self._send_one_slot([requests[i] for i in indexes]) for indexes in parts.values()),
+            *(
+                self._send_one_slot([requests[i] for i in indexes], deadline)
+                for indexes in parts.values()
+            ),
             return_exceptions=True,
         )
         merged: list[list[Reply] | BaseException] = [[] for _ in requests]
@@ -389,9 +386,11 @@ class AsyncRedisStore:
                 merged[index] = result if isinstance(result, BaseException) else result[position]
         return merged
 
-    async def _send_one_slot(self, requests: Sequence[Request]) -> list[list[Reply]]:
+    async def _send_one_slot(
+        self, requests: Sequence[Request], deadline: float
+    ) -> list[list[Reply]]:
         keys, args = self._arguments.build(requests)
-        return regroup(requests, await self._execute(keys, args))
+        return regroup(requests, await self._execute(keys, args, deadline))
 
     async def arun_slot(self, call: SlotCall) -> Reply:
         """The reply of ``lua/concurrency.lua`` to one slot operation (not batched: slots
@@ -413,10 +412,11 @@ class AsyncRedisStore:
             raise _closed_error()
         connection = self._connection
         if connection is None:
-            async with asyncio.timeout(self._timeout):
-                result: Reply = await self._slot_script(
-                    keys=[call.key], args=self._arguments.slot_args(call)
-                )
+            args = self._arguments.slot_args(call)
+            result: Reply = await cast("AsyncCalls", self._calls).within(
+                asyncio.get_running_loop().time() + self._timeout,
+                lambda: self._slot_script(keys=[call.key], args=args),
+            )
             return result
         future: Waiter = asyncio.get_running_loop().create_future()
 
@@ -440,8 +440,10 @@ class AsyncRedisStore:
         if self._connection is not None:
             await self._connection.command("PING")
         else:
-            async with asyncio.timeout(self._timeout):
-                await self._client.ping()
+            client = self._client
+            await cast("AsyncCalls", self._calls).within(
+                asyncio.get_running_loop().time() + self._timeout, client.ping
+            )
         return time.perf_counter() - started
 
     def observe(self, observer: Observer | None) -> None:

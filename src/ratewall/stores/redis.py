@@ -30,7 +30,7 @@ from ..observer import Observer
 from ._arguments import Arguments, flatten, regroup
 from ._connection import ConnectionPool
 from ._lua import SCRIPT, SLOT_SCRIPT
-from ._redispy import close_client, make_client, parse_store_url
+from ._redispy import close_client, decision_deadline, make_client, parse_store_url
 from ._resp import Endpoint, Script
 from ._slots import key_slot, per_slot
 from .base import DEFAULT_TIMEOUT, report_store_call, timed
@@ -114,7 +114,8 @@ class RedisStore:
         if self._client is None:
             self._connect()
         keys, args = self._arguments.build(requests)
-        return regroup(requests, self._script(keys=keys, args=args))
+        with decision_deadline(self._timeout):  # a Sentinel discovery inside keeps it
+            return regroup(requests, self._script(keys=keys, args=args))
 
     def run_one(self, call: Call) -> Reply:
         observer = self._observer
@@ -159,7 +160,8 @@ class RedisStore:
             return reply
         if self._client is None:
             self._connect()
-        result: Reply = self._slot_script(keys=[call.key], args=self._arguments.slot_args(call))
+        with decision_deadline(self._timeout):
+            result: Reply = self._slot_script(keys=[call.key], args=self._arguments.slot_args(call))
         return result
 
     def ping(self) -> float:
@@ -169,7 +171,9 @@ class RedisStore:
         if self._pool is not None:
             self._pool.command("PING")
         else:
-            self._connect().ping()
+            client = self._connect()
+            with decision_deadline(self._timeout):
+                client.ping()
         seconds: float = time.perf_counter() - started
         return seconds
 
