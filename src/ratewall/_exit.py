@@ -266,8 +266,12 @@ class _CountedExit(PolicyExit):
     :class:`~ratewall.metrics.PolicyCounters`, exactly as ``Metrics.on_decision`` would.
 
     Each method knows its outcome already, so counting is one ``next()`` on a counter (atomic
-    under the GIL), plus an integer comparison for near-limit; the decision is then
-    ``PolicyExit``'s own, which builds it without a further call.
+    under the GIL), plus an integer comparison for near-limit. ``allowed`` and ``refused``
+    (one per request) fill their draft themselves, as ``PolicyExit``'s do: calling
+    ``PolicyExit.allowed`` from here was a third of what counting cost a memory-store
+    decision, the difference between meeting the metrics budget (5%) and missing it (see
+    benchmarks/README.md, "Metrics cost"). ``tests/unit/test_decision.py`` holds the three
+    copies equal.
     """
 
     __slots__ = ("_counters", "_near")
@@ -282,9 +286,22 @@ class _CountedExit(PolicyExit):
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
         counters = self._counters
         next(counters.allowed)
-        if remaining <= self._near:
+        draft = _Draft()
+        if remaining > self._near:  # then remaining > 0 too: _near is at least 0
+            draft.remaining = remaining
+        else:
             next(counters.near_limit)
-        return PolicyExit.allowed(self, remaining, reset_us, source)
+            draft.remaining = remaining if remaining > 0 else 0
+        draft.allowed = True
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None
+        draft.degraded = False
+        draft.shadowed = False
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
@@ -297,7 +314,18 @@ class _CountedExit(PolicyExit):
             next(counters.limited)
             if source == "cache":
                 next(counters.cache)
-        return PolicyExit.refused(self, remaining, reset_us, retry_us, source)
+        draft = _Draft()
+        draft.allowed = shadowed
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.remaining = remaining if remaining > 0 else 0
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None if shadowed else retry_us / _MICROS
+        draft.degraded = False
+        draft.shadowed = shadowed
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def exempt(self) -> Decision:
         next(self._counters.exempt)

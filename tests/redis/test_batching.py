@@ -5,6 +5,7 @@ or a cancellation touches only the calls it concerns."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -298,3 +299,23 @@ def test_a_batch_window_out_of_range_is_refused() -> None:
     for window in (-0.001, 1.5):
         with pytest.raises(ValueError, match="batch_window must be 0 to 1 seconds"):
             AsyncRedisStore("redis://127.0.0.1:1/0", batch_window=window)
+
+
+async def test_an_observer_that_fails_on_a_store_call_fails_no_caller(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The async store reports each round trip to the observer itself (no helper in
+    between): an observer's bug is logged, and every caller still gets its decision."""
+
+    class Broken(BaseObserver):
+        def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
+            raise RuntimeError("observer bug")
+
+    policies = {"p": Policy(100, DAY)}
+    async with AsyncRateLimiter(policies, redis_url, timeout=TIMEOUT, observer=Broken()) as limiter:
+        with caplog.at_level(logging.ERROR, logger="ratewall"):
+            lone = await limiter.check("lone", "p")
+            crowd = await asyncio.gather(*(limiter.check(f"u{n}", "p") for n in range(20)))
+    assert lone.allowed
+    assert all(decision.allowed for decision in crowd)
+    assert {r.getMessage() for r in caplog.records} == {"ratewall observer failed on a store call"}
