@@ -319,3 +319,28 @@ async def test_an_observer_that_fails_on_a_store_call_fails_no_caller(
     assert lone.allowed
     assert all(decision.allowed for decision in crowd)
     assert {r.getMessage() for r in caplog.records} == {"ratewall observer failed on a store call"}
+
+
+class _ShiftedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is not time.monotonic() (as uvloop's is its own)."""
+
+    def time(self) -> float:
+        return super().time() + 10_000.0
+
+
+def test_deadlines_are_in_the_loops_own_time(redis_url: str) -> None:
+    """A queued call's deadline is taken from the loop's clock: from time.monotonic()
+    directly on asyncio's own loops (one Python call less), from loop.time() on any other.
+    Were the shifted loop's deadlines read from time.monotonic(), they would lie 10,000 s
+    in its past and every call would time out at once."""
+
+    async def decide() -> list[Decision]:
+        async with AsyncRateLimiter({"p": Policy(100, DAY)}, redis_url, timeout=TIMEOUT) as limiter:
+            lone = await limiter.check("lone", "p")
+            crowd = await asyncio.gather(*(limiter.check(f"u{n}", "p") for n in range(20)))
+            return [lone, *crowd]
+
+    for factory in (_ShiftedLoop, asyncio.SelectorEventLoop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            decisions = runner.run(decide())
+        assert all(d.allowed and not d.degraded for d in decisions), factory
