@@ -225,16 +225,18 @@ class Snapshot:
         )
 
 
+_POLICY_COUNTS: Final = (*OUTCOMES, "cache", "near_limit")
+
+
 class PolicyCounters:
     """One policy's counters, one :func:`itertools.count` each. Decision exits hold this
-    object for good; a forked child resets its counts in place (:meth:`reset`)."""
+    object, and may hold its counts themselves, for good: the count objects are never
+    replaced. A forked child counts from zero by taking their values at the fork as its
+    zero (:meth:`reset`)."""
 
-    __slots__ = (*OUTCOMES, "cache", "near_limit")
+    __slots__ = (*_POLICY_COUNTS, "_zero")
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
         self.allowed = itertools.count()
         self.limited = itertools.count()
         self.shadow_limited = itertools.count()
@@ -244,9 +246,18 @@ class PolicyCounters:
         self.error = itertools.count()
         self.cache = itertools.count()  # refusals the deny cache answered
         self.near_limit = itertools.count()
+        self._zero: dict[str, int] = dict.fromkeys(_POLICY_COUNTS, 0)
+
+    def reset(self) -> None:
+        """Count from zero from now on (the counts themselves stay, exits hold them)."""
+        self._zero = {name: _read(getattr(self, name)) for name in _POLICY_COUNTS}
+
+    def value(self, name: str) -> int:
+        """The count ``name`` (an outcome, ``"cache"`` or ``"near_limit"``) since the zero."""
+        return _read(getattr(self, name)) - self._zero[name]
 
     def read(self) -> dict[str, int]:
-        return {outcome: _read(getattr(self, outcome)) for outcome in OUTCOMES}
+        return {outcome: self.value(outcome) for outcome in OUTCOMES}
 
 
 _INSTANCES: weakref.WeakSet[Metrics] = weakref.WeakSet()
@@ -288,7 +299,8 @@ class Metrics:
 
     def _clear(self) -> None:
         self._listeners: tuple[Callable[[float, int], None], ...] = getattr(self, "_listeners", ())
-        # Decision exits hold these objects: a fork resets them in place, never replaces them.
+        # Decision exits hold these objects (and their counts): a fork resets them in place,
+        # never replaces them.
         self._policies: dict[str, PolicyCounters] = getattr(self, "_policies", {})
         for counters in self._policies.values():
             counters.reset()
@@ -413,8 +425,8 @@ class Metrics:
             store_errors = dict(self._store_errors)
         return Snapshot(
             decisions={name: counters.read() for name, counters in policies.items()},
-            near_limit={name: _read(c.near_limit) for name, c in policies.items()},
-            cache_answers={name: _read(c.cache) for name, c in policies.items()},
+            near_limit={name: c.value("near_limit") for name, c in policies.items()},
+            cache_answers={name: c.value("cache") for name, c in policies.items()},
             store_calls=store_calls,
             store_errors=store_errors,
             breaker={"open": _read(self._breaker_open), "closed": _read(self._breaker_closed)},
