@@ -143,6 +143,8 @@ def main() -> None:
         finally:
             for limiter in redis.values():
                 limiter.close()
+    one, five, fifteen = os.getloadavg()
+    print(f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs\n")
     print("\n".join(rows))
 
 

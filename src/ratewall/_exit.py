@@ -269,25 +269,44 @@ class _CountedExit(PolicyExit):
     :class:`~ratewall.metrics.PolicyCounters`, exactly as ``Metrics.on_decision`` would.
 
     Each method knows its outcome already, so counting is one ``next()`` on a counter (atomic
-    under the GIL), plus an integer comparison for near-limit; the decision is then
-    ``PolicyExit``'s own, which builds it without a further call.
+    under the GIL), plus an integer comparison for near-limit. ``allowed`` and ``refused``
+    (one per request) fill their draft themselves, as ``PolicyExit``'s do: calling
+    ``PolicyExit.allowed`` from here was a third of what counting cost a memory-store
+    decision, the difference between meeting the metrics budget (5%) and missing it (see
+    benchmarks/README.md, "Metrics cost"). ``tests/unit/test_decision.py`` holds the three
+    copies equal.
     """
 
-    __slots__ = ("_counters", "_near")
+    __slots__ = ("_allowed", "_counters", "_near")
 
     def __init__(self, name: str, limit: int, shadow: bool, metrics: Metrics) -> None:
         super().__init__(name, limit, shadow)
         self._counters = metrics.counters(name)
+        # The allowed count itself (a PolicyCounters never replaces its counts): one
+        # attribute less on every allowed decision.
+        self._allowed = self._counters.allowed
         # remaining <= limit * fraction  <=>  remaining <= floor(limit * fraction), remaining
         # being an integer: compare integers on the hot path.
         self._near = math.floor(limit * metrics.near_limit)
 
     def allowed(self, remaining: int, reset_us: int, source: Source = "store") -> Decision:
-        counters = self._counters
-        next(counters.allowed)
-        if remaining <= self._near:
-            next(counters.near_limit)
-        return PolicyExit.allowed(self, remaining, reset_us, source)
+        next(self._allowed)
+        draft = _Draft()
+        if remaining > self._near:  # then remaining > 0 too: _near is at least 0
+            draft.remaining = remaining
+        else:
+            next(self._counters.near_limit)
+            draft.remaining = remaining if remaining > 0 else 0
+        draft.allowed = True
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None
+        draft.degraded = False
+        draft.shadowed = False
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def refused(
         self, remaining: int, reset_us: int, retry_us: int, source: Source = "store"
@@ -300,7 +319,18 @@ class _CountedExit(PolicyExit):
             next(counters.limited)
             if source == "cache":
                 next(counters.cache)
-        return PolicyExit.refused(self, remaining, reset_us, retry_us, source)
+        draft = _Draft()
+        draft.allowed = shadowed
+        draft.policy = self.name
+        draft.limit = self.limit
+        draft.remaining = remaining if remaining > 0 else 0
+        draft.reset_after = reset_us / _MICROS
+        draft.retry_after = None if shadowed else retry_us / _MICROS
+        draft.degraded = False
+        draft.shadowed = shadowed
+        draft.source = source
+        draft.__class__ = Decision  # type: ignore[assignment]
+        return draft  # type: ignore[return-value]
 
     def exempt(self) -> Decision:
         next(self._counters.exempt)

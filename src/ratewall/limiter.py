@@ -256,6 +256,19 @@ class _Limiter(Generic[_StoreT]):
     def policies(self) -> Mapping[str, Policy]:
         return self._core.policies
 
+    def exempt(self, policy: str) -> Decision:
+        """The decision for a request that ``policy`` does not limit for a reason outside
+        the identity (the HTTP layer calls it for each policy whose ``exempt_networks``
+        hold the client's address): allowed with the whole limit left, ``source ==
+        "exempt"``, nothing stored or asked of the store. It leaves through the policy's
+        decision exit like an exempt identity's, so metrics count it under the outcome
+        ``exempt`` and an observer sees it. Plain (not awaitable) on both limiters: no I/O.
+        An unknown policy is a ``KeyError``."""
+        exits = self._core.exits
+        if policy not in exits:
+            self._core.reject("", policy, 1)
+        return exits[policy].exempt()
+
     def _seconds_left(self, deadline: int | None) -> float | None:
         return None if deadline is None else (deadline - self._now_us()) / 1_000_000
 

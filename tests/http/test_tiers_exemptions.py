@@ -13,7 +13,7 @@ import httpx
 import pytest
 from werkzeug.test import Client
 
-from ratewall import AsyncRateLimiter, Policy, RateLimiter
+from ratewall import AsyncRateLimiter, Decision, Policy, RateLimiter
 from ratewall.config import parse_config
 from ratewall.errors import ConfigError
 from ratewall.http import (
@@ -26,7 +26,8 @@ from ratewall.http import (
     TierHeader,
     WSGIRateLimitMiddleware,
 )
-from ratewall.testing import FakeClock
+from ratewall.metrics import FanOut, Metrics
+from ratewall.testing import DecisionCapture, FakeClock
 
 from ._support import asgi_app, ratelimit_members, wsgi_app
 
@@ -338,3 +339,82 @@ def test_explain_shows_the_tier_and_an_exempt_network(
     assert main(["explain", "GET", "/api", *user, *exempt, "--config", path, "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)["policies"][0]
     assert (entry["identity"], entry["derived"]) == (None, "exempt_network")
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+EXEMPT_POLICIES = {"api": Policy(2, 60), "burst": Policy(5, 1)}
+
+
+def exempt_routes() -> list[Route]:
+    """/both meets two policies, both exempting 192.0.2.0/24; /one exempts it from one
+    policy only (the other, "burst", still limits it)."""
+    office = ["192.0.2.0/24"]
+    return [
+        Route(
+            "/both",
+            [
+                RouteLimit("api", Header("X-User-ID"), exempt_networks=office),
+                RouteLimit("burst", ClientIP(["10.0.0.0/8"]), exempt_networks=office),
+            ],
+        ),
+        Route(
+            "/one",
+            [
+                RouteLimit("api", Header("X-User-ID"), exempt_networks=office),
+                RouteLimit("burst", ClientIP(["10.0.0.0/8"])),
+            ],
+        ),
+    ]
+
+
+def exempt_counts(metrics: Metrics) -> dict[str, dict[str, int]]:
+    return {
+        policy: {outcome: n for outcome, n in outcomes.items() if n}
+        for policy, outcomes in metrics.snapshot().decisions.items()
+    }
+
+
+async def test_asgi_a_network_exemption_counts_as_exempt_for_each_policy_it_skips() -> None:
+    metrics = Metrics()
+    capture = DecisionCapture()
+    limiter = AsyncRateLimiter(
+        EXEMPT_POLICIES, observer=FanOut((metrics, capture)), clock=FakeClock()
+    )
+    app = RateLimitMiddleware(
+        asgi_app(), limiter, exempt_routes(), client_ip=ClientIP(["10.0.0.0/8"])
+    )
+    assert admitted(await asgi_statuses(app, 3, "/both", "192.0.2.44")) == 3
+    assert admitted(await asgi_statuses(app, 3, "/one", "192.0.2.44")) == 3
+    assert admitted(await asgi_statuses(app, 3, "/one", "198.51.100.1")) == 2
+    assert exempt_counts(metrics) == {
+        # /both: 3 requests x 2 policies exempt; /one: 3 exempt from api, 3 allowed by burst;
+        # the other client: api allows 2 and limits 1, burst allows all 3 it meets.
+        "api": {"exempt": 6, "allowed": 2, "limited": 1},
+        "burst": {"exempt": 3, "allowed": 6},
+    }
+    exempt = [d for d in capture.decisions if d.source == "exempt"]
+    assert len(exempt) == 9
+    assert all(d.allowed and d.remaining == d.limit for d in exempt)
+
+
+def test_wsgi_a_network_exemption_counts_as_exempt() -> None:
+    metrics = Metrics()
+    limiter = RateLimiter(EXEMPT_POLICIES, observer=metrics, clock=FakeClock())
+    app = WSGIRateLimitMiddleware(
+        wsgi_app(), limiter, exempt_routes(), client_ip=ClientIP(["10.0.0.0/8"])
+    )
+    assert admitted(wsgi_statuses(app, 4, "/both", "192.0.2.9")) == 4
+    assert exempt_counts(metrics) == {"api": {"exempt": 4}, "burst": {"exempt": 4}}
+
+
+def test_a_limiter_exempt_decision_is_allowed_and_stores_nothing() -> None:
+    metrics = Metrics()
+    limiter = RateLimiter({"api": Policy(1, 60)}, observer=metrics)
+    decision = limiter.exempt("api")
+    assert decision == Decision(True, "api", 1, 1, 0.0, None)
+    assert decision.source == "exempt"
+    assert limiter.check("u", "api").allowed  # nothing was consumed
+    assert exempt_counts(metrics) == {"api": {"exempt": 1, "allowed": 1}}
+    with pytest.raises(KeyError, match="unknown policy 'nope'"):
+        limiter.exempt("nope")

@@ -5,6 +5,7 @@ or a cancellation touches only the calls it concerns."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -298,3 +299,48 @@ def test_a_batch_window_out_of_range_is_refused() -> None:
     for window in (-0.001, 1.5):
         with pytest.raises(ValueError, match="batch_window must be 0 to 1 seconds"):
             AsyncRedisStore("redis://127.0.0.1:1/0", batch_window=window)
+
+
+async def test_an_observer_that_fails_on_a_store_call_fails_no_caller(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The async store reports each round trip to the observer itself (no helper in
+    between): an observer's bug is logged, and every caller still gets its decision."""
+
+    class Broken(BaseObserver):
+        def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
+            raise RuntimeError("observer bug")
+
+    policies = {"p": Policy(100, DAY)}
+    async with AsyncRateLimiter(policies, redis_url, timeout=TIMEOUT, observer=Broken()) as limiter:
+        with caplog.at_level(logging.ERROR, logger="ratewall"):
+            lone = await limiter.check("lone", "p")
+            crowd = await asyncio.gather(*(limiter.check(f"u{n}", "p") for n in range(20)))
+    assert lone.allowed
+    assert all(decision.allowed for decision in crowd)
+    assert {r.getMessage() for r in caplog.records} == {"ratewall observer failed on a store call"}
+
+
+class _ShiftedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is not time.monotonic() (as uvloop's is its own)."""
+
+    def time(self) -> float:
+        return super().time() + 10_000.0
+
+
+def test_deadlines_are_in_the_loops_own_time(redis_url: str) -> None:
+    """A queued call's deadline is taken from the loop's clock: from time.monotonic()
+    directly on asyncio's own loops (one Python call less), from loop.time() on any other.
+    Were the shifted loop's deadlines read from time.monotonic(), they would lie 10,000 s
+    in its past and every call would time out at once."""
+
+    async def decide() -> list[Decision]:
+        async with AsyncRateLimiter({"p": Policy(100, DAY)}, redis_url, timeout=TIMEOUT) as limiter:
+            lone = await limiter.check("lone", "p")
+            crowd = await asyncio.gather(*(limiter.check(f"u{n}", "p") for n in range(20)))
+            return [lone, *crowd]
+
+    for factory in (_ShiftedLoop, asyncio.SelectorEventLoop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            decisions = runner.run(decide())
+        assert all(d.allowed and not d.degraded for d in decisions), factory

@@ -9,13 +9,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
+from ratewall.core import CHECK
 from ratewall.embedded import LocalServer
+from ratewall.stores._arguments import Arguments
+from ratewall.stores._connection import ConnectionPool
+from ratewall.stores._lua import SCRIPT
+from ratewall.stores._resp import Endpoint, Script
 from ratewall.testing import FakeClock
 
 from ._proxy import FaultProxy
@@ -164,3 +169,31 @@ def test_a_resolver_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
             _answered_in_time(limiter, "closed")
     finally:
         release.set()
+
+
+def test_a_pooled_connection_gets_the_whole_timeout_back_for_its_next_call(
+    redis_url: str,
+) -> None:
+    """The first send of a call on a pooled connection reads no clock: it trusts the
+    socket's timeout when that is (within the slack) the store timeout. A previous call
+    may have shortened it (its reply took a while): the next call restores it before
+    sending, so that it never fails early."""
+    call = RateLimiter({"p": Policy(5, 60)})._core.plan("user_1", "p", CHECK, 1).call
+    assert call is not None
+    arguments = Arguments(None)
+    pool = ConnectionPool(Endpoint.from_url(redis_url, TIMEOUT), Script(SCRIPT))
+    try:
+        runs: list[Callable[[], object]] = [
+            lambda: pool.command("PING"),  # not fresh: reads the clock before sending
+            lambda: pool.run_script(*arguments.pack_one(call)),  # fresh
+        ]
+        for run in runs:
+            run()
+            (connection,) = pool._idle
+            connection._sock.settimeout(0.001)  # what a call that ran out of time leaves
+            connection._timeout = 0.001
+            run()
+            assert connection._timeout > TIMEOUT - 0.01
+            assert connection._sock.gettimeout() == pytest.approx(connection._timeout, abs=1e-6)
+    finally:
+        pool.close()

@@ -16,7 +16,7 @@ from ratewall.testing import FailingStore, FakeClock
 
 
 def test_each_round_trip_is_counted_and_timed(redis_url: str) -> None:
-    metrics = Metrics()
+    metrics = Metrics(latency_sample=1)  # time every call (the default samples 1 in 16)
     with RateLimiter({"login": Policy(3, 60)}, redis_url, observer=metrics, timeout=1.0) as limiter:
         for _ in range(5):
             limiter.check("u", "login")
@@ -30,6 +30,19 @@ def test_each_round_trip_is_counted_and_timed(redis_url: str) -> None:
     assert 0 < snapshot.latency.total < 4 * LATENCY_BUCKETS[-1]
     assert snapshot.batch.counts[0] == 4  # every call carried one decision
     assert snapshot.store_errors == {"timeout": 0, "connection": 0, "protocol": 0, "other": 0}
+
+
+def test_by_default_every_call_is_counted_and_one_in_16_timed(redis_url: str) -> None:
+    metrics = Metrics()
+    policies = {"login": Policy(1000, 60)}
+    with RateLimiter(policies, redis_url, observer=metrics, timeout=1.0) as limiter:
+        for _ in range(40):
+            limiter.check("u", "login")
+    snapshot = metrics.snapshot()
+    assert snapshot.store_calls == 40
+    assert snapshot.batch.counts[0] == 40
+    assert snapshot.latency.count == 3  # the 1st, 17th and 33rd calls
+    assert snapshot.latency_sample == 16
 
 
 async def test_batched_round_trips_fill_the_batch_histogram(redis_url: str) -> None:

@@ -10,7 +10,8 @@ import pickle
 import pytest
 
 from ratewall import Decision
-from ratewall._exit import PolicyExit
+from ratewall._exit import PolicyExit, exit_for
+from ratewall.metrics import Metrics
 
 # (exit's arguments, the same Decision through its constructor)
 MADE = [
@@ -86,3 +87,19 @@ def test_a_made_decision_is_frozen_and_a_full_dataclass() -> None:
     match decision:
         case Decision(allowed, policy, limit, remaining):
             assert (allowed, policy, limit, remaining) == (True, "login", 5, 4)
+
+
+@pytest.mark.parametrize("shadow", [False, True])
+@pytest.mark.parametrize(("arguments", "slow"), MADE)
+def test_the_counting_exit_builds_the_same_decisions_as_the_plain_one(
+    arguments: tuple[object, ...], slow: Decision, shadow: bool
+) -> None:
+    """The exit of a limiter observed by Metrics fills its drafts itself (the metrics
+    budget): field for field what the plain exit makes, shadow policies included."""
+    method, *values = arguments
+    plain = getattr(PolicyExit("login", 5, shadow), str(method))(*values)
+    counted = getattr(exit_for("login", 5, Metrics(), shadow), str(method))(*values)
+    assert type(counted) is Decision
+    assert dataclasses.astuple(counted) == dataclasses.astuple(plain)
+    assert counted.source == plain.source
+    assert counted.shadowed == plain.shadowed == (shadow and not slow.allowed)

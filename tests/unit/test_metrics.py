@@ -128,6 +128,7 @@ def test_no_update_is_lost_between_threads() -> None:
             metrics.on_decision(allowed)
             metrics.on_decision(refused)
             metrics.on_store_call(0.0003, 2, None)
+            metrics.on_store_call(0.0003, 1, None)  # the unlocked path of single calls
 
     workers = [threading.Thread(target=hammer) for _ in range(threads)]
     for worker in workers:
@@ -137,13 +138,16 @@ def test_no_update_is_lost_between_threads() -> None:
     snapshot = metrics.snapshot()
     assert snapshot.decisions["api"]["allowed"] == threads * per_thread
     assert snapshot.decisions["api"]["limited"] == threads * per_thread
-    assert snapshot.store_calls == threads * per_thread
-    assert snapshot.latency.count == threads * per_thread
-    assert snapshot.batch.total == 2 * threads * per_thread
+    calls = 2 * threads * per_thread
+    assert snapshot.store_calls == calls
+    # One call in 16 sampled, counted by the same exact counter: the 1st, 17th, ...
+    assert snapshot.latency.count == -(-calls // 16)
+    assert snapshot.batch.counts[:2] == [calls // 2, calls // 2]
+    assert snapshot.batch.total == 3 * threads * per_thread
 
 
 def test_store_calls_fill_the_histograms_and_error_kinds() -> None:
-    metrics = Metrics()
+    metrics = Metrics(latency_sample=1)
     metrics.on_store_call(0.00004, 1, None)  # 40 µs: the first bucket
     metrics.on_store_call(0.0007, 64, None)
     metrics.on_store_call(0.05, 1, TimeoutError())
@@ -157,6 +161,37 @@ def test_store_calls_fill_the_histograms_and_error_kinds() -> None:
     assert snapshot.latency.total == pytest.approx(0.05274)
     assert snapshot.batch.total == 68
     assert snapshot.store_errors == {"timeout": 1, "connection": 1, "protocol": 0, "other": 1}
+
+
+def test_the_latency_histogram_samples_one_call_in_n_and_counts_every_call() -> None:
+    metrics = Metrics(latency_sample=4)
+    for n in range(10):
+        metrics.on_store_call(0.001 * (n + 1), 1, None)  # 1 ms, 2 ms, ... 10 ms
+    metrics.on_store_call(0.0007, 32, None)  # the 11th: batches are sampled alike
+    metrics.on_store_call(0.05, 1, TimeoutError())
+    snapshot = metrics.snapshot()
+    assert snapshot.store_calls == 12  # exact
+    assert snapshot.store_errors["timeout"] == 1  # exact
+    assert snapshot.batch.counts[0] == 11
+    assert snapshot.batch.total == 43
+    # The 1st, 5th and 9th calls: 1 ms, 5 ms and 9 ms.
+    assert snapshot.latency.count == 3
+    assert snapshot.latency.total == pytest.approx(0.015)
+    assert snapshot.latency_sample == 4
+    assert Metrics().latency_sample == 16
+
+
+@pytest.mark.parametrize("sample", [0, -1, 1.5, True, "16", 2_000_000])
+def test_latency_sample_must_be_a_positive_int(sample: object) -> None:
+    with pytest.raises(ValueError, match="latency_sample"):
+        Metrics(latency_sample=sample)  # type: ignore[arg-type]
+
+
+def test_the_prometheus_histogram_says_it_is_sampled() -> None:
+    registry = CollectorRegistry()
+    registry.register(RatewallCollector(Metrics(latency_sample=8)))
+    text = generate_latest(registry).decode()
+    assert "one call in 8 sampled" in text
 
 
 def test_breaker_transitions_and_reloads() -> None:

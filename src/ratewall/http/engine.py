@@ -122,6 +122,10 @@ class HttpEngine:
     ``client_ip``
         The :class:`~ratewall.http.ClientIP` used when a limit's identity is missing and its
         route falls back to the client address (default: trusting no proxy).
+    ``on_exempt``
+        Called with the policy's name when a request is exempt from it by its client
+        address (a limit's ``exempt_networks``); the middlewares and integrations pass the
+        limiter's ``exempt``, which counts the exemption in metrics. Default: nothing.
 
     Subclasses may override :meth:`response_headers`, :meth:`too_many_requests`,
     :meth:`unavailable` and :meth:`missing_identity` to shape responses; whatever they
@@ -137,8 +141,13 @@ class HttpEngine:
         headers_on_allowed: bool = True,
         client_ip: ClientIP | None = None,
         log: LogThrottle | None = None,
+        on_exempt: Callable[[str], object] | None = None,
     ) -> None:
         self.routes = routes if isinstance(routes, RouteTable) else RouteTable(routes)
+        #: Called with each policy a request is exempt from because its client address is in
+        #: the limit's ``exempt_networks`` (the middlewares pass the limiter's
+        #: :meth:`~ratewall.RateLimiter.exempt`, so that metrics count it as ``exempt``).
+        self.on_exempt = on_exempt
         self.policies: Mapping[str, Policy] = MappingProxyType(dict(policies))
         self.legacy_headers = legacy_headers
         self.headers_on_allowed = headers_on_allowed
@@ -209,6 +218,8 @@ class HttpEngine:
                         address = self._client_address(request)
                     if _in_networks(address, limit.exempt_networks):  # type: ignore[arg-type]
                         skipped = True
+                        if self.on_exempt is not None:
+                            self._exempted(limit.policy)
                         continue
                 # The source is called here, not in a helper: this runs for every limit of
                 # every request, and usually simply finds the client.
@@ -249,6 +260,21 @@ class HttpEngine:
             return ask_limiter(request, route, limits, tuple(items))  # type: ignore[arg-type]
         except Exception as error:  # noqa: BLE001 - never a 500 of the application
             return self.internal_error("start", error)
+
+    def _exempted(self, policy: str) -> None:
+        """Tell :attr:`on_exempt` about an exemption by network; what it raises is logged
+        (throttled), never raised: the request stays exempt."""
+        try:
+            self.on_exempt(policy)  # type: ignore[misc]  # the caller checked it is set
+        except Exception as error:
+            self.log.log(
+                logging.ERROR,
+                ("on_exempt", policy, type(error).__name__),
+                "recording the network exemption of policy %s raised %s",
+                policy,
+                type(error).__name__,
+                exc_info=error,
+            )
 
     def _client_address(self, request: HttpRequest) -> object:
         """The client address :attr:`client_ip` finds (behind trusted proxies), for

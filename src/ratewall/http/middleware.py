@@ -17,6 +17,7 @@ from .steps import AsyncLimiter, SyncLimiter
 
 __all__ = [
     "Middleware",
+    "exempt_hook",
     "needs_slots",
     "warn_if_store_unreachable",
     "warn_if_store_unreachable_now",
@@ -65,6 +66,7 @@ class Middleware(Generic[App, Limiter]):
             legacy_headers=legacy_headers,
             headers_on_allowed=headers_on_allowed,
             client_ip=client_ip,
+            on_exempt=exempt_hook(limiter),
         )
         self._check_store_at_startup()
 
@@ -107,6 +109,14 @@ class Middleware(Generic[App, Limiter]):
     ) -> Limiter:
         """The limiter :meth:`from_config` puts in front of the application."""
         raise NotImplementedError(f"{cls.__name__} does not say which limiter it uses")
+
+
+def exempt_hook(limiter: object) -> Callable[[str], object] | None:
+    """What the engine calls for a request exempt from a policy by its client network:
+    ``limiter.exempt`` (ratewall's limiters count it in metrics as ``exempt``), or nothing
+    for a limiter object of the application's own that has none."""
+    hook = getattr(limiter, "exempt", None)
+    return hook if callable(hook) else None
 
 
 def _unreachable(limiter: object, error: Exception) -> None:

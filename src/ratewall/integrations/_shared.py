@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..http.client_ip import ClientIP
 from ..http.engine import HttpEngine
 from ..http.identities import IdentitySource, PathParam, User
+from ..http.middleware import exempt_hook
 from ..http.request import HttpRequest
 from ..http.routes import OnMissingIdentity, Route, RouteLimit
 from ..http.steps import AskLimiter, AsyncLimiter, Pass, Respond, Step, SyncLimiter, Verdict
@@ -228,6 +229,8 @@ class EngineDriver:
         if isinstance(given, AsyncRateLimiter):
             raise TypeError("this integration is synchronous: give it a RateLimiter")
         refuse_slots(engine)
+        if engine.on_exempt is None:
+            engine.on_exempt = exempt_hook(limiter)  # network exemptions count in metrics
         self.engine = engine
         self.limiter = limiter
 
@@ -254,6 +257,8 @@ class AsyncEngineDriver:
         if isinstance(given, RateLimiter):
             raise TypeError("this integration runs on asyncio: give it an AsyncRateLimiter")
         refuse_slots(engine)
+        if engine.on_exempt is None:
+            engine.on_exempt = exempt_hook(limiter)  # network exemptions count in metrics
         self.engine = engine
         self.limiter = limiter
 

@@ -15,10 +15,14 @@ benchmarks/README.md) shapes the rest:
   once, when the config is compiled) and counts with one ``next()`` on the path that
   already knows the outcome (see ``ratewall._exit``). ``on_decision`` stays for any other
   caller (a :class:`~ratewall.metrics.FanOut`, a user's own wrapper) and counts the same.
-- A store call takes the lock once, for two plain additions (the latency bucket and the
-  latency sum: a float, which no atomic counter can carry). The batch-size histogram of a
-  call that carried one decision (a sync limiter's every call) is not written at all: it is
-  the number of calls minus those recorded as batches, worked out at scrape time.
+- A store call is counted exactly, with one ``next()``. Its latency goes into the
+  histogram for one call in ``latency_sample`` (default 16; 1 records every call): only
+  then is the lock taken, for two plain additions (the bucket and the sum: a float, which
+  no atomic counter can carry). The histogram is then a uniform sample of the calls (every
+  Nth, whatever its kind), its count the number sampled, and the exact number of calls is
+  ``ratewall_store_calls_total``. The batch-size histogram of a call that carried one
+  decision (a sync limiter's every call) is not written at all: it is the number of calls
+  minus those recorded as batches, worked out at scrape time.
 
 Exact under threads: every count (each ``next()`` is atomic under the GIL; each locked
 update is whole). Not designed for free-threaded CPython builds, where ``itertools.count``
@@ -38,7 +42,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 
 from ..decision import Decision
 
@@ -148,6 +152,9 @@ class Snapshot:
     reloads: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RELOAD_RESULTS, 0))
     latency: Histogram = field(default_factory=lambda: Histogram.empty(LATENCY_BUCKETS))
     batch: Histogram = field(default_factory=lambda: Histogram.empty(BATCH_BUCKETS))
+    #: The latency histogram holds one store call in this many (``Metrics.latency_sample``;
+    #: the largest, when processes that sample differently are summed).
+    latency_sample: int = 1
 
     def add(self, other: Snapshot) -> None:
         """Add ``other``'s counts to these (another process's, say)."""
@@ -165,6 +172,7 @@ class Snapshot:
             for name, value in source.items():
                 target[name] = target.get(name, 0) + value
         self.store_calls += other.store_calls
+        self.latency_sample = max(self.latency_sample, other.latency_sample)
         self.latency.add(other.latency)
         self.batch.add(other.batch)
 
@@ -179,6 +187,7 @@ class Snapshot:
             "reloads": self.reloads,
             "latency": {"counts": self.latency.counts, "sum": self.latency.total},
             "batch": {"counts": self.batch.counts, "sum": self.batch.total},
+            "latency_sample": self.latency_sample,
         }
 
     @classmethod
@@ -212,19 +221,22 @@ class Snapshot:
             counts(data["reloads"]),
             histogram(data["latency"], LATENCY_BUCKETS),
             histogram(data["batch"], BATCH_BUCKETS),
+            int(cast("int", data.get("latency_sample", 1))),
         )
+
+
+_POLICY_COUNTS: Final = (*OUTCOMES, "cache", "near_limit")
 
 
 class PolicyCounters:
     """One policy's counters, one :func:`itertools.count` each. Decision exits hold this
-    object for good; a forked child resets its counts in place (:meth:`reset`)."""
+    object, and may hold its counts themselves, for good: the count objects are never
+    replaced. A forked child counts from zero by taking their values at the fork as its
+    zero (:meth:`reset`)."""
 
-    __slots__ = (*OUTCOMES, "cache", "near_limit")
+    __slots__ = (*_POLICY_COUNTS, "_zero")
 
     def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
         self.allowed = itertools.count()
         self.limited = itertools.count()
         self.shadow_limited = itertools.count()
@@ -234,9 +246,18 @@ class PolicyCounters:
         self.error = itertools.count()
         self.cache = itertools.count()  # refusals the deny cache answered
         self.near_limit = itertools.count()
+        self._zero: dict[str, int] = dict.fromkeys(_POLICY_COUNTS, 0)
+
+    def reset(self) -> None:
+        """Count from zero from now on (the counts themselves stay, exits hold them)."""
+        self._zero = {name: _read(getattr(self, name)) for name in _POLICY_COUNTS}
+
+    def value(self, name: str) -> int:
+        """The count ``name`` (an outcome, ``"cache"`` or ``"near_limit"``) since the zero."""
+        return _read(getattr(self, name)) - self._zero[name]
 
     def read(self) -> dict[str, int]:
-        return {outcome: _read(getattr(self, outcome)) for outcome in OUTCOMES}
+        return {outcome: self.value(outcome) for outcome in OUTCOMES}
 
 
 _INSTANCES: weakref.WeakSet[Metrics] = weakref.WeakSet()
@@ -253,25 +274,39 @@ class Metrics:
     ``near_limit`` is the fraction of a policy's limit at or below which an allowed
     decision's ``remaining`` counts as near the limit (default 0.2: 20%).
 
+    ``latency_sample``: the store-latency histogram records one store call in this many
+    (default 16, every 16th call; 1 records every call). Store calls themselves, their
+    errors and batch sizes are always counted exactly. Timing each round trip into a locked
+    histogram was most of what metrics cost a Redis decision; a sample of one call in 16
+    still gives thousands of observations a minute to any busy limiter.
+
     A forked child process starts from zero (its parent's counts are the parent's), so
     that summing the processes of a pre-forking server counts each decision once.
     """
 
-    def __init__(self, *, near_limit: float = 0.2) -> None:
+    def __init__(self, *, near_limit: float = 0.2, latency_sample: int = 16) -> None:
         if not isinstance(near_limit, int | float) or not 0 <= near_limit <= 1:
             raise ValueError(f"near_limit must be a fraction in [0, 1], got {near_limit!r}")
+        if type(latency_sample) is not int or not 1 <= latency_sample <= 1_000_000:
+            raise ValueError(
+                f"latency_sample must be an int in [1, 1000000] (one call in N), got "
+                f"{latency_sample!r}"
+            )
         self.near_limit = float(near_limit)
+        self.latency_sample = latency_sample
         self._clear()
         _INSTANCES.add(self)
 
     def _clear(self) -> None:
         self._listeners: tuple[Callable[[float, int], None], ...] = getattr(self, "_listeners", ())
-        # Decision exits hold these objects: a fork resets them in place, never replaces them.
+        # Decision exits hold these objects (and their counts): a fork resets them in place,
+        # never replaces them.
         self._policies: dict[str, PolicyCounters] = getattr(self, "_policies", {})
         for counters in self._policies.values():
             counters.reset()
         self._lock = threading.Lock()
         self._store_errors = dict.fromkeys(ERROR_KINDS, 0)
+        self._store_calls = itertools.count()
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_total = 0.0
         self._batched_calls = 0  # calls recorded in _batch; the others carried one decision
@@ -330,11 +365,16 @@ class Metrics:
         next(self.counters(policy).error)
 
     def on_store_call(self, seconds: float, calls: int, error: BaseException | None) -> None:
-        bucket = bisect_left(LATENCY_BUCKETS, seconds)
+        # Every call is counted; one in latency_sample (the first, then every Nth, whatever
+        # its kind) goes into the latency histogram.
         if calls == 1 and error is None and not self._listeners:
-            # The common case: one decision, no error, nobody listening. acquire/release
-            # rather than `with`: half the cost (try/finally costs nothing until it raises,
-            # as a KeyboardInterrupt between the two could).
+            # The common case: one decision, no error, nobody listening. Most return here,
+            # counted by one next() and no lock.
+            if next(self._store_calls) % self.latency_sample:
+                return
+            bucket = bisect_left(LATENCY_BUCKETS, seconds)
+            # acquire/release rather than `with`: half the cost (try/finally costs nothing
+            # until it raises, as a KeyboardInterrupt between the two could).
             lock = self._lock
             lock.acquire()
             try:
@@ -343,10 +383,14 @@ class Metrics:
             finally:
                 lock.release()
             return
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)
         batch = bisect_left(BATCH_BUCKETS, calls)
         with self._lock:
-            self._latency_counts[bucket] += 1
-            self._latency_total += seconds
+            # Counted under the lock with _batched_calls, so that a snapshot (which holds
+            # it) never sees one without the other: single calls = calls - batched.
+            if not next(self._store_calls) % self.latency_sample:
+                self._latency_counts[bucket] += 1
+                self._latency_total += seconds
             self._batched_calls += 1
             self._batch.counts[batch] += 1
             self._batch.total += calls
@@ -374,24 +418,29 @@ class Metrics:
         with self._lock:
             policies = dict(self._policies)
             latency = Histogram(LATENCY_BUCKETS, list(self._latency_counts), self._latency_total)
-            single = latency.count - self._batched_calls  # calls that carried one decision
+            store_calls = _read(self._store_calls)
+            single = store_calls - self._batched_calls  # calls that carried one decision
             batch = Histogram(BATCH_BUCKETS, list(self._batch.counts), self._batch.total + single)
             batch.counts[0] += single
             store_errors = dict(self._store_errors)
         return Snapshot(
             decisions={name: counters.read() for name, counters in policies.items()},
-            near_limit={name: _read(c.near_limit) for name, c in policies.items()},
-            cache_answers={name: _read(c.cache) for name, c in policies.items()},
-            store_calls=latency.count,
+            near_limit={name: c.value("near_limit") for name, c in policies.items()},
+            cache_answers={name: c.value("cache") for name, c in policies.items()},
+            store_calls=store_calls,
             store_errors=store_errors,
             breaker={"open": _read(self._breaker_open), "closed": _read(self._breaker_closed)},
             reloads={"success": _read(self._reloads_ok), "failure": _read(self._reloads_failed)},
             latency=latency,
             batch=batch,
+            latency_sample=self.latency_sample,
         )
 
     def __repr__(self) -> str:
-        return f"Metrics(policies={sorted(self._policies)!r}, near_limit={self.near_limit})"
+        return (
+            f"Metrics(policies={sorted(self._policies)!r}, near_limit={self.near_limit}, "
+            f"latency_sample={self.latency_sample})"
+        )
 
 
 def _forget_in_child() -> None:

@@ -96,7 +96,8 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     yield _histogram(
         "ratewall_store_call_duration_seconds",
-        "Duration of one round trip to the store.",
+        f"Duration of one round trip to the store: one call in {snapshot.latency_sample} "
+        "sampled (ratewall_store_calls_total counts them all).",
         snapshot.latency,
     )
     yield _histogram(

@@ -4,6 +4,7 @@ share script calls (see :class:`AsyncRedisStore`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, cast
@@ -20,6 +21,8 @@ from ._slots import key_slot, slot_parts
 from .base import DEFAULT_TIMEOUT, report_store_call
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_IN_FLIGHT", "MAX_BATCH", "AsyncRedisStore"]
+
+_log = logging.getLogger("ratewall")
 
 #: Script calls one store keeps in flight at once, and the most calls one of them carries.
 DEFAULT_MAX_IN_FLIGHT: Final = 2
@@ -105,6 +108,9 @@ class AsyncRedisStore:
         self._entries: list[Entry] = []
         self._waiters: list[Waiter] = []
         self._since: list[float] = []  # loop time each waiting entry was queued
+        # The loop the callers run on, and its clock (see _use_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_time: Callable[[], float] = time.monotonic
         self._waiting_calls = 0
         self._waiting_requests = 0
         self._flush_scheduled = False
@@ -138,6 +144,7 @@ class AsyncRedisStore:
         abandon(*self._tasks)
         self._tasks = set()
         self._entries, self._waiters, self._since = [], [], []
+        self._loop = None
         self._waiting_calls = self._waiting_requests = 0
         self._in_flight = self._in_flight_calls = 0
         self._flush_scheduled = False
@@ -151,10 +158,12 @@ class AsyncRedisStore:
     def arun_one(self, call: Call) -> Awaitable[Reply]:
         """The reply to one call (awaitable), sharing a round trip with concurrent callers."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._use_loop(loop)
         waiter: Waiter = loop.create_future()
         self._entries.append(call)
         self._waiters.append(waiter)
-        self._since.append(loop.time())
+        self._since.append(self._loop_time())
         self._waiting_calls += 1
         if not self._flush_scheduled and self._in_flight < self._max_in_flight:
             self._wake()
@@ -166,14 +175,27 @@ class AsyncRedisStore:
         # The requests of one call are never split: they leave together, in one script
         # call, even if they are more than max_batch calls.
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._use_loop(loop)
         waiter: Waiter = loop.create_future()
         self._entries.append(requests)
         self._waiters.append(waiter)
-        self._since.append(loop.time())
+        self._since.append(self._loop_time())
         self._waiting_calls += sum(len(request) for request in requests)
         self._waiting_requests += 1
         self._wake()
         return waiter
+
+    def _use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Callers now run on ``loop``: read its time (what the deadlines are in) from its own
+        clock. asyncio's loops tell ``time.monotonic()`` through a Python method: called
+        directly, it saves a Python call on every queued call (each caller's deadline needs
+        the time it was queued at). Any other loop (uvloop's) is asked as usual."""
+        self._loop = loop
+        if type(loop).time is asyncio.BaseEventLoop.time:
+            self._loop_time = time.monotonic
+        else:
+            self._loop_time = loop.time
 
     def _wake(self) -> None:
         """A call was queued: send it now if it is alone, else at the end of this loop turn
@@ -278,7 +300,12 @@ class AsyncRedisStore:
             if error is None and (type(reply) is not list or len(reply) != calls):
                 error = StoreProtocolError(f"the script answered {calls} calls with {reply!r}")
             if observer is not None:
-                report_store_call(observer, time.perf_counter() - started, calls, error)
+                # report_store_call() written out: one Python call less per round trip,
+                # which for a lone caller is one per decision (the metrics budget).
+                try:
+                    observer.on_store_call(time.perf_counter() - started, calls, error)
+                except Exception:  # noqa: BLE001 - an observer's bug must not fail the callers
+                    _log.exception("ratewall observer failed on a store call")
             if error is not None:
                 self._fail(waiters, error)
             elif requests:
