@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
-from ratewall.core import CHECK
+from ratewall._calls import CHECK
 from ratewall.embedded import LocalServer
 from ratewall.stores._arguments import Arguments
 from ratewall.stores._connection import ConnectionPool
