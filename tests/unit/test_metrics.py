@@ -26,7 +26,7 @@ from ratewall.metrics import (
     observer_for,
 )
 from ratewall.metrics.prometheus import RatewallCollector, register
-from ratewall.testing import DecisionCapture, FakeClock
+from ratewall.testing import DecisionCapture, FailingStore, FakeClock
 
 
 def _decision(
@@ -432,3 +432,36 @@ def test_a_forked_child_counts_from_zero_through_the_same_exits() -> None:
     os.waitpid(pid, 0)
     assert child_count == "2"
     assert metrics.snapshot().decisions["api"]["allowed"] == 3
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_the_sync_stores_counted_calls_record_what_on_store_call_records(listening: bool) -> None:
+    # RedisStore.run_one reports a single call in two steps, timing only the sampled ones
+    # (and every call while something listens); the totals must be on_store_call's.
+    reported, counted = Metrics(latency_sample=4), Metrics(latency_sample=4)
+    heard: dict[str, list[tuple[float, int]]] = {"reported": [], "counted": []}
+    if listening:
+        reported.listen_to_store_calls(lambda s, n: heard["reported"].append((s, n)))
+        counted.listen_to_store_calls(lambda s, n: heard["counted"].append((s, n)))
+    calls = [(0.001 * (i % 7), TimeoutError("slow") if i % 5 == 3 else None) for i in range(23)]
+    for seconds, error in calls:
+        reported.on_store_call(seconds, 1, error)
+        how = counted.counting_store_call()
+        if how or error is not None:  # as the store reports: not a quiet success untimed
+            counted.counted_store_call(how, seconds if how else 0.0, error)
+    assert counted.snapshot() == reported.snapshot()
+    assert counted.snapshot().latency.count == 6  # calls 0, 4, ..., 20: one in four
+    assert counted.snapshot().store_errors["timeout"] == 4  # calls 3, 8, 13, 18
+    assert heard["counted"] == heard["reported"]
+    assert len(heard["counted"]) == (23 if listening else 0)
+
+
+def test_a_shadowed_failure_counts_as_failed_closed_through_on_decision_too() -> None:
+    # The counting exit and an observer that only gets on_decision agree.
+    policies = {"watch": Policy(1, 60, shadow=True, failure_mode="closed")}
+    exit_metrics, observed = Metrics(), Metrics()
+    with RateLimiter(policies, store=FailingStore(), observer=exit_metrics) as limiter:
+        decision = limiter.check("u", "watch")
+    observed.on_decision(decision)
+    assert exit_metrics.snapshot().decisions["watch"]["failed_closed"] == 1
+    assert observed.snapshot().decisions["watch"] == exit_metrics.snapshot().decisions["watch"]

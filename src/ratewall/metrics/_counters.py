@@ -51,8 +51,10 @@ __all__ = [
     "BREAKER_STATES",
     "ERROR_KINDS",
     "LATENCY_BUCKETS",
+    "LISTENED",
     "OUTCOMES",
     "RELOAD_RESULTS",
+    "TIMED",
     "Histogram",
     "Metrics",
     "PolicyCounters",
@@ -88,6 +90,10 @@ LATENCY_BUCKETS: Final = (
     1.0,
 )
 #: Upper bounds of the batch-size histogram (decisions carried by one store round trip).
+#: What Metrics.counting_store_call asks of a store call: time it for the latency
+#: histogram (and any listeners), or for the listeners only.
+TIMED: Final = 1
+LISTENED: Final = 2
 BATCH_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 #: The values of the ``kind`` label of store errors.
 ERROR_KINDS: Final = ("timeout", "connection", "protocol", "other")
@@ -343,7 +349,13 @@ class Metrics:
         counters = self._policies.get(decision.policy) or self.counters(decision.policy)
         if decision.allowed:
             if decision.shadowed:
-                next(counters.shadow_limited)
+                # Passed by shadow mode: a refusal of the store or of a local share, or the
+                # failure mode "closed" (as the counting exit counts them).
+                next(
+                    counters.failed_closed
+                    if decision.source == "failure"
+                    else counters.shadow_limited
+                )
                 return
             source = decision.source
             if source == "exempt":
@@ -398,6 +410,42 @@ class Metrics:
                 self._store_errors[error_kind(error)] += 1
         for listener in self._listeners:
             listener(seconds, calls)
+
+    # -- the sync store's single calls, without a clock for the calls not sampled --------
+
+    def counting_store_call(self) -> int:
+        """Count one store call carrying one decision, about to be made, and say how to time
+        it: ``0`` not at all, ``TIMED`` for the latency histogram (one call in
+        ``latency_sample``), ``LISTENED`` for the listeners only. Then the caller reports
+        it with :meth:`counted_store_call`, unless it was not timed and succeeded. Together
+        the two record what :meth:`on_store_call` records for such a call; the sync store
+        uses them so that a call outside the sample reads no clock and makes one Python
+        call less."""
+        if next(self._store_calls) % self.latency_sample:
+            return LISTENED if self._listeners else 0
+        return TIMED
+
+    def counted_store_call(self, how: int, seconds: float, error: BaseException | None) -> None:
+        """Report a call counted by :meth:`counting_store_call` (``how`` is what it said;
+        ``seconds`` is 0.0 for a call not timed)."""
+        if error is None:
+            if how == TIMED:
+                bucket = bisect_left(LATENCY_BUCKETS, seconds)
+                with self._lock:
+                    self._latency_counts[bucket] += 1
+                    self._latency_total += seconds
+        else:
+            with self._lock:  # as on_store_call records a failed call, under the lock
+                if how == TIMED:
+                    self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                    self._latency_total += seconds
+                self._batched_calls += 1
+                self._batch.counts[bisect_left(BATCH_BUCKETS, 1)] += 1
+                self._batch.total += 1
+                self._store_errors[error_kind(error)] += 1
+        if how:
+            for listener in self._listeners:
+                listener(seconds, 1)
 
     def on_breaker(self, opened: bool, error: BaseException | None) -> None:
         next(self._breaker_open if opened else self._breaker_closed)
