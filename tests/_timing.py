@@ -1,0 +1,33 @@
+"""Store timeouts for tests on real server processes, sized for a loaded CI machine.
+
+On a loaded two-core machine (load averages of 10 to 17 when several suites run at once)
+the test process or the server can be descheduled for tens of milliseconds in the middle of
+one round trip. Under the 50 ms default store timeout (``stores.base.DEFAULT_TIMEOUT``) that
+turns a decision the store should have made into a failure-mode decision, and the test
+fails for a reason that is not its subject. Hence two kinds of limiter in tests:
+
+* a test whose subject is not the timeout (counts, replies, recovery from a flush or a
+  restart, a dead server that refuses at once) gives its limiter ``STORE_TIMEOUT``: no
+  scheduling hiccup comes near it;
+* a test whose subject is the deadline (a frozen or silent server, a decision waiting on
+  it) gives its limiter ``DEADLINE_TIMEOUT`` and asserts ``deadline_bound(timeout)``: the
+  promise the docs make, the timeout plus at most 50 % slack. The timeout is long enough
+  that a hiccup fits inside the slack, and short enough that the test stays quick; a
+  decision that waited twice (issue 19, item 9) still exceeds the bound.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Generous: far beyond any round trip to a local server, however loaded the machine.
+STORE_TIMEOUT: Final = 5.0
+# For tests that wait on a frozen or silent server on purpose: each such wait costs this.
+DEADLINE_TIMEOUT: Final = 0.5
+# A decision is answered within the timeout plus this share of it (the stated slack).
+DEADLINE_SLACK: Final = 0.5
+
+
+def deadline_bound(timeout: float = DEADLINE_TIMEOUT) -> float:
+    """The most a decision may take with store timeout ``timeout``: timeout + 50 %."""
+    return timeout * (1 + DEADLINE_SLACK)
