@@ -18,6 +18,7 @@ from ratewall.observer import BaseObserver
 from ratewall.stores.batching import AsyncRedisStore
 from ratewall.testing import FakeClock
 
+from .._timing import DEADLINE_TIMEOUT
 from ._stats import script_calls
 
 DAY = 86_400
@@ -139,7 +140,7 @@ async def test_a_timed_out_call_fails_alone_and_its_late_reply_is_dropped(
     # A timeout a loaded CI machine can hold for the calls right after the server wakes
     # (it answers the timed-out call first); the freeze still outlasts it.
     async with AsyncRateLimiter(
-        policies, store=fresh_server.url, timeout=0.25, clock=FakeClock()
+        policies, store=fresh_server.url, timeout=DEADLINE_TIMEOUT, clock=FakeClock()
     ) as limiter:
         assert (await limiter.check("user_1", "five")).remaining == 4
         fresh_server.pause()
@@ -185,7 +186,9 @@ async def test_concurrent_callers_survive_a_restart(fresh_server: LocalServer) -
 
 
 async def test_calls_after_aclose_fail(redis_url: str) -> None:
-    limiter = AsyncRateLimiter({"p": Policy(5, DAY, failure_mode="raise")}, store=redis_url)
+    limiter = AsyncRateLimiter(
+        {"p": Policy(5, DAY, failure_mode="raise")}, store=redis_url, timeout=TIMEOUT
+    )
     assert (await limiter.check("user_1", "p")).allowed
     await limiter.aclose()
     with pytest.raises(StoreError) as caught:
