@@ -18,15 +18,16 @@ from ratewall import AsyncRateLimiter, Policy, RateLimiter, StoreError
 from ratewall.embedded import LocalServer
 from ratewall.testing import FakeClock
 
+from .._timing import DEADLINE_TIMEOUT, deadline_bound
 from ._proxy import FaultProxy
 
-TIMEOUT = 0.3
-# The timeout with 50 % slack, plus 0.5 s for a loaded two-core CI machine (thread
-# scheduling, a busy server process).
-BOUND = TIMEOUT * 1.5 + 0.5
+# Long enough that a loaded CI machine's scheduling fits in the stated 50 % slack.
+TIMEOUT = DEADLINE_TIMEOUT
+BOUND = deadline_bound(TIMEOUT)
 # Each step through the delaying proxy takes 2 x DELAY (there and back): under the timeout,
 # so a per-step timeout never fires, while the six steps of a first call (AUTH, SELECT,
-# CLIENT SETNAME, FCALL, FUNCTION LOAD, FCALL) take 6 x 0.4 x TIMEOUT = 2.4 x TIMEOUT.
+# CLIENT SETNAME, FCALL, FUNCTION LOAD, FCALL) take 6 x 0.4 x TIMEOUT = 2.4 x TIMEOUT: a
+# deadline per step would exceed BOUND.
 DELAY = TIMEOUT * 0.2
 
 
