@@ -41,6 +41,7 @@ from ratewall.integrations import django as integration
 from ratewall.integrations.django import RateLimitMiddleware, get_limiter, rate_limit
 from ratewall.testing import FakeClock
 
+from .._timing import STORE_TIMEOUT
 from ..http._support import ratelimit_members, wsgi_app
 from ._support import (
     assert_example_shares_one_limit,
@@ -308,7 +309,12 @@ def test_async_view_and_middleware_on_redis_under_asgi(redis_url: str, http: htt
     async_route = {**PLAIN_ROUTE, "match": "POST /async/plain"}
     with (
         override_settings(
-            RATEWALL={"policies": POLICIES, "store": redis_url, "routes": [async_route]},
+            RATEWALL={
+                "policies": POLICIES,
+                "store": redis_url,
+                "routes": [async_route],
+                "timeout": STORE_TIMEOUT,
+            },
             MIDDLEWARE=[MIDDLEWARE],
         ),
         serve_asgi(ASGIHandler()) as url,

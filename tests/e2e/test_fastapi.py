@@ -28,6 +28,7 @@ from ratewall.http.steps import Item
 from ratewall.integrations.fastapi import RateLimit, RateLimited, install
 from ratewall.testing import FakeClock
 
+from .._timing import STORE_TIMEOUT
 from ..http._support import asgi_app, ratelimit_members
 from ._support import (
     assert_example_shares_one_limit,
@@ -303,8 +304,12 @@ async def assert_answers_like_the_middleware(store: str) -> None:
     clock, middleware_clock = FakeClock(), FakeClock()
     policies = {"login_ip": Policy(3, 60)}
     async with (
-        AsyncRateLimiter(policies, store=store, key_prefix="dep", clock=clock) as shared,
-        AsyncRateLimiter(policies, store=store, key_prefix="mw", clock=middleware_clock) as other,
+        AsyncRateLimiter(
+            policies, store=store, key_prefix="dep", clock=clock, timeout=STORE_TIMEOUT
+        ) as shared,
+        AsyncRateLimiter(
+            policies, store=store, key_prefix="mw", clock=middleware_clock, timeout=STORE_TIMEOUT
+        ) as other,
     ):
         middleware = RateLimitMiddleware(
             asgi_app(), other, [Route("/login", [RouteLimit("login_ip", ClientIP())])]

@@ -29,6 +29,7 @@ from ratewall.http import (
 from ratewall.metrics import FanOut, Metrics
 from ratewall.testing import DecisionCapture, FakeClock
 
+from .._timing import STORE_TIMEOUT
 from ._support import asgi_app, ratelimit_members, wsgi_app
 
 PROXY = "10.0.0.5"  # the trusted proxy every request of the config's routes comes through
@@ -146,7 +147,8 @@ async def test_asgi_an_untrusted_peer_cannot_claim_an_exempt_address(tmp_path: P
 
 
 async def test_asgi_tiers_on_redis(tmp_path: Path, redis_url: str) -> None:
-    app = RateLimitMiddleware.from_config(asgi_app(), write_config(tmp_path), store=redis_url)
+    config = write_config(tmp_path, timeout=STORE_TIMEOUT)
+    app = RateLimitMiddleware.from_config(asgi_app(), config, store=redis_url)
     try:
         pro = await asgi_statuses(app, 7, "/api", "198.51.100.1", X_Plan="pro")
         free = await asgi_statuses(app, 3, "/api", "198.51.100.1", X_User_ID="u2", X_Plan="free")
@@ -182,7 +184,8 @@ def test_wsgi_tiers_and_exemptions(tmp_path: Path) -> None:
 
 
 def test_wsgi_tiers_on_redis(tmp_path: Path, redis_url: str) -> None:
-    app = WSGIRateLimitMiddleware.from_config(wsgi_app(), write_config(tmp_path), store=redis_url)
+    config = write_config(tmp_path, timeout=STORE_TIMEOUT)
+    app = WSGIRateLimitMiddleware.from_config(wsgi_app(), config, store=redis_url)
     try:
         assert admitted(wsgi_statuses(app, 7, "/api", "198.51.100.1", X_Plan="pro")) == 5
         assert admitted(wsgi_statuses(app, 3, "/free", "198.51.100.1", X_User_ID="u2")) == 1

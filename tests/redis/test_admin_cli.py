@@ -17,6 +17,8 @@ from ratewall.cli import main
 from ratewall.config import load_config
 from ratewall.embedded import LocalServer
 
+from .._timing import STORE_TIMEOUT
+
 ALGORITHMS = ("fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra")
 Run = Callable[..., tuple[int, str, str]]
 
@@ -32,6 +34,7 @@ def _config(tmp_path: Path, store: str | None = None, prefix: str = "ratelimit")
     data: dict[str, object] = {"policies": policies, "key_prefix": prefix}
     if store is not None:
         data["store"] = store
+        data["timeout"] = STORE_TIMEOUT  # the limiters built from it count, they do not time
     path = tmp_path / ("limits.json" if store else "memory.json")
     path.write_text(json.dumps(data))
     return path

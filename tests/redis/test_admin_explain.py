@@ -14,6 +14,8 @@ from ratewall.cli import main
 from ratewall.embedded import LocalServer
 from ratewall.keys import encode_identity
 
+from .._timing import STORE_TIMEOUT
+
 ROUTES: list[dict[str, Any]] = [
     {
         "match": "POST /login",
@@ -145,7 +147,7 @@ def test_a_client_over_its_limit_is_shown_refused_and_nothing_is_consumed(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path, redis_url)
-    with RateLimiter.from_config(config) as limiter:
+    with RateLimiter.from_config(config, timeout=STORE_TIMEOUT) as limiter:
         for _ in range(5):
             assert limiter.check("user_123", "login").allowed
         argv = ["POST", "/login", "-H", "X-User-ID: user_123", "--client-ip", "10.1.2.3"]

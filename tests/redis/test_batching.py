@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -19,6 +18,7 @@ from ratewall.observer import BaseObserver
 from ratewall.stores.batching import AsyncRedisStore
 from ratewall.testing import FakeClock
 
+from .._timing import DEADLINE_TIMEOUT, unloaded_time
 from ._stats import script_calls
 
 DAY = 86_400
@@ -140,7 +140,7 @@ async def test_a_timed_out_call_fails_alone_and_its_late_reply_is_dropped(
     # A timeout a loaded CI machine can hold for the calls right after the server wakes
     # (it answers the timed-out call first); the freeze still outlasts it.
     async with AsyncRateLimiter(
-        policies, store=fresh_server.url, timeout=0.25, clock=FakeClock()
+        policies, store=fresh_server.url, timeout=DEADLINE_TIMEOUT, clock=FakeClock()
     ) as limiter:
         assert (await limiter.check("user_1", "five")).remaining == 4
         fresh_server.pause()
@@ -186,7 +186,9 @@ async def test_concurrent_callers_survive_a_restart(fresh_server: LocalServer) -
 
 
 async def test_calls_after_aclose_fail(redis_url: str) -> None:
-    limiter = AsyncRateLimiter({"p": Policy(5, DAY, failure_mode="raise")}, store=redis_url)
+    limiter = AsyncRateLimiter(
+        {"p": Policy(5, DAY, failure_mode="raise")}, store=redis_url, timeout=TIMEOUT
+    )
     assert (await limiter.check("user_1", "p")).allowed
     await limiter.aclose()
     with pytest.raises(StoreError) as caught:
@@ -211,10 +213,10 @@ async def test_a_caller_queued_behind_a_stalled_call_waits_one_timeout_not_two(
 
             async def timed(delay: float) -> float:
                 await asyncio.sleep(delay)
-                started = time.perf_counter()
+                started = unloaded_time()
                 decision = await limiter.check(f"user_{delay}", "api")
                 assert decision.degraded
-                return time.perf_counter() - started
+                return unloaded_time() - started
 
             elapsed = await asyncio.gather(*(timed(d) for d in (0.0, 0.02, 0.04, 0.06)))
         finally:
@@ -286,10 +288,10 @@ async def test_a_batch_window_never_delays_a_caller_alone(redis_url: str) -> Non
     async with AsyncRateLimiter({"p": Policy(1000, DAY)}, store, timeout=TIMEOUT) as limiter:
         await limiter.peek("warm-up", "p")
         store.observe(sizes)
-        started = time.perf_counter()
+        started = unloaded_time()
         for expected in range(999, 994, -1):
             assert (await limiter.check("user_1", "p")).remaining == expected
-        elapsed = time.perf_counter() - started
+        elapsed = unloaded_time() - started
         await store.aclose()
     assert sizes.sizes == [1] * 5
     assert elapsed < 0.9, elapsed  # five round trips, not five windows

@@ -7,6 +7,7 @@ import redis
 from ratewall import AsyncRateLimiter, Policy, RateLimiter
 from ratewall.testing import FakeClock
 
+from .._timing import STORE_TIMEOUT
 from ._stats import script_calls
 
 POLICIES = {"user": Policy(3, 60), "ip": Policy(2, 60, "gcra"), "log": Policy(4, 60, "sliding_log")}
@@ -14,7 +15,7 @@ POLICIES = {"user": Policy(3, 60), "ip": Policy(2, 60, "gcra"), "log": Policy(4,
 
 def test_check_many_matches_the_memory_store(redis_url: str) -> None:
     clock = FakeClock()
-    store = RateLimiter(POLICIES, store=redis_url, clock=clock)
+    store = RateLimiter(POLICIES, store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
     memory = RateLimiter(POLICIES, clock=clock)
     items: list[tuple[str, str] | tuple[str, str, int]] = [
         ("alice", "user"),
@@ -31,7 +32,9 @@ def test_check_many_matches_the_memory_store(redis_url: str) -> None:
 def test_a_refused_request_consumes_no_other_policy(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    with RateLimiter(POLICIES, store=redis_url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        POLICIES, store=redis_url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         items = [("alice", "user"), ("10.0.0.1", "ip")]
         assert all(d.allowed for d in limiter.check_many(items))
         assert all(d.allowed for d in limiter.check_many(items))
@@ -45,7 +48,9 @@ def test_a_refused_request_consumes_no_other_policy(
 def test_a_refused_group_is_then_answered_locally(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    with RateLimiter(POLICIES, store=redis_url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        POLICIES, store=redis_url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         items = [("alice", "user"), ("10.0.0.1", "ip")]
         limiter.check_many(items)
         limiter.check_many(items)
@@ -59,7 +64,9 @@ def test_a_refused_group_is_then_answered_locally(
 async def test_async_check_many(redis_url: str) -> None:
     clock = FakeClock()
     memory = RateLimiter(POLICIES, clock=clock)
-    async with AsyncRateLimiter(POLICIES, store=redis_url, clock=clock) as limiter:
+    async with AsyncRateLimiter(
+        POLICIES, store=redis_url, clock=clock, timeout=STORE_TIMEOUT
+    ) as limiter:
         items = [("bob", "user"), ("bob", "ip")]
         for step in [0, 0, 0, 31, 0]:
             clock.advance(step)

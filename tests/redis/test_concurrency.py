@@ -183,7 +183,9 @@ def _decisions(tallies: list[Tally]) -> list[tuple[int, bool, int]]:
 def _assert_store_agrees(url: str, algorithm: str, identity: str, admitted: int) -> None:
     """The key holds exactly what the callers were told was admitted: the rest of the limit
     still fits, one unit more does not (a bucket's sub-token refill cannot add a unit)."""
-    with RateLimiter(_policies(algorithm), store=url, local_cache_size=0) as limiter:
+    with RateLimiter(
+        _policies(algorithm), store=url, local_cache_size=0, timeout=STORE_TIMEOUT
+    ) as limiter:
         left = LIMIT - admitted
         if left:
             assert limiter.peek(identity, POLICY, left).allowed

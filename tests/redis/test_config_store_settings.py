@@ -13,8 +13,7 @@ from ratewall.embedded import LocalServer
 from ratewall.observer import BaseObserver
 from ratewall.testing import FakeClock
 
-# Enough for a woken server to answer on a loaded machine; a frozen one still fails in it.
-TIMEOUT = 0.25
+from .._timing import DEADLINE_TIMEOUT, STORE_TIMEOUT
 
 
 class _StoreCalls(BaseObserver):
@@ -38,7 +37,10 @@ def test_the_configured_breaker_opens_after_its_threshold_for_its_cooldown(
     tmp_path: Path, fresh_server: LocalServer
 ) -> None:
     path = _config(
-        tmp_path, fresh_server.url, timeout=TIMEOUT, breaker={"threshold": 1, "cooldown": "30s"}
+        tmp_path,
+        fresh_server.url,
+        timeout=DEADLINE_TIMEOUT,
+        breaker={"threshold": 1, "cooldown": "30s"},
     )
     clock = FakeClock()
     calls = _StoreCalls()
@@ -68,7 +70,7 @@ async def test_the_configured_batching_bounds_each_script_call(
 
     async def sizes(**settings: object) -> list[int]:
         calls = _StoreCalls()
-        path = _config(tmp_path, redis_url, **settings)
+        path = _config(tmp_path, redis_url, timeout=STORE_TIMEOUT, **settings)
         async with AsyncRateLimiter.from_config(path, observer=calls) as limiter:
             await limiter.ping()
             calls.sizes.clear()

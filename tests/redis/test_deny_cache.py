@@ -16,6 +16,7 @@ import redis
 from ratewall import ALGORITHMS, Decision, Policy, RateLimiter
 from ratewall.testing import FakeClock
 
+from .._timing import STORE_TIMEOUT  # counts and exactness are under test, not latency
 from ._stats import script_calls
 
 LIMIT = 5
@@ -26,9 +27,6 @@ KEYS = 10
 THREADS = 8
 THREAD_LIMIT = 50
 CHECKS_PER_THREAD = 100  # 8 x 100 = 800 offered for 50 admitted
-# Exactness is under test in the threaded flood, not latency: a loaded two-core machine must
-# not turn a slow reply into a StoreError.
-STORE_TIMEOUT = 5.0
 JOIN_TIMEOUT = 60.0
 
 EVERY_ALGORITHM = pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -56,7 +54,7 @@ def test_a_refused_flood_on_one_key_costs_one_script_call(
     redis_client: redis.Redis,
     algorithm: str,
 ) -> None:
-    with RateLimiter(_policies(algorithm), store=redis_url) as limiter:
+    with RateLimiter(_policies(algorithm), store=redis_url, timeout=STORE_TIMEOUT) as limiter:
         for _ in range(LIMIT):
             assert limiter.check("user_123", POLICY).allowed
         before = script_calls(redis_client)
@@ -75,7 +73,7 @@ def test_a_refused_flood_on_ten_keys_costs_one_script_call_per_key(
     algorithm: str,
 ) -> None:
     identities = [f"user_{n}" for n in range(KEYS)]
-    with RateLimiter(_policies(algorithm), store=redis_url) as limiter:
+    with RateLimiter(_policies(algorithm), store=redis_url, timeout=STORE_TIMEOUT) as limiter:
         for identity in identities:
             for _ in range(LIMIT):
                 assert limiter.check(identity, POLICY).allowed
@@ -94,8 +92,8 @@ def test_a_reset_on_another_node_is_seen_at_the_cached_retry_time(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
     clock = FakeClock()
-    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
-    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
+    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
+    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
     with node_a, node_b:
         refusal = _fill(node_a, "user_123")
         assert refusal.retry_after is not None
@@ -125,8 +123,8 @@ def test_a_snapshot_that_would_allow_defers_to_the_store(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
     clock = FakeClock()
-    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
-    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
+    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
+    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
     with node_a, node_b:
         refusal = _fill(node_a, "user_123")
         assert refusal.retry_after is not None
@@ -150,7 +148,9 @@ def test_a_snapshot_that_would_allow_defers_to_the_store(
 def test_a_smaller_cost_that_the_snapshot_allows_asks_the_store(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
-    with RateLimiter(_policies(algorithm), store=redis_url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        _policies(algorithm), store=redis_url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY, cost=3).remaining == 2
         before = script_calls(redis_client)
         assert not limiter.check("user_123", POLICY, cost=3).allowed
@@ -168,8 +168,8 @@ def test_a_smaller_cost_is_refused_when_another_node_spent_it(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
     clock = FakeClock()
-    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
-    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock)
+    node_a = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
+    node_b = RateLimiter(_policies(algorithm), store=redis_url, clock=clock, timeout=STORE_TIMEOUT)
     with node_a, node_b:
         assert node_a.check("user_123", POLICY, cost=3).allowed
         assert not node_a.check("user_123", POLICY, cost=3).allowed  # cached: 2 left
@@ -191,7 +191,11 @@ def test_the_cache_keeps_at_most_local_cache_size_entries(
 ) -> None:
     identities = [f"user_{n}" for n in range(KEYS)]
     with RateLimiter(
-        _policies("fixed_window"), store=redis_url, local_cache_size=3, clock=FakeClock()
+        _policies("fixed_window"),
+        store=redis_url,
+        local_cache_size=3,
+        clock=FakeClock(),
+        timeout=STORE_TIMEOUT,
     ) as limiter:
         for identity in identities:
             _fill(limiter, identity)
@@ -206,7 +210,11 @@ def test_the_cache_keeps_at_most_local_cache_size_entries(
 
 def test_a_zero_size_cache_remembers_nothing(redis_url: str, redis_client: redis.Redis) -> None:
     with RateLimiter(
-        _policies("fixed_window"), store=redis_url, local_cache_size=0, clock=FakeClock()
+        _policies("fixed_window"),
+        store=redis_url,
+        local_cache_size=0,
+        clock=FakeClock(),
+        timeout=STORE_TIMEOUT,
     ) as limiter:
         _fill(limiter, "user_123")
         before = script_calls(redis_client)

@@ -1,7 +1,11 @@
 """Store failures on real server processes: a stopped server, a frozen one (SIGSTOP), lost
-scripts, a restart. Every failure is answered within a bound (the 50 ms default timeout, with
-generous margins for a loaded machine), as the policy's failure mode says, with the original
-error chained; the circuit breaker fails fast; recovery needs no help from the caller.
+scripts, a restart. Every failure is answered within a bound, as the policy's failure mode
+says, with the original error chained; the circuit breaker fails fast; recovery needs no help
+from the caller.
+
+Limiters that meet a frozen server use DEADLINE_TIMEOUT and are held to the timeout plus 50 %;
+the others use STORE_TIMEOUT, so that a loaded machine cannot turn a decision the store should
+make into a failure (a stopped server refuses at once, whatever the timeout).
 
 The breaker runs on the limiter's clock, so tests that cross its cooldown inject a FakeClock
 (which then also drives the script's time) instead of sleeping.
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Callable
 
 import pytest
@@ -25,6 +28,7 @@ from ratewall.stores._resp import Script
 from ratewall.stores.redis import SCRIPT
 from ratewall.testing import FakeClock
 
+from .._timing import DEADLINE_TIMEOUT, STORE_TIMEOUT, deadline_bound, unloaded_time
 from ._stats import libraries
 
 POLICY = "login"
@@ -32,17 +36,9 @@ LIMIT = 5
 POLICIES = {POLICY: Policy(LIMIT, 60)}
 BREAKER_THRESHOLD = 3  # consecutive failures that open the breaker
 BREAKER_COOLDOWN = 1.0  # seconds on the limiter's clock
-# The default store timeout is 50 ms; these bounds leave a loaded two-core machine room.
-FAILURE_BOUND = 1.0
+# A frozen server fails each call at the timeout: within it plus the stated slack.
+FAILURE_BOUND = deadline_bound(DEADLINE_TIMEOUT)
 FAST_CALLS = 100
-# 100 calls that each waited for the frozen server would take 100 x 50 ms = 5 s: half of
-# that proves none did, and leaves a loaded machine room for 100 calls' Python work.
-DEFAULT_TIMEOUT = 0.05
-FAST_CALLS_BOUND = FAST_CALLS * DEFAULT_TIMEOUT / 2
-# Tests that assert recovery right after a freeze give the limiter this timeout: the woken
-# server (rescheduled, answering the timed-out call first) and a reconnect must fit in it
-# on a loaded CI machine; a frozen server still fails well within FAILURE_BOUND.
-RECOVERY_TIMEOUT = 0.25
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 LIBRARY = Script(SCRIPT).library
 
@@ -63,10 +59,10 @@ def _policies(failure_mode: str) -> dict[str, Policy]:
 
 def _raises_in_time(limiter: RateLimiter, cause: type[BaseException]) -> StoreError:
     """``check`` raises StoreError, chained from ``cause``, within FAILURE_BOUND."""
-    started = time.perf_counter()
+    started = unloaded_time()
     with pytest.raises(StoreError) as caught:
         limiter.check("user_123", POLICY)
-    elapsed = time.perf_counter() - started
+    elapsed = unloaded_time() - started
     assert elapsed < FAILURE_BOUND, f"StoreError took {elapsed:.3f} s"
     assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)
     assert POLICY in str(caught.value)
@@ -74,10 +70,10 @@ def _raises_in_time(limiter: RateLimiter, cause: type[BaseException]) -> StoreEr
 
 
 async def _araises_in_time(limiter: AsyncRateLimiter, cause: type[BaseException]) -> StoreError:
-    started = time.perf_counter()
+    started = unloaded_time()
     with pytest.raises(StoreError) as caught:
         await limiter.check("user_123", POLICY)
-    elapsed = time.perf_counter() - started
+    elapsed = unloaded_time() - started
     assert elapsed < FAILURE_BOUND, f"StoreError took {elapsed:.3f} s"
     assert isinstance(caught.value.__cause__, cause), repr(caught.value.__cause__)
     return caught.value
@@ -90,7 +86,7 @@ async def _araises_in_time(limiter: AsyncRateLimiter, cause: type[BaseException]
 def test_a_stopped_server_raises_store_error_quickly(
     fresh_server: LocalServer, connected: bool
 ) -> None:
-    with RateLimiter(POLICIES, store=fresh_server.url) as limiter:
+    with RateLimiter(POLICIES, store=fresh_server.url, timeout=STORE_TIMEOUT) as limiter:
         if connected:
             assert limiter.check("user_123", POLICY).allowed
         fresh_server.stop()
@@ -100,7 +96,7 @@ def test_a_stopped_server_raises_store_error_quickly(
 async def test_async_a_stopped_server_raises_store_error_quickly(
     fresh_server: LocalServer,
 ) -> None:
-    async with AsyncRateLimiter(POLICIES, store=fresh_server.url) as limiter:
+    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, timeout=STORE_TIMEOUT) as limiter:
         assert (await limiter.check("user_123", POLICY)).allowed
         fresh_server.stop()
         await _araises_in_time(limiter, ConnectionError)
@@ -114,7 +110,7 @@ def test_a_frozen_server_raises_store_error_quickly_then_recovers(
 ) -> None:
     # redis-py's own defaults would wait about a minute here.
     with RateLimiter(
-        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=RECOVERY_TIMEOUT
+        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=DEADLINE_TIMEOUT
     ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
@@ -134,7 +130,7 @@ def test_after_a_freeze_the_open_breaker_waits_for_its_cooldown(
 ) -> None:
     clock = FakeClock()
     with RateLimiter(
-        POLICIES, store=fresh_server.url, clock=clock, timeout=RECOVERY_TIMEOUT
+        POLICIES, store=fresh_server.url, clock=clock, timeout=DEADLINE_TIMEOUT
     ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
@@ -157,7 +153,7 @@ async def test_async_a_frozen_server_raises_store_error_quickly_then_recovers(
 ) -> None:
     clock = FakeClock()
     async with AsyncRateLimiter(
-        POLICIES, store=fresh_server.url, clock=clock, timeout=RECOVERY_TIMEOUT
+        POLICIES, store=fresh_server.url, clock=clock, timeout=DEADLINE_TIMEOUT
     ) as limiter:
         assert (await limiter.check("user_123", POLICY)).allowed
         fresh_server.pause()
@@ -192,16 +188,18 @@ def test_failure_mode_open_allows_degraded(
     fresh_server: LocalServer, fault: Callable[[LocalServer], None]
 ) -> None:
     clock = FakeClock()
-    with RateLimiter(_policies("open"), store=fresh_server.url, clock=clock) as limiter:
+    with RateLimiter(
+        _policies("open"), store=fresh_server.url, clock=clock, timeout=DEADLINE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY) == Decision(
             True, POLICY, LIMIT, LIMIT - 1, 60.0, None
         )
         fault(fresh_server)
         # Network failures first, then the open breaker: neither raises.
         for _ in range(BREAKER_THRESHOLD + 2):
-            started = time.perf_counter()
+            started = unloaded_time()
             decision = limiter.check("user_123", POLICY)
-            assert time.perf_counter() - started < FAILURE_BOUND
+            assert unloaded_time() - started < FAILURE_BOUND
             assert decision.allowed
             assert decision.degraded
             assert decision.retry_after is None
@@ -215,13 +213,15 @@ def test_failure_mode_closed_refuses_degraded(
     fresh_server: LocalServer, fault: Callable[[LocalServer], None]
 ) -> None:
     clock = FakeClock()
-    with RateLimiter(_policies("closed"), store=fresh_server.url, clock=clock) as limiter:
+    with RateLimiter(
+        _policies("closed"), store=fresh_server.url, clock=clock, timeout=DEADLINE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fault(fresh_server)
         for _ in range(BREAKER_THRESHOLD + 2):
-            started = time.perf_counter()
+            started = unloaded_time()
             decision = limiter.check("user_123", POLICY)
-            assert time.perf_counter() - started < FAILURE_BOUND
+            assert unloaded_time() - started < FAILURE_BOUND
             assert not decision.allowed
             assert decision.degraded
             assert decision.retry_after is not None
@@ -240,7 +240,11 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
     clock = FakeClock()  # the breaker's cooldown cannot end while the test measures
     store_calls = _StoreCalls()
     with RateLimiter(
-        POLICIES, store=fresh_server.url, clock=clock, observer=store_calls
+        POLICIES,
+        store=fresh_server.url,
+        clock=clock,
+        observer=store_calls,
+        timeout=DEADLINE_TIMEOUT,
     ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.pause()
@@ -250,17 +254,17 @@ def test_the_open_breaker_fails_fast_without_touching_the_network(
             causes = []
             calls_before = store_calls.count
             assert calls_before >= BREAKER_THRESHOLD + 1  # the counter sees real round trips
-            started = time.perf_counter()
+            started = unloaded_time()
             for _ in range(FAST_CALLS):
                 try:
                     limiter.check("user_123", POLICY)
                 except StoreError as error:
                     causes.append(error.__cause__)
-            elapsed = time.perf_counter() - started
-            # Not one of them reached the store, and none waited for it (each would have
-            # taken the 50 ms timeout).
+            elapsed = unloaded_time() - started
+            # Not one of them reached the store, and none waited for it: all of them together
+            # took less than one call that waits for the frozen server.
             assert store_calls.count == calls_before
-            assert elapsed < FAST_CALLS_BOUND, f"{FAST_CALLS} calls took {elapsed:.3f} s"
+            assert elapsed < DEADLINE_TIMEOUT, f"{FAST_CALLS} calls took {elapsed:.3f} s"
             assert len(causes) == FAST_CALLS
             assert all(isinstance(cause, BreakerOpenError) for cause in causes)
             # After the cooldown one call probes the (still frozen) server, fails, and
@@ -279,11 +283,11 @@ CONCURRENT = 20  # callers caught by one stall: more than the breaker's threshol
 
 async def _concurrent_failures(limiter: AsyncRateLimiter) -> None:
     """CONCURRENT checks at once against the frozen server: every one fails in time."""
-    started = time.perf_counter()
+    started = unloaded_time()
     outcomes = await asyncio.gather(
         *(limiter.check(f"user_{n}", POLICY) for n in range(CONCURRENT)), return_exceptions=True
     )
-    assert time.perf_counter() - started < FAILURE_BOUND
+    assert unloaded_time() - started < FAILURE_BOUND
     assert all(isinstance(outcome, StoreError) for outcome in outcomes), outcomes
     causes = [outcome.__cause__ for outcome in outcomes if isinstance(outcome, StoreError)]
     assert all(isinstance(cause, TimeoutError) for cause in causes), causes
@@ -297,7 +301,9 @@ async def test_calls_caught_by_one_stall_count_as_one_failure(
     # They are one piece of evidence: below the threshold's worth of rounds (each planned
     # after the previous one failed) the next call goes to the server; at it, the store
     # that stayed down has opened the breaker.
-    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+    async with AsyncRateLimiter(
+        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=DEADLINE_TIMEOUT
+    ) as limiter:
         assert (await limiter.check("user_0", POLICY)).allowed
         fresh_server.pause()
         try:
@@ -331,7 +337,9 @@ def test_flushed_code_between_two_checks_is_recovered(
     redis_url: str, redis_client: redis.Redis, algorithm: str
 ) -> None:
     policies = {POLICY: Policy(LIMIT, 60, algorithm)}
-    with RateLimiter(policies, store=redis_url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        policies, store=redis_url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).remaining == LIMIT - 1
         assert _loaded(redis_client)
         _flush_code(redis_client)
@@ -346,7 +354,9 @@ def test_flushed_code_between_two_checks_is_recovered(
 async def test_async_flushed_code_between_two_checks_is_recovered(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    async with AsyncRateLimiter(POLICIES, store=redis_url, clock=FakeClock()) as limiter:
+    async with AsyncRateLimiter(
+        POLICIES, store=redis_url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         assert (await limiter.check("user_123", POLICY)).remaining == LIMIT - 1
         _flush_code(redis_client)
         assert not _loaded(redis_client)
@@ -360,7 +370,9 @@ async def test_async_flushed_code_between_two_checks_is_recovered(
 
 
 def test_a_restart_is_invisible_to_the_caller(fresh_server: LocalServer) -> None:
-    with RateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+    with RateLimiter(
+        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).remaining == LIMIT - 1
         fresh_server.restart()  # data and scripts lost, pooled connection dead
         # Zero errors: the dead pooled connection is replaced and the script reloaded.
@@ -371,7 +383,9 @@ def test_a_restart_is_invisible_to_the_caller(fresh_server: LocalServer) -> None
 
 
 async def test_async_a_restart_is_invisible_to_the_caller(fresh_server: LocalServer) -> None:
-    async with AsyncRateLimiter(POLICIES, store=fresh_server.url, clock=FakeClock()) as limiter:
+    async with AsyncRateLimiter(
+        POLICIES, store=fresh_server.url, clock=FakeClock(), timeout=STORE_TIMEOUT
+    ) as limiter:
         assert (await limiter.check("user_123", POLICY)).remaining == LIMIT - 1
         fresh_server.restart()
         decision = await limiter.check("user_123", POLICY)
@@ -387,18 +401,22 @@ async def test_async_a_restart_is_invisible_to_the_caller(fresh_server: LocalSer
 def test_reset_on_a_dead_store_raises_whatever_the_failure_mode(
     fresh_server: LocalServer, failure_mode: str
 ) -> None:
-    with RateLimiter(_policies(failure_mode), store=fresh_server.url) as limiter:
+    with RateLimiter(
+        _policies(failure_mode), store=fresh_server.url, timeout=STORE_TIMEOUT
+    ) as limiter:
         assert limiter.check("user_123", POLICY).allowed
         fresh_server.stop()
-        started = time.perf_counter()
+        started = unloaded_time()
         with pytest.raises(StoreError) as caught:
             limiter.reset("user_123", POLICY)
-        assert time.perf_counter() - started < FAILURE_BOUND
+        assert unloaded_time() - started < FAILURE_BOUND
         assert isinstance(caught.value.__cause__, ConnectionError)
 
 
 async def test_async_reset_on_a_dead_store_raises(fresh_server: LocalServer) -> None:
-    async with AsyncRateLimiter(_policies("open"), store=fresh_server.url) as limiter:
+    async with AsyncRateLimiter(
+        _policies("open"), store=fresh_server.url, timeout=STORE_TIMEOUT
+    ) as limiter:
         assert (await limiter.check("user_123", POLICY)).allowed
         fresh_server.stop()
         with pytest.raises(StoreError) as caught:

@@ -232,12 +232,16 @@ def test_reset_deletes_the_key(redis_url: str, redis_client: redis.Redis, algori
 def test_changing_a_policys_algorithm_starts_afresh(redis_url: str) -> None:
     """A value written by another algorithm is not misread: it counts as no state."""
     clock = FakeClock()
-    with RateLimiter({"p": Policy(2, 60)}, store=redis_url, clock=clock) as limiter:
+    with RateLimiter(
+        {"p": Policy(2, 60)}, store=redis_url, clock=clock, timeout=TIMEOUT
+    ) as limiter:
         assert limiter.check("u", "p").allowed
         assert limiter.check("u", "p").allowed
         assert not limiter.check("u", "p").allowed
     for algorithm in ("sliding_log", "token_bucket", "gcra", "sliding_window"):
-        with RateLimiter({"p": Policy(2, 60, algorithm)}, store=redis_url, clock=clock) as other:
+        with RateLimiter(
+            {"p": Policy(2, 60, algorithm)}, store=redis_url, clock=clock, timeout=TIMEOUT
+        ) as other:
             assert other.check("u", "p").remaining == 1, algorithm
 
 

@@ -17,6 +17,8 @@ from ratewall.embedded import LocalServer
 from ratewall.metrics import Metrics
 from ratewall.testing import DecisionCapture, FakeClock
 
+from .._timing import DEADLINE_TIMEOUT, deadline_bound, unloaded_time
+
 WINDOW = 60
 COOLDOWN = 1.0  # the breaker's, on the limiter's clock
 TIMEOUT = 1.0  # generous: a loaded machine's first connection and script load fit in it
@@ -120,13 +122,20 @@ def test_a_frozen_server_is_answered_locally_within_the_timeout(
 ) -> None:
     clock = FakeClock()
     policy = Policy(2, WINDOW, failure_mode="local")
-    with RateLimiter({"api": policy}, store=fresh_server.url, clock=clock, timeout=0.2) as limiter:
+    with RateLimiter(
+        {"api": policy}, store=fresh_server.url, clock=clock, timeout=DEADLINE_TIMEOUT
+    ) as limiter:
         assert limiter.check("warm", "api").allowed
         fresh_server.pause()
         try:
-            decisions = [limiter.check("user_1", "api") for _ in range(4)]
+            decisions, elapsed = [], []
+            for _ in range(4):
+                started = unloaded_time()
+                decisions.append(limiter.check("user_1", "api"))
+                elapsed.append(unloaded_time() - started)
         finally:
             fresh_server.resume()
+    assert max(elapsed) < deadline_bound(DEADLINE_TIMEOUT), elapsed
     assert [d.allowed for d in decisions] == [True, True, False, False]
     assert all(d.source == "local" for d in decisions)
 

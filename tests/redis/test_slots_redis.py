@@ -27,6 +27,8 @@ from ratewall.stores.batching import AsyncRedisStore
 from ratewall.stores.redis import RedisStore
 from ratewall.testing import FailingStore, FakeClock
 
+from .._timing import STORE_TIMEOUT
+
 START_US = 1_700_000_000_000_000
 KEYS = ("ratelimit:{a}:p", "ratelimit:{b}:p")
 TOKENS = ("t1", "t2", "t3", "t4", "t5")
@@ -92,14 +94,14 @@ def test_a_value_of_another_algorithm_under_the_key_counts_as_no_state(
     script treats the other's value as no state, and neither fails."""
     rate = {"p": Policy(5, 60)}
     slots = {"p": Policy(1, 60, algorithm="concurrency")}
-    with RateLimiter(rate, redis_url) as limiter:
+    with RateLimiter(rate, redis_url, timeout=STORE_TIMEOUT) as limiter:
         assert limiter.check("u", "p").allowed
-    with RateLimiter(slots, redis_url) as limiter:
+    with RateLimiter(slots, redis_url, timeout=STORE_TIMEOUT) as limiter:
         assert limiter.peek("u", "p").allowed
         with limiter.slot("u", "p") as decision:
             assert decision.allowed
             assert redis_client.type("ratelimit:{u}:p") == b"zset"
-            with RateLimiter(rate, redis_url) as other:
+            with RateLimiter(rate, redis_url, timeout=STORE_TIMEOUT) as other:
                 assert other.check("u", "p").remaining == 4
 
 

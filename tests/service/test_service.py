@@ -25,7 +25,10 @@ from ._support import Code, Service, rls_request, rls_stub, write
 
 pytestmark = pytest.mark.slow
 
+# A generous store timeout: on a loaded machine a timed-out call is a failure-mode answer,
+# and these tests count answers (a stopped server still refuses at once).
 LIMITS = """
+timeout: 5s
 policies:
   per_user: {limit: 5, window: 60}
   global: {limit: 1000, window: 60, algorithm: token_bucket}
@@ -362,9 +365,7 @@ def test_python_clients_have_the_limiters_api(service: Service) -> None:
 def test_workers_and_in_process_limiters_admit_exactly_the_limit(
     redis_url: str, tmp_path: Path
 ) -> None:
-    # A generous store timeout: on a loaded machine a timed-out call is an error, not an
-    # answer, and this test counts answers.
-    limits = write(tmp_path / "limits.yaml", LIMITS + "timeout: 5s\n")
+    limits = write(tmp_path / "limits.yaml", LIMITS)
     with Service("--config", limits, "--store", redis_url, workers=2) as service:
 
         async def load() -> int:
