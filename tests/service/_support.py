@@ -3,6 +3,7 @@ every worker to say it is ready, and a SIGTERM at the end whose exit status is c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,7 +69,12 @@ class Service:
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.wait_for("ready", count=self.workers)
+        try:
+            self.wait_for("ready", count=self.workers)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to see
+                self.stop()  # a service that never got ready must not outlive its test
+            raise
         return self
 
     def _read(self) -> None:
