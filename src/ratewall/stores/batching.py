@@ -42,8 +42,9 @@ class AsyncRedisStore:
     event-loop turn leave together at the end of it, at most ``max_in_flight`` script calls
     are in flight, and when one returns, the waiting requests (up to ``max_batch`` calls)
     go out in one script call. The script decides the requests in order, each all or
-    nothing, atomically: batching changes nothing about exactness. A queued caller may wait
-    for one in-flight call before its own, so its worst case is two timeouts.
+    nothing, atomically: batching changes nothing about exactness. Each caller's deadline
+    starts when it calls, queued or not: a batch fails at its oldest caller's deadline, so no
+    caller waits more than one timeout (plus scheduling), even behind stalled calls.
 
     Batches are sized to split the callers evenly between the script calls in flight: with
     two in flight, the server runs one while this process reads the other's replies and
