@@ -269,12 +269,12 @@ class _CountedExit(PolicyExit):
     :class:`~ratewall.metrics.PolicyCounters`, exactly as ``Metrics.on_decision`` would.
 
     Each method knows its outcome already, so counting is one ``next()`` on a counter (atomic
-    under the GIL), plus an integer comparison for near-limit. ``allowed`` and ``refused``
-    (one per request) fill their draft themselves, as ``PolicyExit``'s do: calling
-    ``PolicyExit.allowed`` from here was a third of what counting cost a memory-store
-    decision, the difference between meeting the metrics budget (5%) and missing it (see
-    benchmarks/README.md, "Metrics cost"). ``tests/unit/test_decision.py`` holds the three
-    copies equal.
+    under the GIL), plus an integer comparison for near-limit. ``allowed`` (most requests)
+    fills its draft itself, as ``PolicyExit.allowed`` does: calling that from here was a
+    third of what counting cost a memory-store decision, the difference between meeting the
+    metrics budget (5%) and missing it (see benchmarks/README.md, "Metrics cost");
+    ``tests/unit/test_decision.py`` holds the two equal. The other decisions are
+    ``PolicyExit``'s own.
     """
 
     __slots__ = ("_allowed", "_counters", "_near")
@@ -319,18 +319,7 @@ class _CountedExit(PolicyExit):
             next(counters.limited)
             if source == "cache":
                 next(counters.cache)
-        draft = _Draft()
-        draft.allowed = shadowed
-        draft.policy = self.name
-        draft.limit = self.limit
-        draft.remaining = remaining if remaining > 0 else 0
-        draft.reset_after = reset_us / _MICROS
-        draft.retry_after = None if shadowed else retry_us / _MICROS
-        draft.degraded = False
-        draft.shadowed = shadowed
-        draft.source = source
-        draft.__class__ = Decision  # type: ignore[assignment]
-        return draft  # type: ignore[return-value]
+        return PolicyExit.refused(self, remaining, reset_us, retry_us, source)
 
     def exempt(self) -> Decision:
         next(self._counters.exempt)

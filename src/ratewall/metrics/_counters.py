@@ -427,22 +427,15 @@ class Metrics:
 
     def counted_store_call(self, how: int, seconds: float, error: BaseException | None) -> None:
         """Report a call counted by :meth:`counting_store_call` (``how`` is what it said;
-        ``seconds`` is 0.0 for a call not timed)."""
-        if error is None:
-            if how == TIMED:
-                bucket = bisect_left(LATENCY_BUCKETS, seconds)
-                with self._lock:
-                    self._latency_counts[bucket] += 1
-                    self._latency_total += seconds
-        else:
-            with self._lock:  # as on_store_call records a failed call, under the lock
+        ``seconds`` is 0.0 for a call not timed). A call that carried one decision needs
+        no batch-size entry, failed or not: the snapshot counts it from the store calls."""
+        if how == TIMED or error is not None:
+            with self._lock:
                 if how == TIMED:
                     self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
                     self._latency_total += seconds
-                self._batched_calls += 1
-                self._batch.counts[bisect_left(BATCH_BUCKETS, 1)] += 1
-                self._batch.total += 1
-                self._store_errors[error_kind(error)] += 1
+                if error is not None:
+                    self._store_errors[error_kind(error)] += 1
         if how:
             for listener in self._listeners:
                 listener(seconds, 1)
